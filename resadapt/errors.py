@@ -1,0 +1,46 @@
+"""Boundary errors and the named limits they enforce.
+
+Owns the exception types that user-facing entry points turn into one sentence (CLI: ``error: …``,
+exit 2; app: ``gr.Error``). Knows nothing about models, videos or UIs.
+"""
+
+from __future__ import annotations
+
+MAX_QUESTION_CHARS = 2000
+"""Longest question accepted, in characters (a video question, not a document)."""
+
+
+class ResAdaptError(ValueError):
+    """A problem with user input: the message is one sentence that names the bad value and the fix."""
+
+
+class VideoError(ResAdaptError):
+    """The video path or file cannot be used (missing, not a video, corrupt, no decodable frames)."""
+
+
+class QuestionError(ResAdaptError):
+    """The question is empty or too long."""
+
+
+class BudgetError(ResAdaptError):
+    """A budget, scale or frame count is outside its allowed range."""
+
+
+class PolicyError(ResAdaptError):
+    """A policy name or allocator checkpoint cannot be used."""
+
+
+class BackboneError(ResAdaptError):
+    """A backbone name or checkpoint cannot be loaded."""
+
+
+def validate_question(question: str) -> str:
+    """Return the stripped question, or raise QuestionError naming the problem."""
+    if not isinstance(question, str) or not question.strip():
+        raise QuestionError("the question is empty; ask something about the video")
+    question = question.strip()
+    if len(question) > MAX_QUESTION_CHARS:
+        raise QuestionError(
+            f"the question is {len(question)} characters long; the limit is {MAX_QUESTION_CHARS}"
+        )
+    return question

@@ -1,0 +1,251 @@
+"""One question end to end: decode once → allocate → fit the budget → resize → encode and answer.
+
+Owns the request/result records (the JSON contract of ``resadapt.ask --json`` and the app's
+``/answer``) and the timing breakdown. Knows nothing about user interfaces or training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from resadapt.backbone import Backbone, ChunkedVideo
+from resadapt.errors import BudgetError, validate_question
+from resadapt.geometry import fit_budget
+from resadapt.policies import AllocationContext, Learned, Policy, make_policy
+from resadapt.video import SampledVideo, load_video, resize_frames, thumbnails
+
+logger = logging.getLogger(__name__)
+
+THUMB_SIDE = 64
+"""Side of the allocator's square thumbnails, in pixels."""
+
+
+@dataclass
+class Request:
+    """Everything a user chooses about one question (validated in ``__post_init__``)."""
+
+    question: str
+    policy: str = "learned"
+    scale: float = 0.5
+    """Scale of the ``uniform`` policy when no budget is given."""
+    budget: float | None = None
+    """Retention R in (0, 1]: the share of the full-resolution visual tokens that may be spent."""
+    max_visual_tokens: int | None = None
+    """Absolute cap on visual tokens (the tighter of the two caps wins)."""
+    num_frames: int | None = None
+    """Sample this many frames (rounded to whole chunks); overrides ``fps``."""
+    fps: float = 2.0
+    """Sampling rate when ``num_frames`` is not given."""
+    max_new_tokens: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.question = validate_question(self.question)
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise BudgetError(f"the budget (retention) must be in (0, 1], got {self.budget}")
+        if self.max_visual_tokens is not None and self.max_visual_tokens <= 0:
+            raise BudgetError(f"max visual tokens must be positive, got {self.max_visual_tokens}")
+        if self.num_frames is not None and self.num_frames <= 0:
+            raise BudgetError(f"the frame count must be positive, got {self.num_frames}")
+        if not self.fps > 0:
+            raise BudgetError(f"fps must be positive, got {self.fps}")
+        if not 0 < self.max_new_tokens <= 1024:
+            raise BudgetError(f"max new tokens must be in [1, 1024], got {self.max_new_tokens}")
+
+
+@dataclass
+class Allocation:
+    """Per-chunk decisions for one decoded video (K chunks of F frames)."""
+
+    scales: np.ndarray
+    """(K,) scale of every chunk after budget fitting."""
+    sizes: list[tuple[int, int]]
+    """K (height, width) sizes on the backbone's factor."""
+    tokens: list[int]
+    """K visual-token counts."""
+    vanilla_tokens: int
+    """Tokens of the same frames at scale 1.0."""
+
+
+@dataclass
+class Result:
+    """The answer and where the budget went; ``to_json`` is the public JSON contract."""
+
+    answer: str
+    backbone: str
+    policy: str
+    frames: list[dict]
+    chunks: list[dict]
+    visual_tokens: int
+    vanilla_visual_tokens: int
+    retention: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Pipeline:
+    """A loaded backbone (and optional allocator) that answers questions about videos."""
+
+    def __init__(self, backbone: Backbone, learned: Learned | None = None):
+        self.backbone = backbone
+        self.learned = learned
+
+    # ------------------------------------------------------------------ stages
+    def decode(self, path: str, request: Request) -> SampledVideo:
+        """Sample the frames once, at the backbone's base size."""
+        return load_video(
+            path, geometry=self.backbone.geometry, fps=request.fps, num_frames=request.num_frames
+        )
+
+    def context(self, video: SampledVideo, question: str) -> AllocationContext:
+        """The allocator's view: thumbnails derived from the decoded frames."""
+        return AllocationContext(
+            thumbs=thumbnails(video.frames, THUMB_SIDE),
+            timestamps=video.timestamps,
+            question=question,
+            frames_per_chunk=self.backbone.geometry.frames_per_chunk,
+        )
+
+    def policy(self, request: Request) -> Policy:
+        return make_policy(
+            request.policy, scale=request.scale, seed=request.seed, learned=self.learned
+        )
+
+    def allocate(
+        self,
+        video: SampledVideo,
+        request: Request,
+        policy: Policy | None = None,
+        scales: np.ndarray | None = None,
+    ) -> Allocation:
+        """Scales from the policy (or given), fitted to the request's budget; sizes and tokens."""
+        geometry = self.backbone.geometry
+        base_h, base_w = video.base_size
+        k = len(video.frames) // geometry.frames_per_chunk
+        if scales is None:
+            policy = policy or self.policy(request)
+            scales = policy.scales(self.context(video, request.question))
+        scales = np.clip(np.asarray(scales, dtype=np.float64), 1e-6, 1.0)  # (K,)
+        assert scales.shape == (k,), (scales.shape, k)
+        vanilla = k * geometry.tokens(base_h, base_w)
+        cap = self.token_cap(request, vanilla)
+        if cap is not None and request.policy != "vanilla":
+            scales = fit_budget(scales, geometry, base_h, base_w, cap)
+        sizes = [geometry.scaled_size(base_h, base_w, s) for s in scales]
+        tokens = [geometry.tokens(h, w) for h, w in sizes]
+        return Allocation(scales=scales, sizes=sizes, tokens=tokens, vanilla_tokens=vanilla)
+
+    @staticmethod
+    def token_cap(request: Request, vanilla_tokens: int) -> int | None:
+        """The visual-token ceiling the request sets, or None."""
+        caps = []
+        if request.budget is not None:
+            caps.append(math.floor(request.budget * vanilla_tokens + 1e-9))
+        if request.max_visual_tokens is not None:
+            caps.append(request.max_visual_tokens)
+        return min(caps) if caps else None
+
+    def chunked(self, video: SampledVideo, allocation: Allocation) -> ChunkedVideo:
+        """Resize every chunk's frames to its allocated size."""
+        f = self.backbone.geometry.frames_per_chunk
+        chunks = [
+            resize_frames(video.frames[k * f : (k + 1) * f], size)  # (F, h_k, w_k, 3)
+            for k, size in enumerate(allocation.sizes)
+        ]
+        times = video.timestamps[: len(chunks) * f].reshape(len(chunks), f)  # (K, F)
+        return ChunkedVideo(chunks=chunks, timestamps=times, sample_fps=video.sample_fps)
+
+    # ------------------------------------------------------------------ whole questions
+    def ask(self, path: str, request: Request) -> Result:
+        """Answer one question; the full result with the answer filled in."""
+        result = None
+        for result in self.ask_stream(path, request):
+            pass
+        assert result is not None
+        return result
+
+    def ask_stream(self, path: str, request: Request) -> Iterator[Result]:
+        """Yield the result as the answer grows: first with an empty answer, then per piece."""
+        t0 = time.perf_counter()
+        video = self.decode(path, request)
+        t1 = time.perf_counter()
+        allocation = self.allocate(video, request)
+        timings = {"decode_s": t1 - t0, "allocate_s": time.perf_counter() - t1}
+        yield from self.answer_stream(video, allocation, request, timings)
+
+    def answer_stream(
+        self, video: SampledVideo, allocation: Allocation, request: Request, timings: dict
+    ) -> Iterator[Result]:
+        """Encode the allocated chunks and stream the answer into a growing Result.
+
+        ``timings`` holds the stages already spent (decode_s, allocate_s); backbone_s and total_s
+        are added here (backbone_s covers resizing, the processor, prefill and generation).
+        """
+        t3 = time.perf_counter()
+        chunked = self.chunked(video, allocation)
+        inputs = self.backbone.prepare([chunked], [request.question])
+        produced = self.backbone.chunk_tokens(inputs)
+        assert produced == allocation.tokens, (produced, allocation.tokens)
+        result = self._result(video, allocation, request, "")
+        result.timings = {**timings, "backbone_s": 0.0, "total_s": 0.0}
+        yield result
+        pieces = []
+        for piece in self.backbone.stream(inputs, request.max_new_tokens):
+            pieces.append(piece)
+            result.answer = "".join(pieces).strip()
+            result.timings["backbone_s"] = time.perf_counter() - t3
+            yield result
+        result.timings["backbone_s"] = time.perf_counter() - t3
+        result.timings["total_s"] = sum(
+            result.timings[k] for k in ("decode_s", "allocate_s", "backbone_s")
+        )
+        yield result
+
+    def _result(
+        self, video: SampledVideo, allocation: Allocation, request: Request, answer: str
+    ) -> Result:
+        f = self.backbone.geometry.frames_per_chunk
+        frames, chunks = [], []
+        for k, (scale, (h, w), tokens) in enumerate(
+            zip(allocation.scales, allocation.sizes, allocation.tokens, strict=True)
+        ):
+            members = list(range(k * f, (k + 1) * f))
+            for i in members:
+                frames.append(
+                    {
+                        "index": int(video.indices[i]),
+                        "timestamp": round(float(video.timestamps[i]), 4),
+                        "chunk": k,
+                        "scale": round(float(scale), 4),
+                        "height": h,
+                        "width": w,
+                    }
+                )
+            chunks.append(
+                {
+                    "frames": [int(video.indices[i]) for i in members],
+                    "scale": round(float(scale), 4),
+                    "height": h,
+                    "width": w,
+                    "visual_tokens": tokens,
+                }
+            )
+        spent = int(sum(allocation.tokens))
+        return Result(
+            answer=answer,
+            backbone=self.backbone.name,
+            policy=request.policy,
+            frames=frames,
+            chunks=chunks,
+            visual_tokens=spent,
+            vanilla_visual_tokens=int(allocation.vanilla_tokens),
+            retention=round(spent / allocation.vanilla_tokens, 6),
+        )

@@ -1,0 +1,219 @@
+"""Allocation policies: one scale per temporal chunk, chosen before the backbone sees any pixel.
+
+Owns the policy interface, the registry (vanilla, uniform, random, content, learned) and the
+tensors the learned allocator reads. Knows nothing about budgets (see geometry.fit_budget) or
+about how the backbone encodes the chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from resadapt.errors import BudgetError, PolicyError
+
+POLICY_NAMES = ("vanilla", "uniform", "random", "content", "learned")
+MIN_SCALE = 0.2
+"""Lowest scale the training-free policies propose (the allocator's default s_min)."""
+
+
+@dataclass
+class AllocationContext:
+    """What a policy may look at: cheap thumbnails of the sampled frames and the question."""
+
+    thumbs: np.ndarray
+    """(T, S, S, 3) uint8 RGB thumbnails of the sampled frames."""
+    timestamps: np.ndarray
+    """(T,) seconds."""
+    question: str
+    frames_per_chunk: int = 2
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self.thumbs) // self.frames_per_chunk
+
+    def chunked_thumbs(self) -> np.ndarray:
+        """(K, F, S, S, 3) thumbnails grouped by chunk."""
+        k, f = self.num_chunks, self.frames_per_chunk
+        return self.thumbs[: k * f].reshape(k, f, *self.thumbs.shape[1:])
+
+    def chunk_times(self) -> np.ndarray:
+        """(K,) mid-time of every chunk in seconds."""
+        k, f = self.num_chunks, self.frames_per_chunk
+        return self.timestamps[: k * f].reshape(k, f).mean(axis=1)
+
+
+class Policy(Protocol):
+    name: str
+
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        """(K,) scales in (0, 1], one per chunk."""
+        ...
+
+
+@dataclass
+class Vanilla:
+    """Every chunk at full resolution: the reference the savings are measured against."""
+
+    name: str = "vanilla"
+
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        return np.ones(ctx.num_chunks)
+
+
+@dataclass
+class Uniform:
+    """One scale for every chunk ("FixedScale"): the strongest training-free baseline."""
+
+    scale: float = 0.5
+    name: str = "uniform"
+
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        return np.full(ctx.num_chunks, self.scale)
+
+
+@dataclass
+class Random:
+    """Scales drawn uniformly from [MIN_SCALE, 1], seeded: the control for any learned signal."""
+
+    seed: int = 0
+    name: str = "random"
+
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        return rng.uniform(MIN_SCALE, 1.0, ctx.num_chunks)
+
+
+@dataclass
+class Content:
+    """Training-free and query-agnostic: more pixels for chunks with fine detail or new content.
+
+    detail = mean |Laplacian| of the chunk's grey thumbnails; novelty = mean absolute difference
+    from the previous chunk (the first chunk counts as fully novel). Both are rank-normalised to
+    [0, 1] and averaged; scale = MIN_SCALE + (1 − MIN_SCALE) · score.
+    """
+
+    name: str = "content"
+
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        chunks = ctx.chunked_thumbs().astype(np.float32)  # (K, F, S, S, 3)
+        grey = chunks.mean(axis=-1)  # (K, F, S, S)
+        detail = np.array(
+            [np.mean([np.abs(cv2.Laplacian(g, cv2.CV_32F)).mean() for g in frames]) for frames in grey]
+        )  # (K,)
+        novelty = np.ones(len(grey))
+        if len(grey) > 1:
+            novelty[1:] = np.abs(grey[1:] - grey[:-1]).mean(axis=(1, 2, 3))
+            novelty[0] = novelty[1:].max()
+        score = (_rank01(detail) + _rank01(novelty)) / 2
+        return MIN_SCALE + (1 - MIN_SCALE) * score
+
+
+def _rank01(x: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties share their mean rank); all-equal input gives 0.5."""
+    if len(x) == 1 or np.ptp(x) == 0:
+        return np.full(len(x), 0.5)
+    order = np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64)
+    for v in np.unique(x):  # average tied ranks
+        tie = x == v
+        order[tie] = order[tie].mean()
+    return order / (len(x) - 1)
+
+
+def allocator_inputs(
+    ctxs: list[AllocationContext], tokenizer, max_query_tokens: int, device="cpu"
+) -> dict[str, torch.Tensor]:
+    """Batch B contexts for the allocator, padding chunks and query tokens.
+
+    Returns thumbs (B, K, F, 3, S, S) float in [0, 1], query_ids / query_mask (B, L),
+    chunk_mask (B, K) bool and chunk_times (B, K) seconds.
+    """
+    k_max = max(c.num_chunks for c in ctxs)
+    f = ctxs[0].frames_per_chunk
+    s = ctxs[0].thumbs.shape[1]
+    thumbs = torch.zeros(len(ctxs), k_max, f, 3, s, s)
+    chunk_mask = torch.zeros(len(ctxs), k_max, dtype=torch.bool)
+    chunk_times = torch.zeros(len(ctxs), k_max)
+    for b, c in enumerate(ctxs):
+        k = c.num_chunks
+        t = torch.from_numpy(c.chunked_thumbs()).float().div(255)  # (K, F, S, S, 3)
+        thumbs[b, :k] = t.permute(0, 1, 4, 2, 3)
+        chunk_mask[b, :k] = True
+        chunk_times[b, :k] = torch.from_numpy(c.chunk_times()).float()
+    enc = tokenizer(
+        [c.question for c in ctxs],
+        padding="max_length",
+        truncation=True,
+        max_length=max_query_tokens,
+        return_tensors="pt",
+    )
+    return {
+        "thumbs": thumbs.to(device),
+        "query_ids": enc["input_ids"].to(device),
+        "query_mask": enc["attention_mask"].bool().to(device),
+        "chunk_mask": chunk_mask.to(device),
+        "chunk_times": chunk_times.to(device),
+    }
+
+
+class Learned:
+    """The trained allocator: Beta-mean scale per chunk (deterministic at inference)."""
+
+    name = "learned"
+
+    def __init__(self, allocator, tokenizer, *, path: str | None = None):
+        self.allocator = allocator.eval()
+        self.tokenizer = tokenizer
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | Path, tokenizer, backbone_model=None) -> Learned:
+        """Load an allocator folder (config.json + model.safetensors)."""
+        from allocator import Allocator  # the allocator package is optional for other policies
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise PolicyError(f"no allocator checkpoint at {path} (config.json is missing)")
+        alloc = Allocator.from_pretrained(str(path))
+        if alloc.config.query_encoder == "backbone":
+            if backbone_model is None:
+                raise PolicyError(f"allocator {path} needs the backbone's input embeddings")
+            alloc.set_query_embeddings(backbone_model.get_input_embeddings().weight)
+        return cls(alloc, tokenizer, path=str(path))
+
+    @torch.no_grad()
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        from allocator import mean_scale
+
+        cfg = self.allocator.config
+        device = next(self.allocator.parameters()).device
+        batch = allocator_inputs([ctx], self.tokenizer, cfg.max_query_tokens, device)
+        out = self.allocator(**batch)
+        scales = mean_scale(out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max)
+        return scales[0].cpu().numpy()  # (K,)
+
+
+def make_policy(
+    name: str, *, scale: float = 0.5, seed: int = 0, learned: Learned | None = None
+) -> Policy:
+    """A policy by name; ``learned`` needs a loaded :class:`Learned`."""
+    if name == "vanilla":
+        return Vanilla()
+    if name == "uniform":
+        if not 0 < scale <= 1:
+            raise BudgetError(f"--scale must be in (0, 1], got {scale}")
+        return Uniform(scale)
+    if name == "random":
+        return Random(seed)
+    if name == "content":
+        return Content()
+    if name == "learned":
+        if learned is None:
+            raise PolicyError("the learned policy needs an allocator checkpoint (--allocator PATH)")
+        return learned
+    raise PolicyError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

@@ -1,0 +1,208 @@
+"""Tiny Qwen2.5-VL / Qwen3-VL backbones built in code: the real transformers classes, small configs.
+
+Owns the tiny configs, the locally trained byte-level tokenizer and the chat template, so tests and
+smoke runs need no network. Knows nothing about allocation, budgets or training loops.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
+
+TINY_BACKBONES = ("tiny-random-qwen2.5-vl", "tiny-random-qwen3-vl")
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# The Qwen-VL chat layout without the default system turn (short prompts keep tiny models fast).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Text the byte-level BPE merges are learned from: the words tiny-world questions and answers use.
+_CORPUS = [
+    "Which digit is on the red card? What is the stripe direction on the green card?",
+    "Answer with the option's letter from the given choices directly. A. B. C. D. E.",
+    "horizontal vertical diagonal anti-diagonal red green blue yellow purple orange white cyan",
+    "When does the blue card appear? Give the start and end in seconds.",
+    "How many cards appear in the video? Describe the video. What happens?",
+    "0 1 2 3 4 5 6 7 8 9 10 0.5 1.0 1.5 2.0 seconds yes no the a of in is on",
+]
+
+
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE tokenizer with the Qwen-VL special tokens (no download)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+    )
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def build_tiny_qwen2_5_vl(
+    seed: int = 0,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_depth: int = 2,
+    max_pixels: int = 168 * 168,
+    min_pixels: int = 28 * 28,
+) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
+    """A random tiny Qwen2.5-VL (patch 14 × merge 2 = 28-px tokens) and its processor."""
+    tokenizer = build_tokenizer()
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 8192,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]},
+            "bos_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_heads": 4,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "out_hidden_size": hidden,
+            "fullatt_block_indexes": [vision_depth - 1],
+            "tokens_per_second": 2,
+        },
+        tie_word_embeddings=True,
+        **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    kw = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "size": size}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**kw),
+        video_processor=Qwen2VLVideoProcessor(**kw),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def build_tiny_qwen3_vl(
+    seed: int = 0,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_depth: int = 2,
+    max_pixels: int = 192 * 192,
+    min_pixels: int = 32 * 32,
+) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
+    """A random tiny Qwen3-VL (patch 16 × merge 2 = 32-px tokens) and its processor."""
+    tokenizer = build_tokenizer()
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": hidden // 4,
+            "max_position_embeddings": 8192,
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [2, 3, 3],
+                "mrope_interleaved": True,
+            },
+            "bos_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_heads": 4,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": hidden,
+            "num_position_embeddings": 144,
+            "deepstack_visual_indexes": [0],
+        },
+        tie_word_embeddings=True,
+        **_token_ids(tokenizer),
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    kw = {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2, "size": size}
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**kw),
+        video_processor=Qwen3VLVideoProcessor(**kw),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def build_tiny(name: str, seed: int = 0):
+    """Build a tiny random backbone by its name in :data:`TINY_BACKBONES`: (model, processor)."""
+    if name == "tiny-random-qwen2.5-vl":
+        return build_tiny_qwen2_5_vl(seed)
+    if name == "tiny-random-qwen3-vl":
+        return build_tiny_qwen3_vl(seed)
+    raise KeyError(f"unknown tiny backbone {name!r}; choose one of {', '.join(TINY_BACKBONES)}")
