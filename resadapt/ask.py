@@ -86,7 +86,9 @@ def load_pipeline(
 def format_table(result: dict) -> str:
     """The answer, then one line per chunk and the totals."""
     lines = [f"answer: {result['answer']}", ""]
-    lines.append(f"{'chunk':>5} {'frames':>12} {'time (s)':>10} {'scale':>6} {'size':>9} {'tokens':>6}")
+    lines.append(
+        f"{'chunk':>5} {'frames':>12} {'time (s)':>10} {'scale':>6} {'size':>9} {'tokens':>6}"
+    )
     times = {}
     for frame in result["frames"]:
         times.setdefault(frame["chunk"], frame["timestamp"])

@@ -108,7 +108,11 @@ def chunked_position_ids(
                     hh, ww = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
                     rows.append(
                         torch.stack(
-                            [torch.full((gh * gw,), cur + t_pos), hh.flatten() + cur, ww.flatten() + cur]
+                            [
+                                torch.full((gh * gw,), cur + t_pos),
+                                hh.flatten() + cur,
+                                ww.flatten() + cur,
+                            ]
                         )
                     )
                     n += gh * gw

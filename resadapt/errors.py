@@ -11,11 +11,11 @@ MAX_QUESTION_CHARS = 2000
 
 
 class ResAdaptError(ValueError):
-    """A problem with user input: the message is one sentence that names the bad value and the fix."""
+    """A problem with user input: one sentence that names the bad value and the fix."""
 
 
 class VideoError(ResAdaptError):
-    """The video path or file cannot be used (missing, not a video, corrupt, no decodable frames)."""
+    """The video cannot be used (missing, not a video, corrupt, no decodable frames)."""
 
 
 class QuestionError(ResAdaptError):

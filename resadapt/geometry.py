@@ -8,8 +8,8 @@ Invariants of :func:`smart_resize` (same rules as qwen-vl-utils and transformers
      32 for Qwen3-VL);
   2. ``min_pixels <= h * w <= max_pixels`` (as far as one factor step allows);
   3. the aspect ratio is kept as closely as rounding to the factor allows.
-Visual tokens of one temporal chunk are ``(h // factor) * (w // factor)``: every frame pair of a chunk
-shares one size and yields one temporal patch.
+Visual tokens of one temporal chunk are ``(h // factor) * (w // factor)``: every frame pair of a
+chunk shares one size and yields one temporal patch.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MAX_ASPECT_RATIO = 200
 def smart_resize(
     height: float, width: float, factor: int, min_pixels: int, max_pixels: int
 ) -> tuple[int, int]:
-    """Return (h, w) divisible by ``factor`` with ``min_pixels <= h*w <= max_pixels``, aspect kept."""
+    """(h, w) divisible by ``factor`` with ``min_pixels <= h*w <= max_pixels``, aspect kept."""
     if min(height, width) <= 0:
         raise BudgetError(f"a frame size must be positive, got {height}x{width}")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
@@ -145,7 +145,9 @@ def size_ladder(geometry: Geometry, base_height: int, base_width: int) -> list[S
         if (steps and tokens <= steps[-1].tokens) or tokens >= base_tokens:
             continue
         steps.append(Step(start=start, scale=last, height=h, width=w, tokens=tokens))
-    steps.append(Step(start=runs[-1][0], scale=1.0, height=base_h, width=base_w, tokens=base_tokens))
+    steps.append(
+        Step(start=runs[-1][0], scale=1.0, height=base_h, width=base_w, tokens=base_tokens)
+    )
     return steps
 
 

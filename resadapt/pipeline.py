@@ -166,10 +166,7 @@ class Pipeline:
     # ------------------------------------------------------------------ whole questions
     def ask(self, path: str, request: Request) -> Result:
         """Answer one question; the full result with the answer filled in."""
-        result = None
-        for result in self.ask_stream(path, request):
-            pass
-        assert result is not None
+        *_, result = self.ask_stream(path, request)
         return result
 
     def ask_stream(self, path: str, request: Request) -> Iterator[Result]:

@@ -104,7 +104,10 @@ class Content:
         chunks = ctx.chunked_thumbs().astype(np.float32)  # (K, F, S, S, 3)
         grey = chunks.mean(axis=-1)  # (K, F, S, S)
         detail = np.array(
-            [np.mean([np.abs(cv2.Laplacian(g, cv2.CV_32F)).mean() for g in frames]) for frames in grey]
+            [
+                np.mean([np.abs(cv2.Laplacian(g, cv2.CV_32F)).mean() for g in frames])
+                for frames in grey
+            ]
         )  # (K,)
         novelty = np.ones(len(grey))
         if len(grey) > 1:

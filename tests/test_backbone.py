@@ -101,10 +101,15 @@ def test_true_sampling_fps_reaches_the_processor():
     t_pos = ours["position_ids"][1, 0, video].unique().tolist()
     tps = bb.model.config.vision_config.tokens_per_second
     start = t_pos[0]
-    assert [t - start for t in t_pos] == [int(tps * (timestamps[2 * k] - timestamps[0])) for k in range(4)]
+    assert [t - start for t in t_pos] == [
+        int(tps * (timestamps[2 * k] - timestamps[0])) for k in range(4)
+    ]
     # without metadata the processor silently assumes a default fps: the bug this guards against
     bare = bb.processor(
-        text=[bb.prompt(QUESTION)], videos=[frames], do_resize=False, do_sample_frames=False,
+        text=[bb.prompt(QUESTION)],
+        videos=[frames],
+        do_resize=False,
+        do_sample_frames=False,
         return_tensors="pt",
     )
     assert bare["second_per_grid_ts"].tolist() != [1.0]
@@ -113,7 +118,9 @@ def test_true_sampling_fps_reaches_the_processor():
 def test_qwen3_timestamps_are_the_chunks_true_times():
     bb = Backbone.load("tiny-random-qwen3-vl")
     frames, timestamps, _ = clip(bb, step=7, source_fps=29.97)
-    text = bb.tokenizer.decode(bb.prepare([chunked(frames, timestamps)], [QUESTION])["input_ids"][0])
+    text = bb.tokenizer.decode(
+        bb.prepare([chunked(frames, timestamps)], [QUESTION])["input_ids"][0]
+    )
     for k in range(4):
         mid = (timestamps[2 * k] + timestamps[2 * k + 1]) / 2
         assert f"<{mid:.1f} seconds>" in text
@@ -143,7 +150,9 @@ def test_batched_mixed_sizes_match_single_rows(backbone):
     ]
     answers = ["horizontal", "A"]
     batch = backbone.answer_logprob(videos, [QUESTION] * 2, answers)
-    single = torch.cat([backbone.answer_logprob([v], [QUESTION], [a]) for v, a in zip(videos, answers)])
+    single = torch.cat(
+        [backbone.answer_logprob([v], [QUESTION], [a]) for v, a in zip(videos, answers, strict=True)]
+    )
     assert torch.allclose(batch, single, atol=1e-4)
 
 

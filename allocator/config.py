@@ -1,0 +1,164 @@
+"""The allocator's configuration: one typed dataclass, saved as ``config.json`` next to weights.
+
+Owns every architectural knob and its cross-field rules. Knows nothing about videos, backbones'
+token geometry, or how the allocator is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCALE_MIN = 0.2
+"""Smallest scale the policy can choose (CAPO.md reference default)."""
+SCALE_MAX = 1.0
+"""Largest scale: frames are decoded at the backbone's pixel cap, so s > 1 adds nothing."""
+
+QUERY_ENCODERS = ("learned", "backbone")
+THUMB_ENCODERS = ("conv", "pretrained")
+
+
+@dataclass
+class AllocatorConfig:
+    """Architecture of the allocator (letters: B videos, K chunks, F frames, L query tokens)."""
+
+    thumb_side: int = 64
+    """Side S of the square thumbnails (pixels) the allocator sees for every frame."""
+    frames_per_chunk: int = 2
+    """Frames F per temporal chunk: the backbone's temporal patch size (2 for Qwen-VL)."""
+    hidden_dim: int = 256
+    """Width D of chunk features, the mixer and the query encoder."""
+    num_layers: int = 2
+    """Mixer blocks; each mixes chunks (self-attention), reads the query, then applies an MLP."""
+    num_heads: int = 4
+    """Attention heads in every attention layer; must divide hidden_dim."""
+    mlp_ratio: int = 2
+    """Hidden width of every transformer MLP, as a multiple of hidden_dim."""
+    max_chunks: int = 256
+    """Most chunks K per video. Chunk times are normalised to [0, max_chunks - 1] positions for
+    the sinusoidal time embedding; longer inputs are refused."""
+    vocab_size: int = 16384
+    """Rows of the learned query-embedding table (query_encoder="learned"). Token ids from the
+    backbone tokenizer at or above it are folded in as ``id % vocab_size`` (hashing), so a small
+    table serves a 150k-token tokenizer; set it to the tokenizer's size for one row per token."""
+    max_query_tokens: int = 64
+    """Longest question, in backbone tokens (size of the learned query position embedding)."""
+    query_layers: int = 1
+    """Self-attention layers over the question tokens before the chunks read them."""
+    query_encoder: str = "learned"
+    """"learned": a trainable embedding table; "backbone": the frozen backbone's input
+    embeddings, supplied at run time with ``Allocator.set_query_embeddings(weight)`` (never saved
+    in the allocator checkpoint) and projected from query_embed_dim down to hidden_dim."""
+    query_embed_dim: int = 64
+    """Width of one query token embedding: the learned table's width, or, for "backbone", the
+    backbone's hidden size (the width of its input-embedding matrix)."""
+    thumb_encoder: str = "conv"
+    """"conv": a small CNN trained from scratch; "pretrained": the frozen vision tower named by
+    pretrained_vision (loaded with transformers' AutoModel; its weights are not saved in the
+    allocator checkpoint)."""
+    pretrained_vision: str = ""
+    """Local folder or hub id of the frozen vision tower (CLIP / SigLIP family), used when
+    thumb_encoder="pretrained"."""
+    pretrained_image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Per-channel mean the pretrained tower expects (its preprocessor_config.json image_mean;
+    SigLIP: 0.5, CLIP: 0.4815, 0.4578, 0.4082)."""
+    pretrained_image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Per-channel std the pretrained tower expects (its image_std; SigLIP: 0.5, CLIP: 0.2686,
+    0.2613, 0.2758)."""
+    scale_min: float = SCALE_MIN
+    """Scale of the action a = 0: s = scale_min + a * (scale_max - scale_min)."""
+    scale_max: float = SCALE_MAX
+    """Scale of the action a = 1."""
+    init_mean_scale: float = 0.6
+    """Beta-mean scale of every chunk at initialisation (the head's bias is set to give it)."""
+    init_min_shape: float = 2.0
+    """The smaller of the two Beta parameters at initialisation (> 1: unimodal, as broad as the
+    mean allows; 2 with init_mean_scale at mid-range gives Beta(2, 2))."""
+    dropout: float = 0.0
+    """Dropout in the attention layers, MLPs and the head (training only)."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "thumb_side",
+            "frames_per_chunk",
+            "hidden_dim",
+            "num_layers",
+            "num_heads",
+            "mlp_ratio",
+            "max_chunks",
+            "vocab_size",
+            "max_query_tokens",
+            "query_embed_dim",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.query_layers < 0:
+            raise ValueError(f"query_layers must be >= 0, got {self.query_layers}")
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}; "
+                "choose num_heads among the divisors of hidden_dim"
+            )
+        if self.hidden_dim % 16:
+            raise ValueError(
+                f"hidden_dim={self.hidden_dim} must be a multiple of 16 (the conv encoder's "
+                "channels are hidden_dim/8, /4, /2 and the time embedding pairs sines and cosines)"
+            )
+        if self.thumb_side < 16:
+            raise ValueError(f"thumb_side={self.thumb_side} is too small; use at least 16 pixels")
+        if self.query_encoder not in QUERY_ENCODERS:
+            raise ValueError(
+                f"query_encoder={self.query_encoder!r}; choose one of {QUERY_ENCODERS}"
+            )
+        if self.thumb_encoder not in THUMB_ENCODERS:
+            raise ValueError(
+                f"thumb_encoder={self.thumb_encoder!r}; choose one of {THUMB_ENCODERS}"
+            )
+        if self.thumb_encoder == "pretrained" and not self.pretrained_vision:
+            raise ValueError(
+                'thumb_encoder="pretrained" needs pretrained_vision (a local folder or hub id of a '
+                'CLIP/SigLIP vision tower); set it, or use thumb_encoder="conv"'
+            )
+        for name in ("pretrained_image_mean", "pretrained_image_std"):
+            value = getattr(self, name)
+            if len(value) != 3:
+                raise ValueError(f"{name} needs 3 values (R, G, B), got {value!r}")
+            setattr(self, name, [float(v) for v in value])
+        if min(self.pretrained_image_std) <= 0:
+            raise ValueError(
+                f"pretrained_image_std must be positive, got {self.pretrained_image_std}"
+            )
+        if not 0 < self.scale_min < self.scale_max:
+            raise ValueError(
+                f"need 0 < scale_min < scale_max, got scale_min={self.scale_min}, "
+                f"scale_max={self.scale_max}"
+            )
+        if not self.scale_min < self.init_mean_scale < self.scale_max:
+            raise ValueError(
+                f"init_mean_scale={self.init_mean_scale} must lie strictly between scale_min="
+                f"{self.scale_min} and scale_max={self.scale_max}"
+            )
+        if self.init_min_shape <= 1:
+            raise ValueError(
+                f"init_min_shape={self.init_min_shape} must be > 1 (the head gives alpha, beta > 1)"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able values."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AllocatorConfig:
+        """Build a config from ``to_dict`` output; unknown keys are an error, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown allocator config keys {unknown}; the checkpoint was written by another "
+                "version of the allocator (known keys: " + ", ".join(sorted(known)) + ")"
+            )
+        return cls(**values)

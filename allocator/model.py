@@ -1,0 +1,453 @@
+"""The allocator network: thumbnails + question → one Beta(α, β) over the scale of every chunk.
+
+Owns the architecture and its save/load (``model.safetensors`` + ``config.json`` through
+huggingface_hub's PyTorchModelHubMixin). Knows nothing about video decoding, token geometry, the
+backbone's answers or the training objective.
+
+Shape legend: B videos, K chunks, F frames per chunk, S thumbnail side, L query tokens,
+D hidden width, E query-embedding width, H pretrained-tower width.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
+from torch import nn
+
+from allocator.config import AllocatorConfig
+
+logger = logging.getLogger(__name__)
+
+TOWER_PREFIX = "thumb_encoder.tower."
+"""State-dict prefix of the frozen pretrained tower: loaded from its own source, never saved."""
+
+
+@dataclass
+class AllocatorOutput:
+    """What one forward pass returns."""
+
+    alpha: torch.Tensor
+    """(B, K) first Beta parameter of every chunk, >= 1."""
+    beta: torch.Tensor
+    """(B, K) second Beta parameter of every chunk, >= 1."""
+    features: torch.Tensor
+    """(B, K, D) per-chunk thumbnail features before mixing (zero on padding chunks); the
+    temporal-similarity regulariser compares neighbours with them."""
+
+
+def _softplus_inverse(y: float) -> float:
+    """x with softplus(x) = y, for y > 0."""
+    return y + math.log(-math.expm1(-y))
+
+
+class ConvThumbEncoder(nn.Module):
+    """Small CNN from scratch: each frame, with its deviation from the chunk's mean frame as three
+    extra channels (motion inside the chunk is visible at the pixel level), → one feature."""
+
+    def __init__(self, config: AllocatorConfig) -> None:
+        super().__init__()
+        d = config.hidden_dim
+        widths = (6, d // 8, d // 4, d // 2, d)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):  # each stage halves the side
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                nn.GroupNorm(math.gcd(8, c_out), c_out),
+                nn.GELU(),
+            ]
+        self.stages = nn.Sequential(*layers)
+        self.proj = nn.Linear(2 * d, d)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (N, F, 3, S, S) in [0, 1] → (N, F, D)."""
+        n, f = frames.shape[:2]
+        deviation = frames - frames.mean(dim=1, keepdim=True)  # (N, F, 3, S, S)
+        x = torch.cat([frames - 0.5, deviation], dim=2).flatten(0, 1)  # (N*F, 6, S, S)
+        x = self.stages(x)  # (N*F, D, S/16, S/16)
+        # Mean sees the overall content, max sees small high-detail regions.
+        x = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)  # (N*F, 2D)
+        return self.proj(x).reshape(n, f, -1)  # (N, F, D)
+
+
+class PretrainedThumbEncoder(nn.Module):
+    """A frozen pretrained vision tower (CLIP / SigLIP family via transformers' AutoModel); its
+    token features are mean- and max-pooled and projected to D (the projection is trained)."""
+
+    def __init__(self, config: AllocatorConfig) -> None:
+        super().__init__()
+        from transformers import AutoModel  # heavy import, only for this variant
+
+        try:
+            model = AutoModel.from_pretrained(config.pretrained_vision, dtype=torch.float32)
+        except OSError as e:
+            raise ValueError(
+                f"cannot load the pretrained vision tower {config.pretrained_vision!r}: {e}; give "
+                'a local folder or reachable hub id, or use thumb_encoder="conv"'
+            ) from e
+        self.tower = getattr(model, "vision_model", model)  # full CLIP/SigLIP → its vision half
+        tower_config = self.tower.config
+        for name in ("image_size", "hidden_size"):
+            if not hasattr(tower_config, name):
+                raise ValueError(
+                    f"{config.pretrained_vision!r} has no {name} in its config; use a CLIP or "
+                    "SigLIP vision tower"
+                )
+        self.image_size = int(tower_config.image_size)
+        self.tower.requires_grad_(False)
+        self.tower.eval()
+        mean = torch.tensor(config.pretrained_image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(config.pretrained_image_std).view(1, 3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+        self.proj = nn.Linear(2 * tower_config.hidden_size, config.hidden_dim)
+        logger.info("allocator thumbnails encoded by frozen %s", config.pretrained_vision)
+
+    def train(self, mode: bool = True) -> PretrainedThumbEncoder:
+        super().train(mode)
+        self.tower.eval()  # frozen: dropout and norms stay in inference mode
+        return self
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (N, F, 3, S, S) in [0, 1] → (N, F, D)."""
+        n, f = frames.shape[:2]
+        x = frames.flatten(0, 1).float()  # (N*F, 3, S, S)
+        size = (self.image_size, self.image_size)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        x = (x - self.pixel_mean) / self.pixel_std  # (N*F, 3, I, I)
+        with torch.no_grad():
+            tokens = self.tower(pixel_values=x).last_hidden_state  # (N*F, P, H)
+        pooled = torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=1)  # (N*F, 2H)
+        return self.proj(pooled.to(self.proj.weight.dtype)).reshape(n, f, -1)  # (N, F, D)
+
+
+class ChunkPool(nn.Module):
+    """The F frame features of a chunk → one chunk feature: their mean, plus the mean absolute
+    change between consecutive frames (motion / novelty inside the chunk)."""
+
+    def __init__(self, config: AllocatorConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * config.hidden_dim, config.hidden_dim)
+        self.norm = nn.LayerNorm(config.hidden_dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h (N, F, D) → (N, D)."""
+        if h.shape[1] > 1:
+            change = (h[:, 1:] - h[:, :-1]).abs().mean(dim=1)  # (N, D)
+        else:
+            change = torch.zeros_like(h[:, 0])  # (N, D) a one-frame chunk has no change
+        return self.norm(self.proj(torch.cat([h.mean(dim=1), change], dim=1)))  # (N, D)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal embedding of each chunk's normalised position in its video, then a linear map.
+
+    Mid-times of the valid chunks are normalised to [0, 1] per video (first valid chunk 0, last 1)
+    and stretched to positions in [0, max_chunks - 1]; padding chunks get position 0.
+    """
+
+    def __init__(self, config: AllocatorConfig) -> None:
+        super().__init__()
+        half = config.hidden_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / half)  # (D/2,)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.max_position = config.max_chunks - 1
+        self.proj = nn.Linear(config.hidden_dim, config.hidden_dim)
+
+    def forward(self, chunk_times: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
+        """chunk_times (B, K) seconds, chunk_mask (B, K) → (B, K, D)."""
+        t = chunk_times.float()
+        t_min = t.masked_fill(~chunk_mask, math.inf).amin(dim=1, keepdim=True)  # (B, 1)
+        t_max = t.masked_fill(~chunk_mask, -math.inf).amax(dim=1, keepdim=True)  # (B, 1)
+        span = (t_max - t_min).clamp_min(1e-6)
+        position = ((t - t_min) / span).clamp(0, 1) * self.max_position  # (B, K)
+        position = position.masked_fill(~chunk_mask, 0.0)
+        angles = position[..., None] * self.freqs  # (B, K, D/2)
+        emb = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, K, D)
+        return self.proj(emb.to(self.proj.weight.dtype))
+
+
+def _attention_layer(config: AllocatorConfig, *, cross: bool) -> nn.Module:
+    cls = nn.TransformerDecoderLayer if cross else nn.TransformerEncoderLayer
+    return cls(
+        d_model=config.hidden_dim,
+        nhead=config.num_heads,
+        dim_feedforward=config.mlp_ratio * config.hidden_dim,
+        dropout=config.dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+
+
+class QueryEncoder(nn.Module):
+    """Question token ids → contextual token features, with a learned "no question" token first
+    (always attendable, so chunks never attend to an empty set)."""
+
+    def __init__(self, config: AllocatorConfig) -> None:
+        super().__init__()
+        self.mode = config.query_encoder
+        self.embed_dim = config.query_embed_dim
+        self.vocab_size = config.vocab_size
+        if self.mode == "learned":
+            self.table = nn.Embedding(config.vocab_size, config.query_embed_dim)
+        # "backbone": the frozen (V, E) input-embedding matrix, set at run time, never saved.
+        self.register_buffer("backbone_embeddings", None, persistent=False)
+        self.norm = nn.LayerNorm(config.query_embed_dim)
+        self.proj = nn.Linear(config.query_embed_dim, config.hidden_dim)
+        self.position = nn.Embedding(config.max_query_tokens, config.hidden_dim)
+        self.null_token = nn.Parameter(torch.zeros(1, 1, config.hidden_dim))
+        nn.init.normal_(self.null_token, std=0.02)
+        self.layers = nn.ModuleList(
+            _attention_layer(config, cross=False) for _ in range(config.query_layers)
+        )
+
+    def set_backbone_embeddings(self, weight: torch.Tensor) -> None:
+        if self.mode != "backbone":
+            raise ValueError(
+                'set_query_embeddings is only for query_encoder="backbone"; this allocator learns '
+                "its own query embeddings"
+            )
+        if weight.ndim != 2 or weight.shape[1] != self.embed_dim:
+            raise ValueError(
+                f"backbone input embeddings have shape {tuple(weight.shape)}; expected (vocab, "
+                f"{self.embed_dim}) — set query_embed_dim to the backbone's hidden size"
+            )
+        self.backbone_embeddings = weight.detach()
+
+    def forward(
+        self, query_ids: torch.Tensor, query_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """query_ids (B, L), query_mask (B, L) → tokens (B, 1+L, D), keep mask (B, 1+L)."""
+        ids = query_ids.masked_fill(~query_mask, 0)  # (B, L) padding ids may be anything
+        if self.mode == "learned":
+            emb = self.table(ids % self.vocab_size)  # (B, L, E)
+        else:
+            if self.backbone_embeddings is None:
+                raise RuntimeError(
+                    'query_encoder="backbone" needs the frozen matrix first: call '
+                    "allocator.set_query_embeddings(backbone.get_input_embeddings().weight)"
+                )
+            rows = self.backbone_embeddings.shape[0]
+            if ids.numel() and int(ids.max()) >= rows:
+                raise ValueError(
+                    f"query token id {int(ids.max())} is outside the backbone's {rows} input "
+                    "embeddings; tokenize the question with that backbone's tokenizer"
+                )
+            emb = F.embedding(ids, self.backbone_embeddings).to(self.proj.weight.dtype)  # (B, L, E)
+        b, length = ids.shape
+        positions = torch.arange(length, device=ids.device)  # (L,)
+        x = self.proj(self.norm(emb)) + self.position(positions)  # (B, L, D)
+        x = torch.cat([self.null_token.expand(b, 1, -1), x], dim=1)  # (B, 1+L, D)
+        keep = torch.cat([query_mask.new_ones(b, 1), query_mask], dim=1)  # (B, 1+L)
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=~keep)
+        return x, keep
+
+
+class BetaHead(nn.Module):
+    """Chunk state → (α, β) = softplus(0.5 z) + 1, so every Beta is unimodal or flat (CAPO.md)."""
+
+    def __init__(self, config: AllocatorConfig) -> None:
+        super().__init__()
+        d = config.hidden_dim
+        self.net = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 2)
+        )
+        # Initial mean action m = (init_mean_scale - s_min) / (s_max - s_min); the smaller shape
+        # parameter is init_min_shape and the other follows from α / (α + β) = m.
+        m = (config.init_mean_scale - config.scale_min) / (config.scale_max - config.scale_min)
+        k = config.init_min_shape
+        alpha0, beta0 = (k, k * (1 - m) / m) if m <= 0.5 else (k * m / (1 - m), k)
+        last = self.net[-1]
+        nn.init.normal_(last.weight, std=1e-2)
+        with torch.no_grad():
+            last.bias.copy_(
+                torch.tensor([2 * _softplus_inverse(alpha0 - 1), 2 * _softplus_inverse(beta0 - 1)])
+            )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, K, D) → alpha (B, K), beta (B, K)."""
+        z = self.net(x)  # (B, K, 2)
+        ab = F.softplus(0.5 * z) + 1.0  # (B, K, 2)
+        return ab[..., 0], ab[..., 1]
+
+
+class Allocator(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="resadapt",
+    tags=["video-qa", "resolution-allocation"],
+):
+    """Query-aware allocator: per chunk, a Beta over the action a ∈ (0, 1) (scale = s_min + a Δs).
+
+    thumbnails → frame encoder → chunk pool (+ frame change) → features (B, K, D)
+    → + time embedding → [self-attention over chunks, cross-attention to the question, MLP] × N
+    → Beta head.
+    Save with ``save_pretrained(folder)``; load with ``Allocator.from_pretrained(folder)``.
+    """
+
+    def __init__(self, config: AllocatorConfig | dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = AllocatorConfig()
+        elif isinstance(config, dict):  # from config.json
+            config = AllocatorConfig.from_dict(config)
+        self.config = config
+        if config.thumb_encoder == "conv":
+            self.thumb_encoder: nn.Module = ConvThumbEncoder(config)
+        else:
+            self.thumb_encoder = PretrainedThumbEncoder(config)
+        self.chunk_pool = ChunkPool(config)
+        self.time_embedding = TimeEmbedding(config)
+        self.query_encoder = QueryEncoder(config)
+        self.mixer = nn.ModuleList(
+            _attention_layer(config, cross=True) for _ in range(config.num_layers)
+        )
+        self.mixer_norm = nn.LayerNorm(config.hidden_dim)
+        self.head = BetaHead(config)
+
+    # ----------------------------------------------------------------------------------------
+    # run-time inputs
+
+    def set_query_embeddings(self, weight: torch.Tensor) -> None:
+        """Supply the frozen backbone input-embedding matrix (V, query_embed_dim) for
+        query_encoder="backbone". It is shared, not copied, and not saved with the allocator."""
+        self.query_encoder.set_backbone_embeddings(weight)
+
+    def _check_inputs(
+        self,
+        thumbs: torch.Tensor,
+        query_ids: torch.Tensor,
+        query_mask: torch.Tensor,
+        chunk_mask: torch.Tensor,
+        chunk_times: torch.Tensor,
+    ) -> None:
+        c = self.config
+        expected = (c.frames_per_chunk, 3, c.thumb_side, c.thumb_side)
+        if thumbs.ndim != 6 or tuple(thumbs.shape[2:]) != expected:
+            raise ValueError(
+                f"thumbs must be (B, K, {', '.join(map(str, expected))}), got {tuple(thumbs.shape)}"
+            )
+        b, k = thumbs.shape[:2]
+        if k > c.max_chunks:
+            raise ValueError(f"{k} chunks exceed max_chunks={c.max_chunks}; sample fewer frames")
+        for name, t in (("chunk_mask", chunk_mask), ("chunk_times", chunk_times)):
+            if tuple(t.shape) != (b, k):
+                raise ValueError(f"{name} must be (B, K) = ({b}, {k}), got {tuple(t.shape)}")
+        if query_ids.ndim != 2 or query_ids.shape[0] != b or query_mask.shape != query_ids.shape:
+            raise ValueError(
+                f"query_ids and query_mask must both be (B={b}, L), got {tuple(query_ids.shape)} "
+                f"and {tuple(query_mask.shape)}"
+            )
+        if query_ids.shape[1] > c.max_query_tokens:
+            raise ValueError(
+                f"the question has {query_ids.shape[1]} tokens; max_query_tokens is "
+                f"{c.max_query_tokens} (truncate it)"
+            )
+        if chunk_mask.dtype != torch.bool or query_mask.dtype != torch.bool:
+            raise ValueError("chunk_mask and query_mask must be bool tensors")
+        if not bool(chunk_mask.any(dim=1).all()):
+            raise ValueError("every video needs at least one valid chunk (chunk_mask all False)")
+
+    # ----------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        thumbs: torch.Tensor,
+        query_ids: torch.Tensor,
+        query_mask: torch.Tensor,
+        chunk_mask: torch.Tensor,
+        chunk_times: torch.Tensor,
+    ) -> AllocatorOutput:
+        """thumbs (B, K, F, 3, S, S) in [0, 1]; query_ids (B, L) long; query_mask (B, L) bool;
+        chunk_mask (B, K) bool (padding False); chunk_times (B, K) chunk mid-times in seconds."""
+        self._check_inputs(thumbs, query_ids, query_mask, chunk_mask, chunk_times)
+        b, k = chunk_mask.shape
+        dtype = self.head.net[1].weight.dtype
+        # Only valid chunks are encoded: padding pixels can neither leak nor cost time.
+        valid = chunk_mask.reshape(-1)  # (B*K,)
+        frames = thumbs.reshape(b * k, *thumbs.shape[2:])[valid].to(dtype)  # (N, F, 3, S, S)
+        pooled = self.chunk_pool(self.thumb_encoder(frames))  # (N, D)
+        features = pooled.new_zeros(b * k, pooled.shape[-1])  # (B*K, D)
+        features[valid] = pooled
+        features = features.reshape(b, k, -1)  # (B, K, D)
+
+        x = features + self.time_embedding(chunk_times, chunk_mask)  # (B, K, D)
+        query, query_keep = self.query_encoder(query_ids, query_mask)  # (B, 1+L, D), (B, 1+L)
+        for layer in self.mixer:
+            x = layer(
+                x,
+                query,
+                tgt_key_padding_mask=~chunk_mask,
+                memory_key_padding_mask=~query_keep,
+            )  # (B, K, D)
+        alpha, beta = self.head(self.mixer_norm(x))  # (B, K), (B, K)
+        return AllocatorOutput(alpha=alpha, beta=beta, features=features)
+
+    # ----------------------------------------------------------------------------------------
+    # save / load: the frozen tower and backbone embeddings come from their own sources
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """State to save: everything except the frozen pretrained tower."""
+        return {
+            name: tensor.detach().contiguous()
+            for name, tensor in self.state_dict().items()
+            if not name.startswith(TOWER_PREFIX)
+        }
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load ``trainable_state_dict`` output strictly (only the frozen tower may be absent)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [name for name in missing if not name.startswith(TOWER_PREFIX)]
+        if missing or unexpected:
+            raise ValueError(
+                f"allocator checkpoint does not match its config: missing {missing}, unexpected "
+                f"{unexpected}; save and load with the same allocator version"
+            )
+
+    def _save_pretrained(self, save_directory) -> None:
+        path = os.path.join(save_directory, constants.SAFETENSORS_SINGLE_FILE)
+        safetensors.torch.save_file(self.trainable_state_dict(), path, metadata={"format": "pt"})
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        **model_kwargs: Any,
+    ) -> Allocator:
+        if os.path.isdir(model_id):
+            path = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"{model_id!r} holds no {constants.SAFETENSORS_SINGLE_FILE}; point to a folder "
+                    "written by Allocator.save_pretrained"
+                )
+        else:
+            path = hf_hub_download(
+                repo_id=model_id,
+                filename=constants.SAFETENSORS_SINGLE_FILE,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+            )
+        model = cls(**model_kwargs)
+        model.load_trainable_state_dict(safetensors.torch.load_file(path, device=str(map_location)))
+        model.eval()
+        return model

@@ -1,0 +1,231 @@
+"""CAPO, the allocator's training objective: cost-aware advantages, clipped loss, regularisers.
+
+Owns the arithmetic of CAPO.md as small pure tensor functions with named steps. Knows nothing about
+models, videos, backbones or graders: it sees accuracies, costs, log-densities and features.
+
+Shape legend: M allocations in one prompt group, N allocations in a batch, K chunks, D features.
+
+Decisions CAPO.md leaves open:
+  * ``group_zscore`` uses the population std (``unbiased=False``). trl and verl use torch's default
+    unbiased std, which is larger by sqrt(M / (M - 1)) (1.07 at M = 8); the population std is
+    defined for M = 1 and gives z-scores of unit variance within the group.
+  * ``similarity_loss`` detaches the neighbour weights w: the loss pushes scales, not features
+    (otherwise the policy could lower the loss by making neighbouring features look different).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ZSCORE_EPS = 1e-6
+"""Added to the group std before dividing (CAPO.md step 1)."""
+ZSCORE_MIN_STD = 1e-4
+"""Below this group std the accuracy term is 0: no accuracy signal in the group."""
+MAX_LOG_RATIO = 20.0
+"""|log π_new − log π_old| is clamped to this before exponentiating."""
+SIMILARITY_WEIGHT = 1e-3
+"""Weight of ``similarity_loss`` in the total loss (CAPO.md)."""
+CONCENTRATION_WEIGHT = 5e-4
+"""Weight of ``concentration_loss`` in the total loss (CAPO.md)."""
+ADVANTAGE_MODES = ("capo", "direct", "none")
+"""capo: the full shaping; direct: z(acc) − λ·cost (ablation); none: z(acc), no cost (ablation)."""
+
+
+def group_zscore(
+    values: torch.Tensor, *, eps: float = ZSCORE_EPS, min_std: float = ZSCORE_MIN_STD
+) -> torch.Tensor:
+    """Step 1: (x − mean) / (std + eps) over one group (M,) → (M,); zeros when std < min_std.
+
+    std is the population std (see the module docstring).
+    """
+    std = values.std(unbiased=False)
+    z = (values - values.mean()) / (std + eps)
+    return torch.where(std < min_std, torch.zeros_like(z), z)
+
+
+def cost_pivot(
+    cost: torch.Tensor, *, pivot_alpha: float = 0.5, pivot_fixed: float = 0.4
+) -> torch.Tensor:
+    """Step 2: τ = α_p · mean(c) + (1 − α_p) · τ_fix, with the group mean detached; (M,) → ()."""
+    return pivot_alpha * cost.mean().detach() + (1 - pivot_alpha) * pivot_fixed
+
+
+def efficiency_signal(
+    cost: torch.Tensor, pivot: torch.Tensor, *, temperature: float = 0.15
+) -> torch.Tensor:
+    """Step 3: R_small = σ((τ − c) / T) − ½, positive for allocations cheaper than the pivot.
+
+    (M,) → (M,). R_big = −R_small.
+    """
+    return torch.sigmoid((pivot - cost) / temperature) - 0.5
+
+
+def asymmetric_shaping(
+    acc: torch.Tensor,
+    r_small: torch.Tensor,
+    *,
+    correct_threshold: float = 0.35,
+    right_scale: float = 0.7,
+    wrong_scale: float = 1.3,
+    acc_power: float = 0.5,
+    acc_floor: float = 0.05,
+) -> torch.Tensor:
+    """Step 4: correct allocations are rewarded for being cheap, wrong ones for looking harder.
+
+    correct = acc > threshold; w⁺ = max(acc^p, floor); w⁻ = 1 − acc;
+    Shape = correct · right · w⁺ · R_small + (1 − correct) · wrong · w⁻ · (−R_small).
+    (M,), (M,) → (M,).
+    """
+    correct = acc > correct_threshold
+    w_right = acc.clamp_min(0).pow(acc_power).clamp_min(acc_floor)
+    w_wrong = 1 - acc
+    return torch.where(correct, right_scale * w_right * r_small, wrong_scale * w_wrong * (-r_small))
+
+
+def capo_advantages(
+    acc: torch.Tensor,
+    cost: torch.Tensor,
+    *,
+    mode: str = "capo",
+    pivot_alpha: float = 0.5,
+    pivot_fixed: float = 0.4,
+    temperature: float = 0.15,
+    correct_threshold: float = 0.35,
+    right_scale: float = 0.7,
+    wrong_scale: float = 1.3,
+    acc_power: float = 0.5,
+    acc_floor: float = 0.05,
+    encourage: float = 0.25,
+    gas: float = 0.05,
+    correct_floor: float = 0.001,
+    direct_weight: float = 0.5,
+) -> torch.Tensor:
+    """Advantages of the M allocations of ONE prompt group: acc (M,) in [0, 1], cost (M,) in
+    [0, 1] → (M,). Every chunk of allocation m then gets A_m (CAPO.md step 7, in the loss).
+
+    mode="capo" (CAPO.md steps 1–6):
+        A = z(acc) + encourage · Shape − gas · c, then max(A, correct_floor) where correct;
+    mode="direct": A = z(acc) − direct_weight · c;  mode="none": A = z(acc).
+    """
+    if mode not in ADVANTAGE_MODES:
+        raise ValueError(f"mode={mode!r}; choose one of {ADVANTAGE_MODES}")
+    if acc.ndim != 1 or acc.shape != cost.shape or acc.numel() == 0:
+        raise ValueError(
+            f"acc and cost must be one group of equal 1-D shape (M,), got {tuple(acc.shape)} and "
+            f"{tuple(cost.shape)}"
+        )
+    acc = acc.float()
+    cost = cost.float()
+    base = group_zscore(acc)  # (M,)
+    if mode == "none":
+        return base
+    if mode == "direct":
+        return base - direct_weight * cost
+    pivot = cost_pivot(cost, pivot_alpha=pivot_alpha, pivot_fixed=pivot_fixed)  # ()
+    r_small = efficiency_signal(cost, pivot, temperature=temperature)  # (M,)
+    shape = asymmetric_shaping(
+        acc,
+        r_small,
+        correct_threshold=correct_threshold,
+        right_scale=right_scale,
+        wrong_scale=wrong_scale,
+        acc_power=acc_power,
+        acc_floor=acc_floor,
+    )  # (M,)
+    advantages = base + encourage * shape - gas * cost  # (M,)
+    correct = acc > correct_threshold
+    return torch.where(correct, advantages.clamp_min(correct_floor), advantages)
+
+
+def token_cost(visual_tokens: torch.Tensor, vanilla_tokens: torch.Tensor | int) -> torch.Tensor:
+    """Cost = fraction of the full-resolution visual tokens actually spent (what the user pays).
+
+    visual_tokens (M,), vanilla_tokens () or (M,) → (M,). In [0, 1] whenever scales are <= 1 (the
+    backbone's per-frame pixel cap makes scale 1.0 the largest size).
+    """
+    vanilla = torch.as_tensor(vanilla_tokens, dtype=torch.float32)
+    if bool((vanilla <= 0).any()):
+        raise ValueError(f"vanilla_tokens must be positive, got {vanilla_tokens}")
+    return torch.as_tensor(visual_tokens, dtype=torch.float32) / vanilla
+
+
+def scale_cost(
+    scales: torch.Tensor,
+    scale_min: float,
+    scale_max: float,
+    chunk_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference cost: the normalised mean scale (mean_k s_k − s_min) / (s_max − s_min).
+
+    scales (M, K), chunk_mask (M, K) or None (all valid) → (M,).
+    """
+    if chunk_mask is None:
+        chunk_mask = torch.ones_like(scales, dtype=torch.bool)
+    valid = chunk_mask.to(scales.dtype)  # (M, K)
+    mean = (scales * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)  # (M,)
+    return (mean - scale_min) / (scale_max - scale_min)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
+def ppo_clip_loss(
+    log_prob_new: torch.Tensor,
+    log_prob_old: torch.Tensor,
+    advantages: torch.Tensor,
+    chunk_mask: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    dual_clip: float = 10.0,
+) -> torch.Tensor:
+    """Clipped policy-gradient loss on the Beta log-densities of stored actions → scalar.
+
+    log_prob_new, log_prob_old (N, K); advantages (N,), broadcast to every chunk of allocation n;
+    chunk_mask (N, K). Per chunk: ρ = exp(clamp(new − old, ±20));
+    l = max(−A ρ, −A clip(ρ, 1 − eps_low, 1 + eps_high)), and for A < 0 also min(l, −A · dual_clip).
+    Mean over valid chunks.
+    """
+    log_ratio = (log_prob_new - log_prob_old.detach()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    ratio = log_ratio.exp()  # (N, K)
+    adv = advantages.detach()[:, None].expand_as(ratio)  # (N, K)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - eps_low, 1 + eps_high)
+    loss = torch.maximum(unclipped, clipped)  # (N, K)
+    loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)  # (N, K)
+    return _masked_mean(loss, chunk_mask)
+
+
+def similarity_loss(
+    features: torch.Tensor,
+    mean_scales: torch.Tensor,
+    chunk_mask: torch.Tensor,
+    centre: float = 0.55,
+    width: float = 0.12,
+    margin: float = 0.05,
+) -> torch.Tensor:
+    """Temporal-similarity regulariser: a near-identical next chunk should cost less → scalar.
+
+    features (N, K, D) chunk thumbnail features, mean_scales (N, K) Beta-mean scales, chunk_mask
+    (N, K). For adjacent valid chunks with cosine similarity u: w = σ((u − centre) / width)
+    (detached), ŝ = log(mean scale), loss = mean over pairs of w · ReLU(ŝ_{k+1} − ŝ_k + margin · w).
+    """
+    with torch.no_grad():
+        u = F.cosine_similarity(features[:, 1:], features[:, :-1], dim=-1)  # (N, K-1)
+        w = torch.sigmoid((u - centre) / width)  # (N, K-1)
+    s_hat = mean_scales.clamp_min(1e-6).log()  # (N, K)
+    gap = F.relu(s_hat[:, 1:] - s_hat[:, :-1] + margin * w)  # (N, K-1)
+    pairs = chunk_mask[:, 1:] & chunk_mask[:, :-1]  # (N, K-1)
+    return _masked_mean(w * gap, pairs)
+
+
+def concentration_loss(
+    alpha: torch.Tensor, beta: torch.Tensor, chunk_mask: torch.Tensor
+) -> torch.Tensor:
+    """mean(α + β) over valid chunks → scalar: keeps the Betas from becoming needle-sharp.
+
+    alpha, beta, chunk_mask (N, K).
+    """
+    return _masked_mean(alpha + beta, chunk_mask)

@@ -1,0 +1,132 @@
+"""Video-QA datasets: JSONL or Parquet rows → validated examples, with counted skips.
+
+Owns the row schema shared by the trainer and the evaluator and the prompt text of each problem
+type. Knows nothing about decoding, models or grading.
+
+Row schema: ``{"video": path, "question": str, "answer": str, "options": [str]?,
+"problem_type": "multiple_choice" | "exact" | "numeric" | "temporal_iou"}``; a relative ``video``
+path is relative to the data file's folder; unknown keys are kept in ``Example.extra``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resadapt.errors import ResAdaptError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_TYPES = ("multiple_choice", "exact", "numeric", "temporal_iou")
+LETTERS = "ABCDEFGHIJ"
+"""Option letters; at most this many options per question."""
+
+
+class DataError(ResAdaptError):
+    """A data file cannot be read at all (missing, wrong format, no valid rows)."""
+
+
+@dataclass
+class Example:
+    """One validated (video, question, answer) row."""
+
+    video: str
+    question: str
+    answer: str
+    problem_type: str
+    options: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def prompt(self) -> str:
+        """The question as the backbone sees it (options listed for multiple choice)."""
+        if self.problem_type != "multiple_choice":
+            return self.question
+        listed = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(self.options or []))
+        return f"{self.question}\n{listed}\nAnswer with the option's letter."
+
+    def gold(self) -> str:
+        """The answer string a correct response contains (the letter for multiple choice)."""
+        if self.problem_type == "multiple_choice" and self.options and self.answer in self.options:
+            return LETTERS[self.options.index(self.answer)]
+        return self.answer
+
+
+def _validate(row: object, root: Path) -> tuple[Example | None, str]:
+    """An Example, or None and the reason the row is skipped."""
+    if not isinstance(row, dict):
+        return None, "row is not an object"
+    for key in ("video", "question", "answer", "problem_type"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            return None, f"missing or empty {key!r}"
+    if row["problem_type"] not in PROBLEM_TYPES:
+        return None, "unknown problem_type"
+    options = row.get("options")
+    if row["problem_type"] == "multiple_choice":
+        if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS):
+            return None, "multiple_choice needs 2-10 options"
+        options = [str(o) for o in options]
+        if row["answer"] not in options and row["answer"] not in LETTERS[: len(options)]:
+            return None, "answer is neither an option nor its letter"
+    else:
+        options = None
+    video = Path(row["video"])
+    if not video.is_absolute():
+        video = root / video
+    known = {"video", "question", "answer", "problem_type", "options"}
+    return (
+        Example(
+            video=str(video),
+            question=row["question"].strip(),
+            answer=row["answer"].strip(),
+            problem_type=row["problem_type"],
+            options=options,
+            extra={k: v for k, v in row.items() if k not in known},
+        ),
+        "",
+    )
+
+
+def read_examples(path: str | Path) -> tuple[list[Example], Counter]:
+    """Read a .jsonl or .parquet file; returns the valid examples and skip reasons with counts."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    skipped: Counter = Counter()
+    rows: list[object] = []
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path} as Parquet: {e}") from e
+        rows = [
+            {k: (list(v) if hasattr(v, "tolist") else v) for k, v in r.items() if v is not None}
+            for r in frame.to_dict(orient="records")
+        ]
+    elif path.suffix in (".jsonl", ".json"):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                skipped["invalid JSON"] += 1
+                logger.warning("%s:%d: invalid JSON, skipped", path, n)
+    else:
+        raise DataError(f"{path} is neither .jsonl nor .parquet")
+    examples = []
+    for row in rows:
+        example, reason = _validate(row, path.parent)
+        if example is None:
+            skipped[reason] += 1
+        else:
+            examples.append(example)
+    if skipped:
+        logger.warning("%s: skipped %d rows: %s", path, sum(skipped.values()), dict(skipped))
+    if not examples:
+        raise DataError(f"{path} has no valid rows")
+    return examples, skipped
