@@ -234,6 +234,8 @@ class Backbone:
             video_metadata=metadata,
             do_resize=False,
             do_sample_frames=False,
+            # Frames arrive at their final size (do_resize=False), so no pixel cap applies.
+            cap_pixels_per_frame=False,
             padding=True,
             return_tensors="pt",
         )

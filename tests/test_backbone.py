@@ -151,7 +151,10 @@ def test_batched_mixed_sizes_match_single_rows(backbone):
     answers = ["horizontal", "A"]
     batch = backbone.answer_logprob(videos, [QUESTION] * 2, answers)
     single = torch.cat(
-        [backbone.answer_logprob([v], [QUESTION], [a]) for v, a in zip(videos, answers, strict=True)]
+        [
+            backbone.answer_logprob([v], [QUESTION], [a])
+            for v, a in zip(videos, answers, strict=True)
+        ]
     )
     assert torch.allclose(batch, single, atol=1e-4)
 
