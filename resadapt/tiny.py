@@ -56,8 +56,14 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A deterministic byte-level BPE tokenizer with the Qwen-VL special tokens (no download)."""
+def build_tokenizer(
+    vocab_size: int = 512, corpus: list[str] | None = None
+) -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE tokenizer with the Qwen-VL special tokens (no download).
+
+    ``corpus`` (default: a few lines of video-question words) is the text the merges are learned
+    from; a tokenizer for a trained tiny backbone learns them from its task's prompts.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -67,7 +73,7 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator((corpus or _CORPUS) * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -93,19 +99,21 @@ def build_tiny_qwen2_5_vl(
     hidden: int = 64,
     layers: int = 2,
     vision_depth: int = 2,
+    heads: int = 4,
     max_pixels: int = 168 * 168,
     min_pixels: int = 28 * 28,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     """A random tiny Qwen2.5-VL (patch 14 × merge 2 = 28-px tokens) and its processor."""
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": hidden,
             "intermediate_size": hidden * 2,
             "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads // 2),
             "max_position_embeddings": 8192,
             "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]},
             "bos_token_id": tokenizer.pad_token_id,
@@ -116,7 +124,7 @@ def build_tiny_qwen2_5_vl(
             "depth": vision_depth,
             "hidden_size": hidden,
             "intermediate_size": hidden * 2,
-            "num_heads": 4,
+            "num_heads": heads,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
@@ -147,20 +155,22 @@ def build_tiny_qwen3_vl(
     hidden: int = 64,
     layers: int = 2,
     vision_depth: int = 2,
+    heads: int = 4,
     max_pixels: int = 192 * 192,
     min_pixels: int = 32 * 32,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
     """A random tiny Qwen3-VL (patch 16 × merge 2 = 32-px tokens) and its processor."""
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     config = Qwen3VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": hidden,
             "intermediate_size": hidden * 2,
             "num_hidden_layers": layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": hidden // 4,
+            "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads // 2),
+            "head_dim": hidden // heads,
             "max_position_embeddings": 8192,
             "rope_parameters": {
                 "rope_type": "default",
@@ -175,7 +185,7 @@ def build_tiny_qwen3_vl(
             "depth": vision_depth,
             "hidden_size": hidden,
             "intermediate_size": hidden * 2,
-            "num_heads": 4,
+            "num_heads": heads,
             "patch_size": 16,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
