@@ -40,8 +40,8 @@ from resadapt.tiny import TINY_BACKBONES, build_tiny
 logger = logging.getLogger(__name__)
 
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
-DEFAULT_MIN_TOKENS = 4
-"""Smallest chunk size the allocator may choose, in visual tokens (2 × 2 merged patches)."""
+DEFAULT_MIN_TOKENS = 1
+"""Smallest chunk size a policy may choose, in visual tokens (one merged patch)."""
 
 
 @dataclass

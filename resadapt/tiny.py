@@ -83,6 +83,12 @@ def build_tokenizer(
     )
 
 
+def _mrope(head_dim: int) -> list[int]:
+    """Split of the rotary half-dimension into (time, height, width), in Qwen's 1 : 1.5 : 1.5."""
+    hw = 3 * head_dim // 16
+    return [head_dim // 2 - 2 * hw, hw, hw]
+
+
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return {
@@ -115,7 +121,7 @@ def build_tiny_qwen2_5_vl(
             "num_attention_heads": heads,
             "num_key_value_heads": max(1, heads // 2),
             "max_position_embeddings": 8192,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]},
+            "rope_parameters": {"rope_type": "default", "mrope_section": _mrope(hidden // heads)},
             "bos_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
@@ -174,7 +180,7 @@ def build_tiny_qwen3_vl(
             "max_position_embeddings": 8192,
             "rope_parameters": {
                 "rope_type": "default",
-                "mrope_section": [2, 3, 3],
+                "mrope_section": _mrope(hidden // heads),
                 "mrope_interleaved": True,
             },
             "bos_token_id": tokenizer.pad_token_id,

@@ -1,0 +1,476 @@
+"""``python -m resadapt.train_backbone``: train the offline world's tiny Qwen2.5-VL from scratch.
+
+Owns the recipe that makes a ~2 M-parameter Qwen2.5-VL (the real transformers class, processor and
+a locally trained tokenizer) answer the synthetic tasks of :mod:`resadapt.synth` on a CPU, and
+writes it as an ordinary checkpoint folder (``assets/backbone`` by default) that
+``Backbone.load`` reads like any real one. Knows nothing about allocators or CAPO.
+
+Recipe (TINY_WORLD.md: naive end-to-end training stays at chance, because at initialisation the
+visual tokens are all alike and the tower's gradients are tiny):
+  1. Vision warm-up: the tower alone learns per-token auxiliary targets — which card colour and
+     which grating class each merged token shows (``synth.token_labels``) — through two linear
+     heads on the merged visual tokens.
+  2. Joint training with the language-model loss on the answer (the option letter and the
+     end-of-turn token) plus the same auxiliary loss, over a curriculum of chunk and card
+     counts (``--schedule``: few chunks and cards first, then the full task).
+  3. Every chunk's size is drawn at random (``--scale-mix``), the way allocators will resize
+     them, and ``--long-mix`` of the clips are sampled from twice as many source frames, so a
+     card can fill only one frame of its chunk (the long task seen at a higher sampling rate).
+Inputs go through the same code as inference — ``Backbone.prepare`` on chunks resized by
+``video.resize_frames`` and prompts from ``data.Example.prompt`` — so the trained model sees
+exactly what the pipeline gives it.
+
+Long runs checkpoint atomically every ``--checkpoint-every`` steps into ``--work-dir`` and
+``--resume`` continues from there. Command (about 25 min on 2 CPU cores):
+``python -m resadapt.train_backbone --out-dir assets/backbone``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from resadapt.backbone import Backbone, ChunkedVideo
+from resadapt.data import Example
+from resadapt.errors import ResAdaptError
+from resadapt.geometry import fit_budget
+from resadapt.synth import (
+    COLOUR_NAMES,
+    FRAMES_PER_CHUNK,
+    ORIENTATIONS,
+    TASKS,
+    Sample,
+    generate_sample,
+)
+from resadapt.tiny import build_tiny_qwen2_5_vl, build_tokenizer
+from resadapt.video import resize_frames, sample_indices
+
+logger = logging.getLogger("resadapt.train_backbone")
+
+HELD_OUT_SEED_OFFSET = 10_000_000
+"""Evaluation samples use seeds from here on; training draws seeds below it."""
+
+
+@dataclass
+class BackboneTrainConfig:
+    """Everything that defines a tiny-backbone training run (saved next to the checkpoint)."""
+
+    out_dir: str = field(default="assets/backbone", metadata={"help": "final checkpoint folder"})
+    work_dir: str = field(
+        default="runs/backbone", metadata={"help": "resumable checkpoints and metrics.jsonl"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from --work-dir"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, data and scale draws"})
+    size: int = field(default=168, metadata={"help": "frame side in pixels (6 × 28-px tokens)"})
+    card_px: int = field(default=48, metadata={"help": "card side in pixels"})
+    hidden: int = field(default=128, metadata={"help": "width of tower and language model"})
+    text_layers: int = field(default=4, metadata={"help": "language-model layers"})
+    vision_depth: int = field(default=4, metadata={"help": "vision-tower blocks"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    batch_size: int = field(default=16, metadata={"help": "clips per step"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
+    vision_steps: int = field(default=150, metadata={"help": "steps of vision warm-up"})
+    schedule: str = field(
+        default="1x1:100,2x2:150,4x3:250,8x3:600",
+        metadata={"help": "joint curriculum: CHUNKSxCARDS:STEPS, comma separated"},
+    )
+    scale_mix: float = field(
+        default=0.5, metadata={"help": "probability that a chunk is drawn at a random scale"}
+    )
+    min_scale: float = field(default=0.1, metadata={"help": "smallest random chunk scale"})
+    long_mix: float = field(
+        default=0.25,
+        metadata={"help": "share of clips sampled from twice as many source frames"},
+    )
+    aux_weight: float = field(default=0.5, metadata={"help": "weight of the per-token losses"})
+    eval_every: int = field(default=200, metadata={"help": "steps between evaluations"})
+    eval_size: int = field(default=64, metadata={"help": "held-out clips per evaluation"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: all cores)"})
+
+    def __post_init__(self) -> None:
+        if self.size % 28:
+            raise ResAdaptError(
+                f"--size must be a multiple of 28 (the token side), got {self.size}"
+            )
+        if not 0 <= self.scale_mix <= 1 or not 0 <= self.long_mix <= 1:
+            raise ResAdaptError("--scale-mix and --long-mix must be probabilities in [0, 1]")
+        if not 0 < self.min_scale <= 1:
+            raise ResAdaptError(f"--min-scale must be in (0, 1], got {self.min_scale}")
+        self.stages()  # validates the schedule
+
+    def stages(self) -> list[tuple[int, int, int]]:
+        """(chunks, cards, steps) of every joint stage."""
+        out = []
+        for part in self.schedule.split(","):
+            try:
+                shape, steps = part.split(":")
+                chunks, cards = (int(x) for x in shape.split("x"))
+                out.append((chunks, cards, int(steps)))
+            except ValueError as e:
+                raise ResAdaptError(
+                    f"--schedule part {part!r} is not CHUNKSxCARDS:STEPS (e.g. 4x3:250)"
+                ) from e
+            if not 1 <= cards <= chunks or int(steps) < 0:
+                raise ResAdaptError(f"--schedule part {part!r} needs 1 <= cards <= chunks")
+        return out
+
+    @property
+    def total_steps(self) -> int:
+        return self.vision_steps + sum(s for _, _, s in self.stages())
+
+    def stage_at(self, step: int) -> tuple[str, int, int]:
+        """("vision" | "joint", chunks, cards) at a 0-based step."""
+        last = self.stages()[-1]
+        if step < self.vision_steps:
+            return "vision", last[0], last[1]
+        step -= self.vision_steps
+        for chunks, cards, steps in self.stages():
+            if step < steps:
+                return "joint", chunks, cards
+            step -= steps
+        return "joint", last[0], last[1]
+
+
+class TokenHeads(nn.Module):
+    """Linear probes on merged visual tokens: card colour (7 ways) and grating class (5 ways)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.colour = nn.Linear(width, 1 + len(COLOUR_NAMES))
+        self.label = nn.Linear(width, 1 + len(ORIENTATIONS))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.colour(tokens), self.label(tokens)  # (N, 7), (N, 5)
+
+
+def task_corpus(num: int = 200) -> list[str]:
+    """Prompts and answers of the synthetic tasks: the text the tokenizer's merges come from."""
+    lines = []
+    for seed in range(num):
+        task = list(TASKS)[seed % len(TASKS)]
+        sample = generate_sample(seed, task=task, num_frames=4, num_cards=1, size=56, card_px=14)
+        lines += [example_of(sample).prompt(), sample.answer]
+    return lines
+
+
+def example_of(sample: Sample) -> Example:
+    return Example(
+        video="",
+        question=sample.question,
+        answer=sample.answer,
+        problem_type=sample.problem_type,
+        options=list(sample.options) if sample.options else None,
+    )
+
+
+@dataclass
+class Clip:
+    """One training clip: sampled frames, their times, the chunk scales and per-token targets."""
+
+    sample: Sample
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    times: np.ndarray  # (T,) seconds
+    scales: np.ndarray  # (K,)
+    colour_ids: np.ndarray  # (K, H/f, W/f) int64
+    label_ids: np.ndarray  # (K, H/f, W/f) int64
+
+
+def make_clip(
+    seed: int,
+    cfg: BackboneTrainConfig,
+    chunks: int,
+    cards: int,
+    rng: np.random.Generator,
+    factor: int,
+) -> Clip:
+    """A main-task sample at ``chunks`` chunks, maybe sampled from 2× frames, with random scales."""
+    frames_out = chunks * FRAMES_PER_CHUNK
+    source = frames_out * (2 if rng.random() < cfg.long_mix and chunks > 1 else 1)
+    sample = generate_sample(
+        seed, task="main", num_frames=source, num_cards=min(cards, source // 2), size=cfg.size,
+        card_px=cfg.card_px,
+    )  # fmt: skip
+    idx = sample_indices(source, sample.fps, num_frames=frames_out)  # (T,)
+    grid = cfg.size // factor
+    colour_ids = np.zeros((chunks, grid, grid), np.int64)
+    label_ids = np.zeros_like(colour_ids)
+    edges = np.arange(grid + 1) * factor
+    for card in sample.cards:
+        shown = [j for j, i in enumerate(idx) if i in card.frames]
+        if not shown:
+            continue
+        covered = (
+            np.outer(_overlap(edges, card.top, card.size), _overlap(edges, card.left, card.size))
+            * 2
+            >= factor * factor
+        )  # (grid, grid): the card covers at least half the token
+        for k in {j // FRAMES_PER_CHUNK for j in shown}:
+            colour_ids[k][covered] = 1 + COLOUR_NAMES.index(card.colour)
+            label_ids[k][covered] = 1 + card.label_index
+    scales = np.where(
+        rng.random(chunks) < cfg.scale_mix, rng.uniform(cfg.min_scale, 1.0, chunks), 1.0
+    )
+    return Clip(sample, sample.frames[idx], idx / sample.fps, scales, colour_ids, label_ids)
+
+
+def _overlap(edges: np.ndarray, start: int, size: int) -> np.ndarray:
+    """Pixels of [start, start + size) inside each cell between consecutive ``edges``."""
+    return np.clip(np.minimum(edges[1:], start + size) - np.maximum(edges[:-1], start), 0, None)
+
+
+def chunked_video(backbone: Backbone, clip: Clip, scales: np.ndarray) -> ChunkedVideo:
+    g = backbone.geometry
+    base = clip.frames.shape[1:3]
+    f = g.frames_per_chunk
+    chunks = [
+        resize_frames(clip.frames[k * f : (k + 1) * f], g.scaled_size(*base, s))
+        for k, s in enumerate(scales)
+    ]
+    times = clip.times.reshape(-1, f)
+    span = times[-1, -1] - times[0, 0]
+    fps = (len(clip.times) - 1) / span if span > 0 else 2.0
+    return ChunkedVideo(chunks=chunks, timestamps=times, sample_fps=fps)
+
+
+def batch_losses(
+    backbone: Backbone, heads: TokenHeads, clips: list[Clip], joint: bool
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(language-model loss, auxiliary loss, stats) of one batch."""
+    model = backbone.model
+    videos = [chunked_video(backbone, c, c.scales) for c in clips]
+    examples = [example_of(c.sample) for c in clips]
+    answers = [e.gold() for e in examples]
+    inputs = backbone.prepare(videos, [e.prompt() for e in examples], answers)
+    vision = model.model.get_video_features(
+        inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
+    )
+    # Auxiliary targets exist for full-size chunks (their token grid is the label grid).
+    feats, colours, labels = [], [], []
+    items = [(clip, k) for clip in clips for k in range(len(clip.scales))]
+    for (clip, k), tokens in zip(items, vision.pooler_output, strict=True):
+        if tokens.shape[0] == clip.colour_ids[k].size:
+            feats.append(tokens)
+            colours.append(torch.from_numpy(clip.colour_ids[k].reshape(-1)))
+            labels.append(torch.from_numpy(clip.label_ids[k].reshape(-1)))
+    aux = torch.zeros(())
+    stats: dict = {}
+    if feats:
+        colour_logits, label_logits = heads(torch.cat(feats))
+        colour_t, label_t = torch.cat(colours), torch.cat(labels)
+        aux = nn.functional.cross_entropy(colour_logits, colour_t) + nn.functional.cross_entropy(
+            label_logits, label_t
+        )
+        on_card = label_t > 0
+        if on_card.any():
+            stats["token_label_acc"] = float(
+                (label_logits.argmax(-1)[on_card] == label_t[on_card]).float().mean()
+            )
+    if not joint:
+        return torch.zeros(()), aux, stats
+    labels_lm = torch.full_like(inputs["input_ids"], -100)
+    for b, answer in enumerate(answers):
+        n = len(backbone.tokenizer(answer + backbone.tokenizer.eos_token)["input_ids"])
+        labels_lm[b, -n:] = inputs["input_ids"][b, -n:]
+    rest = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos",)}
+    out = model(**rest, mm_encoder_outputs={"video": vision}, labels=labels_lm)
+    return out.loss, aux, stats
+
+
+@torch.no_grad()
+def evaluate(
+    backbone: Backbone, cfg: BackboneTrainConfig, chunks: int, cards: int, retention: float | None
+) -> float:
+    """Accuracy of the first answer token on held-out main-task clips.
+
+    ``retention`` None: every chunk at full size; else every chunk at one scale fitted to that
+    share of the tokens (the uniform baseline at a budget).
+    """
+    g = backbone.geometry
+    right = 0
+    for start in range(0, cfg.eval_size, cfg.batch_size):
+        clips = []
+        for i in range(start, min(cfg.eval_size, start + cfg.batch_size)):
+            seed = HELD_OUT_SEED_OFFSET + i
+            sample = generate_sample(
+                seed, task="main", num_frames=chunks * 2, num_cards=cards, size=cfg.size,
+                card_px=cfg.card_px,
+            )  # fmt: skip
+            idx = np.arange(chunks * 2)
+            ones = np.ones(chunks)
+            clips.append(Clip(sample, sample.frames, idx / sample.fps, ones, ones, ones))
+        videos = []
+        for c in clips:
+            scales = c.scales
+            if retention is not None:
+                base = c.frames.shape[1:3]
+                cap = math.floor(retention * chunks * g.tokens(*base))
+                scales = fit_budget(scales, g, *base, cap)
+            videos.append(chunked_video(backbone, c, scales))
+        examples = [example_of(c.sample) for c in clips]
+        inputs = backbone.prepare(videos, [e.prompt() for e in examples])
+        logits = backbone.model(**inputs).logits[:, -1]  # (B, V)
+        predicted = backbone.tokenizer.batch_decode(logits.argmax(-1)[:, None])
+        right += sum(p.strip() == e.gold() for p, e in zip(predicted, examples, strict=True))
+    return right / cfg.eval_size
+
+
+def _save_atomic(path: Path, write) -> None:
+    """Write a folder via ``write(tmp)`` then rename it into place."""
+    tmp = path.parent / f".tmp-{path.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = path.parent / f".old-{path.name}"
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
+    tokenizer = build_tokenizer(vocab_size=512, corpus=task_corpus())
+    model, processor = build_tiny_qwen2_5_vl(
+        cfg.seed,
+        hidden=cfg.hidden,
+        layers=cfg.text_layers,
+        vision_depth=cfg.vision_depth,
+        heads=cfg.heads,
+        max_pixels=cfg.size * cfg.size,
+        min_pixels=28 * 28,
+        tokenizer=tokenizer,
+    )
+    backbone = Backbone("tiny-qwen2.5-vl", model, processor, min_tokens=1)
+    backbone.model.train().requires_grad_(True)
+    torch.manual_seed(cfg.seed)
+    return backbone, TokenHeads(model.config.vision_config.out_hidden_size)
+
+
+def train(cfg: BackboneTrainConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    backbone, heads = build(cfg)
+    params = list(backbone.model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.total_steps
+    warm = 30
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 %
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    step = 0
+    state_path = work / "checkpoint"
+    if cfg.resume and (state_path / "state.pt").is_file():
+        state = torch.load(state_path / "state.pt", weights_only=False)
+        backbone.model.load_state_dict(state["model"])
+        heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at step %d", state_path, step)
+    metrics = (work / "metrics.jsonl").open("a")
+    t_start = time.perf_counter()
+    while step < total:
+        phase, chunks, cards = cfg.stage_at(step)
+        rng = np.random.default_rng([cfg.seed, step])
+        seeds = rng.integers(0, HELD_OUT_SEED_OFFSET, cfg.batch_size)
+        factor = backbone.geometry.factor
+        clips = [make_clip(int(s), cfg, chunks, cards, rng, factor) for s in seeds]
+        if phase == "vision":
+            for c in clips:
+                c.scales[:] = 1.0
+        t0 = time.perf_counter()
+        lm, aux, stats = batch_losses(backbone, heads, clips, joint=phase == "joint")
+        loss = lm + cfg.aux_weight * aux if phase == "joint" else aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        record = {
+            "step": step, "phase": phase, "chunks": chunks, "cards": cards,
+            "lm_loss": round(lm.item(), 4), "aux_loss": round(aux.item(), 4),
+            "seconds": round(time.perf_counter() - t0, 3), **stats,
+        }  # fmt: skip
+        if step % 10 == 0 or step == total:
+            logger.info(json.dumps(record))
+        if step % cfg.eval_every == 0 or step == total:
+            backbone.model.eval()
+            record["val_full"] = evaluate(backbone, cfg, chunks, cards, None)
+            record["val_uniform_0.1"] = evaluate(backbone, cfg, chunks, cards, 0.1)
+            backbone.model.train()
+            logger.info("step %d eval: %s", step, json.dumps(record))
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        if step % cfg.checkpoint_every == 0 and step < total:
+            state = {
+                "model": backbone.model.state_dict(), "heads": heads.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                "torch_rng": torch.get_rng_state(),
+            }  # fmt: skip
+            _save_atomic(state_path, lambda d, s=state: torch.save(s, d / "state.pt"))
+    metrics.close()
+    backbone.model.eval()
+
+    def write_final(folder: Path) -> None:
+        backbone.model.save_pretrained(folder)
+        backbone.processor.save_pretrained(folder)
+        (folder / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    _save_atomic(Path(cfg.out_dir), write_final)
+    logger.info(
+        "saved %s after %d steps in %.0f s", cfg.out_dir, total, time.perf_counter() - t_start
+    )
+    return record
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m resadapt.train_backbone", description=__doc__)
+    for f in dataclasses.fields(BackboneTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        cfg = BackboneTrainConfig(**vars(args))
+        train(cfg)
+    except ResAdaptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

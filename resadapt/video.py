@@ -1,0 +1,614 @@
+"""Video decoding and frame sampling: backends, seeking, true timestamps, rotation, bad-file errors.
+
+Knows the backbone only through a Geometry (base size, frames per chunk); not models or budgets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from resadapt.errors import BudgetError, ResAdaptError, VideoError
+from resadapt.geometry import Geometry
+
+try:
+    import decord
+except ImportError:  # decord ships no wheels for some platforms (e.g. macOS arm64): PyAV serves
+    decord = None
+
+logger = logging.getLogger(__name__)
+
+# Shapes: T sampled frames, N any frames, H W pixels. Memory is bounded by the sampled frames: only
+# the sampled indices are decoded (by seeking), each straight into the preallocated (T, H, W, 3)
+# array at the base size; the whole file is never decoded.
+
+DEFAULT_BACKEND = "decord"
+"""Backend tried first when none is forced (fast batched seeking)."""
+FALLBACK_BACKEND = "pyav"
+"""Backend used when the default one fails on a file with its own decoder error."""
+MAX_SAMPLED_FRAMES = 768
+"""Most frames one video may be sampled to (qwen-vl-utils' FPS_MAX_FRAMES)."""
+MAX_SAMPLE_FPS = 120.0
+"""Highest sampling rate accepted, frames per second."""
+MAX_DURATION_S = 4 * 3600.0
+"""Longest video accepted, in seconds (opening indexes every packet, so hours cost seconds)."""
+MAX_SOURCE_PIXELS = 7680 * 4320
+"""Largest source frame accepted, in pixels (8K UHD): one RGB frame is then about 100 MB."""
+DECODE_GROUP = 4
+"""Frames decord decodes per call: bounds the full-resolution frames held at once."""
+MAX_SEEK_BACKOFF = 3
+"""Earlier keyframes PyAV tries when a seek lands past its target (index and stream disagree)."""
+DECORD_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+"""Containers (FFmpeg demuxer names) with a per-frame index, where decord 0.6 seeks exactly. On
+MPEG-TS and FLV with B-frames and on AVI it returns neighbouring frames, so PyAV serves those."""
+ERROR_CHARS = 160
+"""Longest decoder message quoted in an error sentence."""
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # decord's "[12:00:00] file.cc:151: "
+_DECORD_ERRORS: tuple[type[Exception], ...] = (
+    (decord.DECORDError, RuntimeError) if decord is not None else ()
+)
+
+
+@dataclass
+class SampledVideo:
+    """The sampled frames of one video at the base size, with where and when each came from."""
+
+    frames: np.ndarray
+    """(T, H, W, 3) uint8 RGB, upright, at ``geometry.base_size`` of the source."""
+    timestamps: np.ndarray
+    """(T,) float64 seconds from the stream start, from the container's presentation times."""
+    indices: np.ndarray
+    """(T,) int64 source frame index of each sampled frame (the last repeats on short videos)."""
+    source_fps: float
+    """Average frame rate of the source stream."""
+    total_frames: int
+    """Frames in the source stream."""
+    duration_s: float
+    """Length of the source stream in seconds (start of the first frame to end of the last)."""
+    source_size: tuple[int, int]
+    """(height, width) of an upright source frame (after rotation metadata)."""
+    backend: str
+    """Name of the backend that decoded the frames."""
+    path: str
+    """The file the frames came from."""
+
+    @property
+    def sample_fps(self) -> float:
+        """True sampling rate: (T - 1) / (last - first timestamp), else the source rate."""
+        span = float(self.timestamps[-1] - self.timestamps[0]) if len(self.timestamps) else 0.0
+        if len(self.timestamps) > 1 and span > 0:
+            return (len(self.timestamps) - 1) / span
+        return self.source_fps
+
+    @property
+    def base_size(self) -> tuple[int, int]:
+        """(H, W) of every sampled frame."""
+        return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """Stream facts a backend reports on opening, before decoding what is sampled."""
+
+    fps: float
+    """Average frame rate."""
+    total_frames: int
+    """Frames in the stream (as the backend indexes them)."""
+    duration_s: float
+    """Start of the first frame to end of the last, seconds."""
+    rotation: int
+    """Degrees a player turns the stored frames clockwise (0, 90, 180, 270)."""
+    size: tuple[int, int]
+    """(height, width) of an upright frame, i.e. after ``rotation``."""
+
+
+class VideoSource(Protocol):
+    """An open video file: stream facts plus decoding of chosen frames by seeking."""
+
+    info: StreamInfo
+
+    def read(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
+        """Yield (upright (H, W, 3) uint8 RGB frame, seconds from stream start) per sorted index."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DecoderError(VideoError):
+    """A backend's decoding library failed on a file (the one error that triggers the fallback)."""
+
+    def __init__(self, backend: str, message: str):
+        super().__init__(message)
+        self.backend = backend
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _quote(error: BaseException) -> str:
+    """The useful part of a decoder's message: its last non-empty line, shortened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = _LOG_PREFIX.sub("", lines[-1]) if lines else type(error).__name__
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
+def _check_header(path: str, height: int, width: int, duration_s: float | None) -> None:
+    """Reject sources too large or too long before anything is decoded."""
+    if height * width > MAX_SOURCE_PIXELS:
+        raise VideoError(
+            f"{path} has {width}x{height} frames; the largest accepted is "
+            f"{MAX_SOURCE_PIXELS} pixels per frame (8K UHD)"
+        )
+    if duration_s is not None and duration_s > MAX_DURATION_S:
+        raise VideoError(
+            f"{path} is {_hours(duration_s)} long; the longest accepted is {_hours(MAX_DURATION_S)}"
+        )
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.1f} s"
+
+
+def _clockwise(ccw_degrees: float) -> int:
+    """FFmpeg's display-matrix angle (counter-clockwise) as a player's clockwise quarter turn."""
+    return int(round(-ccw_degrees / 90.0)) % 4 * 90
+
+
+def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn a stored (H, W, 3) frame ``rotation`` degrees clockwise (a player's display)."""
+    if rotation == 90:
+        return cv2.rotate(rgb, cv2.ROTATE_90_CLOCKWISE)
+    if rotation == 180:
+        return cv2.rotate(rgb, cv2.ROTATE_180)
+    if rotation == 270:
+        return cv2.rotate(rgb, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return rgb
+
+
+def _turned(height: int, width: int, rotation: int) -> tuple[int, int]:
+    return (width, height) if rotation in (90, 270) else (height, width)
+
+
+def _open_container(path: str) -> av.container.InputContainer:
+    try:
+        return av.open(path)
+    except av.error.FFmpegError as e:
+        raise VideoError(
+            f"{path} could not be opened as a video: it is not a video file, or it is truncated "
+            f"or corrupt ({_quote(e)})"
+        ) from e
+
+
+def _video_stream(path: str, container: av.container.InputContainer) -> av.video.VideoStream:
+    if not container.streams.video:
+        kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+        raise VideoError(f"{path} has no video stream (it holds: {kinds})")
+    return container.streams.video[0]
+
+
+def _header_duration(container: av.container.InputContainer, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _first_frame(path: str, container: av.container.InputContainer, stream) -> av.VideoFrame:
+    """Decode the stream's first frame (its side data carries the display matrix)."""
+    try:
+        container.seek(0, stream=stream, backward=True)
+        for frame in container.decode(stream):
+            return frame
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path} has no decodable video frames ({_quote(e)})") from e
+    raise VideoError(f"{path} has no decodable video frames")
+
+
+# ---------------------------------------------------------------------------------------- backends
+class PyAVSource:
+    """PyAV (FFmpeg) backend: indexes packets once, then seeks to the keyframe before each target.
+
+    The frame table (presentation time of every frame, and the keyframes) comes from demuxing the
+    packets without decoding them; frame ``i`` is the i-th presentation time. Frames are turned
+    upright from the display matrix FFmpeg attaches to each decoded frame.
+    """
+
+    name = "pyav"
+
+    def __init__(self, path: str):
+        self.path = path
+        self._container = _open_container(path)
+        try:
+            self._open()
+        except av.error.FFmpegError as e:
+            self._container.close()
+            raise VideoError(f"{path} could not be read as a video ({_quote(e)})") from e
+        except VideoError:
+            self._container.close()
+            raise
+
+    def _open(self) -> None:
+        path, container = self.path, self._container
+        stream = self._stream = _video_stream(path, container)
+        _check_header(path, stream.height, stream.width, _header_duration(container, stream))
+        stream.thread_type = "AUTO"
+        pts, dts, keys, durations = [], [], [], []
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue  # the empty packet that flushes the decoder at the end
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None:
+                raise VideoError(
+                    f"{path} does not time-stamp every frame ({container.format.name} container), "
+                    "so frames cannot be found by seeking; re-mux it to MP4 "
+                    "(ffmpeg -i IN -c copy OUT.mp4)"
+                )
+            pts.append(stamp)
+            dts.append(packet.dts if packet.dts is not None else stamp)
+            keys.append(packet.is_keyframe)
+            durations.append(packet.duration or 0)
+        if not pts:
+            raise VideoError(f"{path} has no decodable video frames (its video stream is empty)")
+        order = np.argsort(pts, kind="stable")
+        self._pts = np.asarray(pts, np.int64)[order]  # (N,) presentation order
+        is_key = np.asarray(keys, bool)[order]
+        if not is_key.any():
+            is_key[0] = True  # e.g. intra-only streams that flag nothing: start from the top
+        self._key_pts = self._pts[is_key]  # (N_key,)
+        self._key_seek = np.asarray(dts, np.int64)[order][is_key]  # dts <= pts: never overshoots
+        tb = stream.time_base
+        last = int(np.asarray(durations, np.int64)[order][-1])
+        total = len(self._pts)
+        span = float((self._pts[-1] - self._pts[0]) * tb)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else ((total - 1) / span if span > 0 else 0.0)
+        if not fps > 0:
+            raise VideoError(f"{path} has no usable frame rate")
+        duration = span + (float(last * tb) if last > 0 else 1.0 / fps)
+        _check_header(path, stream.height, stream.width, duration)
+        first = _first_frame(path, container, stream)
+        rotation = _clockwise(first.rotation)
+        self._decoder: Iterator[av.VideoFrame] | None = None
+        self.info = StreamInfo(
+            fps=fps,
+            total_frames=total,
+            duration_s=duration,
+            rotation=rotation,
+            size=_turned(first.height, first.width, rotation),
+        )
+
+    def _seconds(self, pts: int) -> float:
+        return float((pts - self._pts[0]) * self._stream.time_base)
+
+    def _seek(self, key: int) -> None:
+        self._container.seek(int(self._key_seek[key]), stream=self._stream, backward=True)
+        self._decoder = self._container.decode(self._stream)
+
+    def _next_at_or_after(self, target: int) -> av.VideoFrame | None:
+        for frame in self._decoder:
+            if frame.pts is not None and frame.pts >= target:
+                return frame
+        return None
+
+    def read(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
+        total = self.info.total_frames
+        last_pts: int | None = None
+        for i in np.asarray(indices, np.int64).tolist():
+            target = int(self._pts[i])
+            key = max(0, int(np.searchsorted(self._key_pts, target, side="right")) - 1)
+            try:
+                # Decode on from where we are unless the target lies behind us or past a keyframe.
+                stay = last_pts is not None and last_pts < target and self._key_pts[key] <= last_pts
+                frame = self._next_at_or_after(target) if stay else None
+                for back in range(MAX_SEEK_BACKOFF + 1):
+                    if frame is not None:
+                        break
+                    self._seek(max(0, key - back))
+                    frame = self._next_at_or_after(target)
+                    if frame is not None and frame.pts > target and key - back > 0:
+                        frame = None  # landed past the target: try the keyframe before
+                if frame is None:
+                    raise VideoError(
+                        f"{self.path} is truncated or corrupt: frame {i} of {total} is missing"
+                    )
+                rgb = frame.to_ndarray(format="rgb24")  # (h, w, 3) stored orientation
+            except av.error.FFmpegError as e:
+                raise VideoError(
+                    f"{self.path} is truncated or corrupt: frame {i} of {total} could not be "
+                    f"decoded ({_quote(e)})"
+                ) from e
+            if frame.pts != target:
+                logger.debug("%s: frame %d wanted pts %d, got %d", self.path, i, target, frame.pts)
+            last_pts = frame.pts
+            yield _upright(rgb, _clockwise(frame.rotation)), self._seconds(frame.pts)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class DecordSource:
+    """decord backend: batched seeking in groups of DECODE_GROUP frames.
+
+    decord applies the display matrix itself. PyAV reads the header first (size, rotation, container
+    kind), so the limits hold before decord decodes anything and the upright size is known; files
+    outside DECORD_CONTAINERS go to PyAV. Only decord's own errors become :class:`DecoderError`.
+    """
+
+    name = "decord"
+
+    def __init__(self, path: str):
+        assert decord is not None, "decord is not installed"
+        self.path = path
+        container = _open_container(path)
+        try:
+            stream = _video_stream(path, container)
+            _check_header(path, stream.height, stream.width, _header_duration(container, stream))
+            first = _first_frame(path, container, stream)
+            kind = container.format.name
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path} could not be read as a video ({_quote(e)})") from e
+        finally:
+            container.close()
+        if kind not in DECORD_CONTAINERS:
+            raise DecoderError(self.name, f"{path} is a {kind} file, where decord misplaces frames")
+        rotation = _clockwise(first.rotation)
+        try:
+            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
+            total = len(self._reader)
+            fps = float(self._reader.get_avg_fps())
+            end = float(self._reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
+        except _DECORD_ERRORS as e:
+            raise DecoderError(
+                self.name,
+                f"{path} could not be opened by decord: it may be truncated, corrupt or in a codec "
+                f"decord lacks ({_quote(e)})",
+            ) from e
+        if total == 0 or not fps > 0:
+            raise DecoderError(self.name, f"{path} has {total} frames at {fps} fps for decord")
+        _check_header(path, first.height, first.width, end)
+        self.info = StreamInfo(
+            fps=fps,
+            total_frames=total,
+            duration_s=end,
+            rotation=rotation,
+            size=_turned(first.height, first.width, rotation),
+        )
+
+    def read(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
+        indices = np.asarray(indices, np.int64)
+        for start in range(0, len(indices), DECODE_GROUP):
+            group = indices[start : start + DECODE_GROUP].tolist()
+            try:
+                batch = self._reader.get_batch(group).asnumpy()  # (g, H, W, 3) upright
+                times = self._reader.get_frame_timestamp(group)[:, 0]  # (g,) float32 seconds
+            except _DECORD_ERRORS as e:
+                raise DecoderError(
+                    self.name,
+                    f"{self.path} could not be decoded by decord at frames {group}: it may be "
+                    f"truncated or corrupt ({_quote(e)})",
+                ) from e
+            if batch.shape[1:3] != self.info.size:
+                raise DecoderError(
+                    self.name,
+                    f"decord returned {batch.shape[1]}x{batch.shape[2]} frames for {self.path}, "
+                    f"whose upright size is {self.info.size[0]}x{self.info.size[1]}",
+                )
+            yield from zip(batch, times.astype(np.float64).tolist(), strict=True)
+
+    def close(self) -> None:
+        self._reader = None  # decord frees its decoder when the reader is collected
+
+
+VIDEO_BACKENDS: dict[str, Callable[[str], VideoSource]] = (
+    {"decord": DecordSource} if decord is not None else {}
+) | {"pyav": PyAVSource}
+"""Backend name → opener of a :class:`VideoSource`; decord is listed when it is installed."""
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def _check_count(name: str, value: int, low: int, high: int) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not low <= value <= high
+    ):
+        raise BudgetError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def check_sampling(
+    fps: float | None, num_frames: int | None, min_frames: int, max_frames: int
+) -> None:
+    """Raise BudgetError naming the bad value and its allowed range."""
+    if num_frames is not None:
+        _check_count("num_frames", num_frames, 1, MAX_SAMPLED_FRAMES)
+    elif fps is None:
+        raise BudgetError("give fps (frames per second) or num_frames (a frame count), got neither")
+    elif isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= MAX_SAMPLE_FPS:
+        raise BudgetError(f"fps must be in (0, {MAX_SAMPLE_FPS:g}], got {fps!r}")
+    _check_count("min_frames", min_frames, 1, MAX_SAMPLED_FRAMES)
+    _check_count("max_frames", max_frames, 1, MAX_SAMPLED_FRAMES)
+    if min_frames > max_frames:
+        raise BudgetError(f"min_frames ({min_frames}) must not exceed max_frames ({max_frames})")
+
+
+def sample_indices(
+    total_frames: int,
+    source_fps: float,
+    *,
+    fps: float | None = 2.0,
+    num_frames: int | None = None,
+    min_frames: int = 4,
+    max_frames: int = 64,
+    frames_per_chunk: int = 2,
+) -> np.ndarray:
+    """Source frame indices (T,) int64 to sample, like qwen-vl-utils' ``smart_nframes``.
+
+    * ``num_frames`` given: T = num_frames rounded half up to a multiple of ``frames_per_chunk``.
+    * else by rate: T = total / source_fps * fps, clamped to [min_frames, max_frames] (rounded in
+      to multiples of ``frames_per_chunk``) and to ``total_frames``, then floored to a multiple.
+    T is at least ``frames_per_chunk``. Indices are ``round(linspace(0, total - 1, ·))`` over the
+    frames the video has; when it has fewer than T, the last index repeats so T stays a multiple.
+    """
+    f = frames_per_chunk
+    assert total_frames > 0 and source_fps > 0 and f > 0
+    if num_frames is not None:
+        count = math.floor(num_frames / f + 0.5) * f
+    else:
+        low = math.ceil(min_frames / f) * f
+        high = math.floor(max_frames / f) * f
+        wanted = total_frames / source_fps * fps
+        count = math.floor(min(max(wanted, low), high, total_frames) / f) * f
+    count = max(f, count)
+    real = min(count, total_frames)
+    idx = np.round(np.linspace(0, total_frames - 1, real)).astype(np.int64)  # (real,)
+    return np.concatenate([idx, np.full(count - real, idx[-1], np.int64)])  # (T,)
+
+
+# ---------------------------------------------------------------------------------------- resizing
+def _interpolation(src: tuple[int, int], dst: tuple[int, int]) -> int:
+    return cv2.INTER_AREA if dst[0] * dst[1] < src[0] * src[1] else cv2.INTER_CUBIC
+
+
+def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One (h, w, 3) frame to (H, W, 3) = ``size``: INTER_AREA shrinking, INTER_CUBIC growing."""
+    if frame.shape[:2] == tuple(size):
+        return frame
+    return cv2.resize(
+        frame, (size[1], size[0]), interpolation=_interpolation(frame.shape[:2], size)
+    )
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize (N, h, w, 3) uint8 frames to (N, H, W, 3), ``size`` = (H, W); same array if equal.
+
+    This is the allocation's resize (a chunk to its allocated size), so it is the one the Qwen
+    processors apply themselves: bicubic with antialiasing (torchvision's). A box filter such as
+    cv2.INTER_AREA aliases fine texture into coarser patterns instead of removing it, so a
+    downscaled chunk would still show detail it cannot resolve.
+    """
+    assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8, frames.shape
+    height, width = int(size[0]), int(size[1])
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (N, 3, h, w)
+    y = torch.nn.functional.interpolate(
+        x, size=(height, width), mode="bicubic", antialias=True, align_corners=False
+    )
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def thumbnails(frames: np.ndarray, side: int = 64) -> np.ndarray:
+    """The allocator's cheap view: (T, H, W, 3) uint8 frames squashed to (T, S, S, 3), S = side."""
+    assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == np.uint8, frames.shape
+    if side <= 0:
+        raise ValueError(f"thumbnail side must be positive, got {side}")
+    out = np.empty((len(frames), side, side, 3), np.uint8)  # (T, S, S, 3)
+    for i, frame in enumerate(frames):
+        out[i] = cv2.resize(frame, (side, side), interpolation=cv2.INTER_AREA)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _check_path(path: str | os.PathLike) -> str:
+    if not isinstance(path, str | os.PathLike):
+        raise VideoError(f"a video path must be a string, got {type(path).__name__}")
+    text = os.fspath(path)
+    if _URL.match(text):
+        raise VideoError(f"{text} is a URL; only local files are accepted")
+    file = Path(text)
+    if not file.exists():
+        raise VideoError(f"{text} does not exist")
+    if file.is_dir():
+        raise VideoError(f"{text} is a directory, not a video file")
+    if not file.is_file():
+        raise VideoError(f"{text} is not a regular file")
+    if file.stat().st_size == 0:
+        raise VideoError(f"{text} is empty (0 bytes)")
+    if not os.access(file, os.R_OK):
+        raise VideoError(f"{text} cannot be read (permission denied)")
+    return text
+
+
+def _decode(
+    path: str, backend: str, geometry: Geometry, sampling: dict[str, float | int | None]
+) -> SampledVideo:
+    start = time.perf_counter()
+    source = VIDEO_BACKENDS[backend](path)
+    try:
+        info = source.info
+        indices = sample_indices(
+            info.total_frames, info.fps, frames_per_chunk=geometry.frames_per_chunk, **sampling
+        )  # (T,)
+        unique, inverse = np.unique(indices, return_inverse=True)  # (U,), (T,)
+        base_h, base_w = geometry.base_size(*info.size)
+        frames = np.empty((len(indices), base_h, base_w, 3), np.uint8)  # (T, H, W, 3)
+        timestamps = np.empty(len(indices), np.float64)  # (T,)
+        for u, (frame, seconds) in enumerate(source.read(unique)):
+            assert frame.shape[:2] == info.size, (frame.shape, info.size)
+            rows = np.flatnonzero(inverse == u)
+            frames[rows] = _resize(frame, (base_h, base_w))
+            timestamps[rows] = seconds
+    finally:
+        source.close()
+    logger.info(
+        "%s served %s: %d of %d frames, %dx%d -> %dx%d, %.3f s",
+        backend, path, len(indices), info.total_frames, *info.size, base_h, base_w,
+        time.perf_counter() - start,
+    )  # fmt: skip
+    return SampledVideo(
+        frames=frames,
+        timestamps=timestamps,
+        indices=indices,
+        source_fps=info.fps,
+        total_frames=info.total_frames,
+        duration_s=info.duration_s,
+        source_size=info.size,
+        backend=backend,
+        path=path,
+    )
+
+
+def load_video(
+    path: str | os.PathLike,
+    *,
+    geometry: Geometry,
+    fps: float | None = 2.0,
+    num_frames: int | None = None,
+    min_frames: int = 4,
+    max_frames: int = 64,
+    backend: str | None = None,
+) -> SampledVideo:
+    """Sample a local video once: T upright frames at ``geometry.base_size``, true timestamps.
+
+    ``num_frames``, when given, takes precedence over ``fps``; ``min_frames``/``max_frames`` bound
+    the rate rule only (see :func:`sample_indices`). ``backend`` forces one of VIDEO_BACKENDS;
+    by default decord serves and PyAV takes over when decord itself fails on the file (logged).
+    Raises VideoError (bad path or file) or BudgetError (bad sampling values), one sentence each.
+    """
+    check_sampling(fps, num_frames, min_frames, max_frames)
+    if backend is not None and backend not in VIDEO_BACKENDS:
+        raise ResAdaptError(
+            f"unknown video backend {backend!r}; choose one of {sorted(VIDEO_BACKENDS)}"
+        )
+    path = _check_path(path)
+    sampling = dict(fps=fps, num_frames=num_frames, min_frames=min_frames, max_frames=max_frames)
+    if backend is not None:
+        return _decode(path, backend, geometry, sampling)
+    if DEFAULT_BACKEND in VIDEO_BACKENDS:
+        try:
+            return _decode(path, DEFAULT_BACKEND, geometry, sampling)
+        except DecoderError as e:
+            logger.warning("%s failed on %s (%s); trying %s", e.backend, path, e, FALLBACK_BACKEND)
+    return _decode(path, FALLBACK_BACKEND, geometry, sampling)
