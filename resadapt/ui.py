@@ -1,0 +1,375 @@
+"""What the app shows for a question: budget chart rows, resized frames, summary, policy comparison.
+
+Owns the app's input limits, the form → Request conversion, and turning one decoded video plus its
+allocation and Result into presentation data (pandas frames, (image, caption) pairs, markdown).
+Knows nothing about gradio: ``app.py`` wires these functions to widgets.
+
+Letters: T sampled frames, K chunks, F frames per chunk, H W pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from resadapt.assets import examples, is_random_backbone
+from resadapt.errors import BudgetError, PolicyError, VideoError
+from resadapt.pipeline import Allocation, Pipeline, Request, Result
+from resadapt.video import SampledVideo, resize_frames
+
+MAX_UPLOAD_MB = 200
+"""Largest upload the app accepts, in megabytes (gradio rejects bigger files before they land)."""
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+MAX_DURATION_S = 30 * 60.0
+"""Longest video the app accepts, in seconds (the library itself allows hours; a demo does not)."""
+MAX_GALLERY_FRAMES = 64
+"""Most frames the gallery shows (evenly spaced when more were sampled)."""
+CANVAS_GREY = 24
+"""Grey level of the base-size canvas a downscaled frame is centred on in the gallery."""
+POLICY_CHOICES = ("learned", "content", "uniform", "vanilla")
+"""Policies the app offers, in the order shown."""
+DEFAULT_RETENTION = 0.5
+"""Retention the app starts with: half of the full-resolution visual tokens."""
+COMPARE_COLUMNS = (
+    "policy", "answer", "visual tokens", "vanilla tokens", "retention", "allocator s",
+    "backbone s", "total s",
+)  # fmt: skip
+"""Columns of :func:`compare_table`."""
+
+Report = Callable[..., object]
+"""A progress sink called as ``report(fraction, desc=...)`` (gradio's Progress fits)."""
+
+
+# ---------------------------------------------------------------------------------------- inputs
+@dataclass
+class Form:
+    """The app's inputs besides the video, as widgets hold them: 0 or None means "not set"."""
+
+    question: str
+    policy: str = "content"
+    budget: float | None = DEFAULT_RETENTION
+    """Retention R in (0, 1]; 0 or None: no retention cap."""
+    max_visual_tokens: float | None = None
+    """Absolute visual-token cap; 0 or None: no cap."""
+    num_frames: float | None = None
+    """Frames to sample; 0 or None: sample by ``fps``."""
+    fps: float | None = 2.0
+    max_new_tokens: float = 32
+
+    def request(self) -> Request:
+        """The validated Request; raises a ResAdaptError naming the bad field."""
+        if self.policy not in POLICY_CHOICES:
+            raise PolicyError(
+                f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_CHOICES)}"
+            )
+        if self.fps is None:
+            raise BudgetError("fps must be a positive number of frames per second, got nothing")
+        return Request(
+            question=self.question,
+            policy=self.policy,
+            budget=_unset_zero(self.budget),
+            max_visual_tokens=_count("max visual tokens", self.max_visual_tokens),
+            num_frames=_count("the frame count", self.num_frames),
+            fps=float(self.fps),
+            max_new_tokens=_count("max new tokens", self.max_new_tokens) or 0,
+        )
+
+
+def _unset_zero(value: float | None) -> float | None:
+    return None if value is None or value == 0 else float(value)
+
+
+def _count(name: str, value: float | None) -> int | None:
+    """A whole number from a numeric widget (which may hold 12.0); 0 or None means not set."""
+    if value is None or value == 0:
+        return None
+    if float(value) != int(value):
+        raise BudgetError(f"{name} must be a whole number, got {value}")
+    return int(value)
+
+
+def default_policy(pipeline: Pipeline) -> str:
+    """learned when an allocator is loaded, else content."""
+    return "learned" if pipeline.learned is not None else "content"
+
+
+def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
+    """(label, value) pairs; learned is labelled unavailable when no allocator is loaded."""
+    labels = {
+        "learned": "learned (allocator)"
+        if pipeline.learned is not None
+        else "learned — unavailable: no allocator checkpoint",
+        "content": "content (training-free)",
+        "uniform": "uniform (one scale)",
+        "vanilla": "vanilla (full resolution)",
+    }
+    return [(labels[name], name) for name in POLICY_CHOICES]
+
+
+def compare_policies(pipeline: Pipeline) -> tuple[str, ...]:
+    """learned (or content while no allocator exists), uniform and vanilla."""
+    return (default_policy(pipeline), "uniform", "vanilla")
+
+
+def example_rows() -> list[list[str]]:
+    """[video path, question] of every bundled example clip."""
+    return [[row["video"], row["question"]] for row in examples()]
+
+
+def status_markdown(pipeline: Pipeline) -> str:
+    """One paragraph on what is loaded, warning plainly when the answers are meaningless."""
+    name = pipeline.backbone.name
+    lines = [f"**Backbone:** `{name}`"]
+    if is_random_backbone(name):
+        lines[0] += (
+            " — ⚠️ **random weights: its answers are meaningless.** No trained backbone is bundled"
+            " yet; the budget, the chart and the frames are real, the text is not."
+        )
+    if pipeline.learned is not None:
+        lines.append(f"**Allocator:** `{pipeline.learned.path}` (policy *learned*).")
+    else:
+        lines.append(
+            "**Allocator:** none — the *learned* policy is unavailable (set `RESADAPT_ALLOCATOR`"
+            " or `--allocator`); the default policy is *content*."
+        )
+    return "  \n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- running
+@dataclass
+class View:
+    """What the app shows at one moment of a question's run; None means "unchanged"."""
+
+    answer: str
+    budget: pd.DataFrame | None = None
+    """Per-frame rows for the budget chart (see :func:`budget_rows`)."""
+    gallery: list[tuple[np.ndarray, str]] | None = None
+    summary: str | None = None
+    result: dict | None = None
+    """The ``ask --json`` object (final once the run is done)."""
+
+    def outputs(self) -> tuple:
+        """In the app's order: answer, tokens chart, scale chart, gallery, summary, JSON."""
+        return (self.answer, self.budget, self.budget, self.gallery, self.summary, self.result)
+
+
+def decode(pipeline: Pipeline, path: str | None, request: Request) -> SampledVideo:
+    """Sample the frames once, with the app's limits; messages name the file, not its temp path."""
+    if not path:
+        raise VideoError("no video was given: upload a video file or pick an example first")
+    name = Path(path).name
+    if os.path.isfile(path) and os.path.getsize(path) > MAX_UPLOAD_BYTES:
+        size_mb = os.path.getsize(path) / 2**20
+        raise VideoError(f"{name} is {size_mb:.0f} MB; the app accepts up to {MAX_UPLOAD_MB} MB")
+    try:
+        video = pipeline.decode(path, request)
+    except VideoError as e:
+        raise VideoError(str(e).replace(str(path), name)) from e
+    if video.duration_s > MAX_DURATION_S:
+        raise VideoError(
+            f"{name} is {video.duration_s / 60:.1f} min long; the app accepts videos up to "
+            f"{MAX_DURATION_S / 60:.0f} min"
+        )
+    return video
+
+
+def answer_views(
+    pipeline: Pipeline, path: str | None, form: Form, report: Report | None = None
+) -> Iterator[View]:
+    """Run one question and yield what to show: everything once allocated, then the answer grows."""
+    report = report or _silent
+    request = form.request()
+    report(0.05, desc="decoding the video")
+    t0 = time.perf_counter()
+    video = decode(pipeline, path, request)
+    t1 = time.perf_counter()
+    report(0.3, desc=f"allocating with the {request.policy} policy")
+    allocation = pipeline.allocate(video, request)
+    timings = {"decode_s": t1 - t0, "allocate_s": time.perf_counter() - t1}
+    report(0.5, desc="encoding the frames and answering")
+    frames_per_chunk = pipeline.backbone.geometry.frames_per_chunk
+    result = None
+    for i, result in enumerate(pipeline.answer_stream(video, allocation, request, timings)):
+        if i == 0:  # allocation known, nothing generated yet: everything but the answer
+            yield View(
+                answer="",
+                budget=budget_rows(result.to_json()),
+                gallery=gallery_items(video, allocation, frames_per_chunk),
+                summary=summary_markdown(result.to_json()),
+            )
+        else:
+            yield View(answer=result.answer)
+    assert result is not None
+    final = result.to_json()
+    yield View(
+        answer=display_answer(result), summary=summary_markdown(final, done=True), result=final
+    )
+
+
+def answer_json(pipeline: Pipeline, path: str | None, form: Form) -> dict:
+    """The ``python -m resadapt.ask --json`` object for one question (what ``/answer`` returns)."""
+    *_, last = answer_views(pipeline, path, form)
+    assert last.result is not None
+    return last.result
+
+
+def compare(
+    pipeline: Pipeline,
+    path: str | None,
+    form: Form,
+    policies: tuple[str, ...] | None = None,
+    report: Report | None = None,
+) -> dict:
+    """The same question at the same budget through several policies, decoding the video once.
+
+    ``form.policy`` is ignored: ``policies`` (default :func:`compare_policies`) are run in order.
+    The budget is the form's; when it sets none, the first policy's spend becomes the cap of the
+    others, so they are compared at equal cost (vanilla always spends the full resolution).
+    Every result's ``decode_s`` is the one shared decode. Returns ``{"question",
+    "visual_token_cap", "results": [ask --json object per policy]}``.
+    """
+    report = report or _silent
+    policies = policies or compare_policies(pipeline)
+    request = form.request()
+    report(0.02, desc="decoding the video once")
+    t0 = time.perf_counter()
+    video = decode(pipeline, path, request)
+    decode_s = time.perf_counter() - t0
+    k = len(video.frames) // pipeline.backbone.geometry.frames_per_chunk
+    vanilla = k * pipeline.backbone.geometry.tokens(*video.base_size)
+    cap = pipeline.token_cap(request, vanilla)
+    results = []
+    for i, policy in enumerate(policies):
+        report(0.05 + 0.9 * i / len(policies), desc=f"policy {policy} ({i + 1}/{len(policies)})")
+        run = dataclasses.replace(request, policy=policy)
+        if cap is not None:
+            run = dataclasses.replace(run, budget=None, max_visual_tokens=cap)
+        t1 = time.perf_counter()
+        allocation = pipeline.allocate(video, run)
+        timings = {"decode_s": decode_s, "allocate_s": time.perf_counter() - t1}
+        *_, result = pipeline.answer_stream(video, allocation, run, timings)
+        results.append(result.to_json())
+        if cap is None and policy != "vanilla":
+            cap = result.visual_tokens
+    report(1.0, desc="done")
+    return {"question": request.question, "visual_token_cap": cap, "results": results}
+
+
+def _silent(*args, **kwargs) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------- views
+def display_answer(result: Result) -> str:
+    """The answer as shown to a person (an empty generation is said, not left blank)."""
+    return result.answer or "(the backbone returned an empty answer)"
+
+
+def budget_rows(result: dict) -> pd.DataFrame:
+    """One row per sampled frame: time_s, frame, chunk, scale, tokens, size.
+
+    ``tokens`` is the visual tokens of the frame's chunk (the F frames of a chunk are one temporal
+    patch and share it), so the chart is a step per chunk; the chunks' tokens sum to the total.
+    """
+    tokens = [c["visual_tokens"] for c in result["chunks"]]  # (K,)
+    return pd.DataFrame(
+        {
+            "time_s": [f["timestamp"] for f in result["frames"]],
+            "frame": [f["index"] for f in result["frames"]],
+            "chunk": [f["chunk"] for f in result["frames"]],
+            "scale": [f["scale"] for f in result["frames"]],
+            "tokens": [tokens[f["chunk"]] for f in result["frames"]],
+            "size": [f"{f['height']}x{f['width']}" for f in result["frames"]],
+        }
+    )
+
+
+def gallery_items(
+    video: SampledVideo, allocation: Allocation, frames_per_chunk: int
+) -> list[tuple[np.ndarray, str]]:
+    """Every sampled frame at its allocated size, centred on a base-size canvas, with a caption.
+
+    The canvas keeps the gallery's cells alike while a frame's area still shows its budget.
+    At most MAX_GALLERY_FRAMES frames, evenly spaced.
+    """
+    base_h, base_w = video.base_size
+    shown = np.unique(np.linspace(0, len(video.frames) - 1, MAX_GALLERY_FRAMES).round().astype(int))
+    shown = shown[shown < len(allocation.sizes) * frames_per_chunk]
+    items = []
+    for t in shown.tolist():
+        k = t // frames_per_chunk
+        h, w = allocation.sizes[k]
+        frame = resize_frames(video.frames[t : t + 1], (h, w))[0]  # (h, w, 3)
+        canvas = np.full((max(base_h, h), max(base_w, w), 3), CANVAS_GREY, np.uint8)
+        top, left = (canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2
+        canvas[top : top + h, left : left + w] = frame
+        caption = (
+            f"{video.timestamps[t]:.2f} s · {allocation.tokens[k]} tokens · scale "
+            f"{allocation.scales[k]:.2f} · {h}×{w} (chunk {k})"
+        )
+        items.append((canvas, caption))
+    return items
+
+
+def summary_markdown(result: dict, done: bool = False) -> str:
+    """Visual tokens against vanilla, retention, and (once done) the time per stage."""
+    spent, full = result["visual_tokens"], result["vanilla_visual_tokens"]
+    k, t = len(result["chunks"]), len(result["frames"])
+    lines = [
+        f"**{spent} visual tokens** of {full} at full resolution — retention "
+        f"**{result['retention']:.1%}**, {full - spent} saved. Policy *{result['policy']}*, "
+        f"{t} frames in {k} chunks.",
+    ]
+    timings = result["timings"]
+    if done:
+        lines += [
+            "",
+            "| decode | allocator | backbone | total |",
+            "|---:|---:|---:|---:|",
+            f"| {timings['decode_s']:.2f} s | {timings['allocate_s']:.3f} s | "
+            f"{timings['backbone_s']:.2f} s | {timings['total_s']:.2f} s |",
+        ]
+    else:
+        lines += [
+            "",
+            f"decode {timings['decode_s']:.2f} s · allocator {timings['allocate_s']:.3f} s · "
+            "answering…",
+        ]
+    return "\n".join(lines)
+
+
+def compare_table(comparison: dict) -> pd.DataFrame:
+    """One row per policy: answer, tokens, retention and time (the side-by-side view)."""
+    rows = []
+    for r in comparison["results"]:
+        t = r["timings"]
+        row = (
+            r["policy"],
+            r["answer"] or "(empty)",
+            r["visual_tokens"],
+            r["vanilla_visual_tokens"],
+            f"{r['retention']:.1%}",
+            round(t["allocate_s"], 3),
+            round(t["backbone_s"], 2),
+            round(t["total_s"], 2),
+        )
+        rows.append(dict(zip(COMPARE_COLUMNS, row, strict=True)))
+    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+def compare_rows(comparison: dict) -> pd.DataFrame:
+    """Long-format chart rows: time_s, tokens, policy (one line per policy over time)."""
+    frames = [budget_rows(r).assign(policy=r["policy"]) for r in comparison["results"]]
+    return pd.concat(frames, ignore_index=True)[["time_s", "tokens", "scale", "policy"]]
+
+
+def compare_views(comparison: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The side-by-side table and the per-policy chart rows of one comparison."""
+    return compare_table(comparison), compare_rows(comparison)
