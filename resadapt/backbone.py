@@ -276,20 +276,41 @@ class Backbone:
         """Next-token logits for every position: (B, L, V)."""
         return self.model(**inputs).logits
 
-    def _generate_kwargs(self, inputs: BatchFeature, max_new_tokens: int) -> dict:
+    def _generate_kwargs(
+        self, inputs: BatchFeature, max_new_tokens: int, temperature: float | None = None
+    ) -> dict:
         eos = [self.tokenizer.eos_token_id]
+        sampling = {"do_sample": True, "temperature": temperature} if temperature else {}
         return {
             **inputs,
             "max_new_tokens": max_new_tokens,
             "do_sample": False,
             "eos_token_id": eos,
             "pad_token_id": self.tokenizer.pad_token_id,
+            **sampling,
         }
 
     @torch.no_grad()
-    def generate(self, inputs: BatchFeature, max_new_tokens: int = 32) -> list[str]:
-        """Greedy answers for every row of ``inputs``."""
-        out = self.model.generate(**self._generate_kwargs(inputs, max_new_tokens))
+    def generate(
+        self,
+        inputs: BatchFeature,
+        max_new_tokens: int = 32,
+        *,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Answers for every row of ``inputs``: greedy, or sampled at ``temperature``.
+
+        Sampling draws from a torch RNG seeded by ``seed`` (forked, so the caller's RNG state is
+        left as it was).
+        """
+        kwargs = self._generate_kwargs(inputs, max_new_tokens, temperature)
+        device = self.device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(**kwargs)
         new = out[:, inputs["input_ids"].shape[1] :]
         return [s.strip() for s in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -303,21 +324,33 @@ class Backbone:
         yield from streamer
         worker.join()
 
-    @torch.no_grad()
-    def answer_logprob(self, videos: list[ChunkedVideo], questions: list[str], answers: list[str]):
-        """Sum log-probability of each answer (and its end-of-turn token) given video and question.
+    def answer_length(self, answer: str) -> int:
+        """Tokens :meth:`answer_logprob` scores for ``answer``: the answer and end-of-turn."""
+        return len(self.tokenizer(answer + self.tokenizer.eos_token)["input_ids"])
 
-        Returns (B,) float32: the dense reward ``log p(answer | video, question)``.
+    @torch.no_grad()
+    def answer_logprob(
+        self,
+        videos: list[ChunkedVideo],
+        questions: list[str],
+        answers: list[str],
+        *,
+        per_token: bool = False,
+    ) -> torch.Tensor:
+        """Log-probability of each answer (and its end-of-turn token) given video and question.
+
+        Returns (B,) float32: the sum ``log p(answer | video, question)``, or with ``per_token``
+        its mean over the scored tokens (the log of the per-token geometric-mean probability).
         """
         inputs = self.prepare(videos, questions, answers)
         logp = torch.log_softmax(self.model(**inputs).logits.float(), dim=-1)  # (B, L, V)
         ids = inputs["input_ids"]
         out = torch.empty(len(answers))
         for b, answer in enumerate(answers):
-            n = len(self.tokenizer(answer + self.tokenizer.eos_token)["input_ids"])
+            n = self.answer_length(answer)
             target = ids[b, -n:]  # (n,)
             pred = logp[b, -n - 1 : -1]  # (n, V) logits at t predict token t + 1
-            out[b] = pred.gather(-1, target[:, None]).sum()
+            out[b] = pred.gather(-1, target[:, None]).sum() / (n if per_token else 1)
         return out
 
 

@@ -80,11 +80,20 @@ class BackboneTrainConfig:
     text_layers: int = field(default=4, metadata={"help": "language-model layers"})
     vision_depth: int = field(default=4, metadata={"help": "vision-tower blocks"})
     heads: int = field(default=4, metadata={"help": "attention heads"})
-    batch_size: int = field(default=16, metadata={"help": "clips per step"})
-    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    batch_size: int = field(default=16, metadata={"help": "clips per joint step"})
+    vision_batch_size: int = field(
+        default=32, metadata={"help": "clips per vision warm-up step (measured: 16 stalls)"}
+    )
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
-    vision_steps: int = field(default=150, metadata={"help": "steps of vision warm-up"})
+    vision_schedule: str = field(
+        default="56x1:150,168x2:60",
+        metadata={
+            "help": "vision warm-up: SIDExCHUNKS:STEPS, comma separated (a 56-px frame is "
+            "mostly card, so the grating is learned there first)"
+        },
+    )
     schedule: str = field(
         default="1x1:100,2x2:150,4x3:250,8x3:600",
         metadata={"help": "joint curriculum: CHUNKSxCARDS:STEPS, comma separated"},
@@ -112,51 +121,66 @@ class BackboneTrainConfig:
             raise ResAdaptError("--scale-mix and --long-mix must be probabilities in [0, 1]")
         if not 0 < self.min_scale <= 1:
             raise ResAdaptError(f"--min-scale must be in (0, 1], got {self.min_scale}")
-        self.stages()  # validates the schedule
+        self.stages()  # validates the schedules
+        self.vision_stages()
+
+    def vision_stages(self) -> list[tuple[int, int, int]]:
+        """(frame side, chunks, steps) of every vision warm-up stage (one card per chunk)."""
+        return [
+            (side, chunks, steps)
+            for side, chunks, steps in self._parse(self.vision_schedule, "--vision-schedule")
+        ]
 
     def stages(self) -> list[tuple[int, int, int]]:
         """(chunks, cards, steps) of every joint stage."""
+        out = self._parse(self.schedule, "--schedule")
+        for chunks, cards, _ in out:
+            if not 1 <= cards <= chunks:
+                raise ResAdaptError(f"--schedule needs 1 <= cards <= chunks, got {chunks}x{cards}")
+        return out
+
+    @staticmethod
+    def _parse(text: str, flag: str) -> list[tuple[int, int, int]]:
         out = []
-        for part in self.schedule.split(","):
+        for part in text.split(","):
             try:
                 shape, steps = part.split(":")
-                chunks, cards = (int(x) for x in shape.split("x"))
-                out.append((chunks, cards, int(steps)))
+                a, b = (int(x) for x in shape.split("x"))
+                out.append((a, b, int(steps)))
             except ValueError as e:
-                raise ResAdaptError(
-                    f"--schedule part {part!r} is not CHUNKSxCARDS:STEPS (e.g. 4x3:250)"
-                ) from e
-            if not 1 <= cards <= chunks or int(steps) < 0:
-                raise ResAdaptError(f"--schedule part {part!r} needs 1 <= cards <= chunks")
+                raise ResAdaptError(f"{flag} part {part!r} is not AxB:STEPS (e.g. 4x3:250)") from e
+            if min(a, b, int(steps)) < 0:
+                raise ResAdaptError(f"{flag} part {part!r} has a negative number")
         return out
 
     @property
     def total_steps(self) -> int:
-        return self.vision_steps + sum(s for _, _, s in self.stages())
+        return sum(s for *_, s in self.vision_stages()) + sum(s for *_, s in self.stages())
 
-    def stage_at(self, step: int) -> tuple[str, int, int]:
-        """("vision" | "joint", chunks, cards) at a 0-based step."""
-        last = self.stages()[-1]
-        if step < self.vision_steps:
-            return "vision", last[0], last[1]
-        step -= self.vision_steps
+    def stage_at(self, step: int) -> tuple[str, int, int, int]:
+        """("vision" | "joint", chunks, cards, frame side) at a 0-based step."""
+        for side, chunks, steps in self.vision_stages():
+            if step < steps:
+                return "vision", chunks, chunks, side
+            step -= steps
         for chunks, cards, steps in self.stages():
             if step < steps:
-                return "joint", chunks, cards
+                return "joint", chunks, cards, self.size
             step -= steps
-        return "joint", last[0], last[1]
+        chunks, cards, _ = self.stages()[-1]
+        return "joint", chunks, cards, self.size
 
 
 class TokenHeads(nn.Module):
-    """Linear probes on merged visual tokens: card colour (7 ways) and grating class (5 ways)."""
+    """Linear probes on merged visual tokens: card colour or none (7 ways), grating class (4)."""
 
     def __init__(self, width: int):
         super().__init__()
         self.colour = nn.Linear(width, 1 + len(COLOUR_NAMES))
-        self.label = nn.Linear(width, 1 + len(ORIENTATIONS))
+        self.label = nn.Linear(width, len(ORIENTATIONS))
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.colour(tokens), self.label(tokens)  # (N, 7), (N, 5)
+        return self.colour(tokens), self.label(tokens)  # (N, 7), (N, 4)
 
 
 def task_corpus(num: int = 200) -> list[str]:
@@ -198,16 +222,17 @@ def make_clip(
     cards: int,
     rng: np.random.Generator,
     factor: int,
+    size: int,
 ) -> Clip:
     """A main-task sample at ``chunks`` chunks, maybe sampled from 2× frames, with random scales."""
     frames_out = chunks * FRAMES_PER_CHUNK
     source = frames_out * (2 if rng.random() < cfg.long_mix and chunks > 1 else 1)
     sample = generate_sample(
-        seed, task="main", num_frames=source, num_cards=min(cards, source // 2), size=cfg.size,
+        seed, task="main", num_frames=source, num_cards=min(cards, source // 2), size=size,
         card_px=cfg.card_px,
     )  # fmt: skip
     idx = sample_indices(source, sample.fps, num_frames=frames_out)  # (T,)
-    grid = cfg.size // factor
+    grid = size // factor
     colour_ids = np.zeros((chunks, grid, grid), np.int64)
     label_ids = np.zeros_like(colour_ids)
     edges = np.arange(grid + 1) * factor
@@ -249,7 +274,7 @@ def chunked_video(backbone: Backbone, clip: Clip, scales: np.ndarray) -> Chunked
 
 
 def batch_losses(
-    backbone: Backbone, heads: TokenHeads, clips: list[Clip], joint: bool
+    backbone: Backbone, heads: TokenHeads, clips: list[Clip], joint: bool, colour: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(language-model loss, auxiliary loss, stats) of one batch."""
     model = backbone.model
@@ -260,27 +285,30 @@ def batch_losses(
     vision = model.model.get_video_features(
         inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
     )
-    # Auxiliary targets exist for full-size chunks (their token grid is the label grid).
-    feats, colours, labels = [], [], []
+    # Auxiliary targets exist for full-size chunks (their token grid is the label grid): the card
+    # colour of every token, and the grating class of every chunk that shows a card, read from
+    # its max-pooled tokens. (Measured: a per-token grating loss stays at chance for hundreds of
+    # steps; the max-pooled one learns in under 100, as TINY_WORLD.md found.)
+    feats, colours, pooled, classes = [], [], [], []
     items = [(clip, k) for clip in clips for k in range(len(clip.scales))]
     for (clip, k), tokens in zip(items, vision.pooler_output, strict=True):
-        if tokens.shape[0] == clip.colour_ids[k].size:
+        if tokens.shape[0] == clip.colour_ids[k].size:  # (n, D) tokens of a full-size chunk
             feats.append(tokens)
             colours.append(torch.from_numpy(clip.colour_ids[k].reshape(-1)))
-            labels.append(torch.from_numpy(clip.label_ids[k].reshape(-1)))
+            label = int(clip.label_ids[k].max())
+            if label > 0:
+                pooled.append(tokens.max(dim=0).values)
+                classes.append(label - 1)
     aux = torch.zeros(())
     stats: dict = {}
-    if feats:
-        colour_logits, label_logits = heads(torch.cat(feats))
-        colour_t, label_t = torch.cat(colours), torch.cat(labels)
-        aux = nn.functional.cross_entropy(colour_logits, colour_t) + nn.functional.cross_entropy(
-            label_logits, label_t
-        )
-        on_card = label_t > 0
-        if on_card.any():
-            stats["token_label_acc"] = float(
-                (label_logits.argmax(-1)[on_card] == label_t[on_card]).float().mean()
-            )
+    if feats and colour:
+        colour_logits, _ = heads(torch.cat(feats))
+        aux = nn.functional.cross_entropy(colour_logits, torch.cat(colours))
+    if pooled:
+        _, label_logits = heads(torch.stack(pooled))  # (N, classes)
+        target = torch.tensor(classes)
+        aux = aux + nn.functional.cross_entropy(label_logits, target)
+        stats["chunk_label_acc"] = float((label_logits.argmax(-1) == target).float().mean())
     if not joint:
         return torch.zeros(()), aux, stats
     labels_lm = torch.full_like(inputs["input_ids"], -100)
@@ -394,16 +422,20 @@ def train(cfg: BackboneTrainConfig) -> dict:
     metrics = (work / "metrics.jsonl").open("a")
     t_start = time.perf_counter()
     while step < total:
-        phase, chunks, cards = cfg.stage_at(step)
+        phase, chunks, cards, side = cfg.stage_at(step)
         rng = np.random.default_rng([cfg.seed, step])
-        seeds = rng.integers(0, HELD_OUT_SEED_OFFSET, cfg.batch_size)
+        batch = cfg.vision_batch_size if phase == "vision" else cfg.batch_size
+        seeds = rng.integers(0, HELD_OUT_SEED_OFFSET, batch)
         factor = backbone.geometry.factor
-        clips = [make_clip(int(s), cfg, chunks, cards, rng, factor) for s in seeds]
+        clips = [make_clip(int(s), cfg, chunks, cards, rng, factor, side) for s in seeds]
         if phase == "vision":
             for c in clips:
                 c.scales[:] = 1.0
         t0 = time.perf_counter()
-        lm, aux, stats = batch_losses(backbone, heads, clips, joint=phase == "joint")
+        # The colour targets join once the grating is learned on small frames (measured: with
+        # them from the start, the grating class stays at chance for 200+ steps).
+        colour = not (phase == "vision" and side < cfg.size)
+        lm, aux, stats = batch_losses(backbone, heads, clips, phase == "joint", colour)
         loss = lm + cfg.aux_weight * aux if phase == "joint" else aux
         opt.zero_grad(set_to_none=True)
         loss.backward()

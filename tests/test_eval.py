@@ -26,8 +26,8 @@ from tests.media import write_text_as_video
 BACKBONE = "tiny-random-qwen2.5-vl"
 SIZE = 112
 """Frame side of the synthetic videos: 4 × 4 = 16 visual tokens per chunk at full resolution."""
-BUDGETS = (0.1, 0.25, 0.5)
-"""0.1 is below the smallest size of every chunk (4 of 16 tokens): no example fits it."""
+BUDGETS = (0.05, 0.25, 0.5)
+"""0.05 is below the smallest size of every chunk (1 of 16 tokens): no example fits it."""
 TOKEN_CAP = 20
 FRAMES = (4, 6)
 POLICIES = ("vanilla", "uniform", "content", "random", "learned")
