@@ -6,7 +6,6 @@ environment variables that override them. Knows nothing about loading or running
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -45,11 +44,15 @@ def is_random_backbone(name: str) -> bool:
 
 
 def examples() -> list[dict]:
-    """Bundled example clips: rows of ``assets/examples/examples.jsonl`` with absolute paths."""
-    index = EXAMPLES / "examples.jsonl"
+    """Bundled example clips: ``{"video": absolute path, "question": prompt, "answer": gold}``.
+
+    ``assets/examples/data.jsonl`` is written by ``python -m resadapt.synth`` (see the README); the
+    question is the prompt the backbone sees (multiple-choice options listed with their letters).
+    """
+    from resadapt.data import read_examples
+
+    index = EXAMPLES / "data.jsonl"
     if not index.is_file():
         return []
-    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
-    for row in rows:
-        row["video"] = str(EXAMPLES / row["video"])
-    return rows
+    rows, _ = read_examples(index)
+    return [{"video": e.video, "question": e.prompt(), "answer": e.gold()} for e in rows]

@@ -95,7 +95,7 @@ class BackboneTrainConfig:
         },
     )
     schedule: str = field(
-        default="1x1:100,2x2:150,4x3:250,8x3:600",
+        default="1x1:100,2x2:150,4x3:200,8x3:500",
         metadata={"help": "joint curriculum: CHUNKSxCARDS:STEPS, comma separated"},
     )
     scale_mix: float = field(

@@ -64,7 +64,7 @@ def client(url) -> Client:
 @pytest.fixture(scope="module")
 def example() -> dict:
     rows = examples()
-    assert len(rows) >= 2, "assets/examples/examples.jsonl lists the bundled clips"
+    assert len(rows) >= 2, "assets/examples/data.jsonl lists the bundled clips"
     return rows[1]
 
 
