@@ -71,8 +71,9 @@ def test_sample_shapes_and_row_schema(task):
     assert sample.cards[sample.query].colour in row["question"]
     if spec.problem_type == "multiple_choice":
         assert row["answer"] in "ABCD" and len(row["options"]) == 4
-        assert row["options"][synth.OPTION_LETTERS.index(row["answer"])] == (
-            synth.OPTION_TEXT[sample.answer_index]
+        assert (
+            row["options"][synth.OPTION_LETTERS.index(row["answer"])]
+            == (synth.OPTION_TEXT[sample.answer_index])
         )
     else:
         assert "options" not in row

@@ -1,4 +1,4 @@
-"""The tiny-backbone recipe runs a few steps of every phase, saves a loadable checkpoint, resumes."""
+"""The tiny-backbone recipe: every phase runs, the checkpoint loads, a resumed run matches."""
 
 import json
 
