@@ -172,12 +172,15 @@ class BackboneTrainConfig:
 
 
 class TokenHeads(nn.Module):
-    """Linear probes on merged visual tokens: card colour or none (7 ways), grating class (4)."""
+    """Linear probes: on merged visual tokens, card colour or none (7 ways) and grating class (4);
+    on the language model's mid-layer states of visual tokens, "shows the queried card" (1 logit).
+    """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, text_width: int):
         super().__init__()
         self.colour = nn.Linear(width, 1 + len(COLOUR_NAMES))
         self.label = nn.Linear(width, len(ORIENTATIONS))
+        self.queried = nn.Linear(text_width, 1)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.colour(tokens), self.label(tokens)  # (N, 7), (N, 4)
@@ -316,7 +319,32 @@ def batch_losses(
         n = len(backbone.tokenizer(answer + backbone.tokenizer.eos_token)["input_ids"])
         labels_lm[b, -n:] = inputs["input_ids"][b, -n:]
     rest = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos",)}
-    out = model(**rest, mm_encoder_outputs={"video": vision}, labels=labels_lm)
+    out = model(
+        **rest, mm_encoder_outputs={"video": vision}, labels=labels_lm, output_hidden_states=True
+    )
+    # Binding: the question comes before the video, so a visual token's state can already say
+    # whether it shows the card the question names; teach that at the middle layer, and the answer
+    # only has to read the flagged tokens. (-1: no target, the chunk is not at full size.)
+    targets = []
+    for (clip, k), tokens in zip(items, vision.pooler_output, strict=True):
+        if tokens.shape[0] == clip.colour_ids[k].size:
+            queried = 1 + COLOUR_NAMES.index(clip.sample.cards[clip.sample.query].colour)
+            targets.append(torch.from_numpy(clip.colour_ids[k].reshape(-1) == queried).float())
+        else:
+            targets.append(torch.full((tokens.shape[0],), -1.0))
+    target = torch.cat(targets)  # (N visual tokens of the batch,) in sequence order
+    middle = out.hidden_states[len(out.hidden_states) // 2]  # (B, L, D)
+    states = middle[inputs["input_ids"] == backbone.processor.video_token_id]  # (N, D)
+    known = target >= 0
+    if known.any():
+        logits = heads.queried(states[known]).squeeze(-1)
+        positive = target[known]
+        weight = (len(positive) - positive.sum()) / positive.sum().clamp_min(1)
+        aux = aux + nn.functional.binary_cross_entropy_with_logits(
+            logits, positive, pos_weight=weight
+        )
+        hit = (logits > 0) == positive.bool()
+        stats["queried_token_recall"] = float(hit[positive.bool()].float().mean())
     return out.loss, aux, stats
 
 
@@ -387,7 +415,7 @@ def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
     backbone = Backbone("tiny-qwen2.5-vl", model, processor, min_tokens=1)
     backbone.model.train().requires_grad_(True)
     torch.manual_seed(cfg.seed)
-    return backbone, TokenHeads(model.config.vision_config.out_hidden_size)
+    return backbone, TokenHeads(model.config.vision_config.out_hidden_size, cfg.hidden)
 
 
 def train(cfg: BackboneTrainConfig) -> dict:

@@ -55,7 +55,8 @@ def test_example_click_shows_answer_and_budget_chart(url, tmp_path, capsys):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
-            page.get_by_text(example["question"]).first.click(timeout=TIMEOUT_MS)
+            # the examples table shows the question; its first line is unique to the clip
+            page.get_by_text(example["question"].splitlines()[0]).first.click(timeout=TIMEOUT_MS)
             page.wait_for_function(
                 "() => document.querySelector('#summary')?.innerText.includes('total')",
                 timeout=TIMEOUT_MS,
