@@ -343,8 +343,11 @@ def batch_losses(
         aux = aux + nn.functional.binary_cross_entropy_with_logits(
             logits, positive, pos_weight=weight
         )
-        hit = (logits > 0) == positive.bool()
-        stats["queried_token_recall"] = float(hit[positive.bool()].float().mean())
+        flagged, wanted = logits > 0, positive.bool()
+        stats["queried_token_recall"] = float(flagged[wanted].float().mean())
+        stats["queried_token_precision"] = float(
+            (flagged & wanted).sum() / flagged.sum().clamp_min(1)
+        )
     return out.loss, aux, stats
 
 
