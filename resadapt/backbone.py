@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 DEFAULT_MIN_TOKENS = 1
 """Smallest chunk size a policy may choose, in visual tokens (one merged patch)."""
+MAX_FRAME_TOKENS = 768
+"""Default per-frame cap in visual tokens (qwen-vl-utils' video default). Qwen3-VL processors
+store a whole-video pixel budget in ``size["longest_edge"]``, so that value alone is no frame cap."""
 
 
 @dataclass
@@ -129,7 +132,15 @@ def chunked_position_ids(
 class Backbone:
     """A frozen Qwen2.5-VL / Qwen3-VL with its processor and token geometry."""
 
-    def __init__(self, name: str, model, processor, *, min_tokens: int = DEFAULT_MIN_TOKENS):
+    def __init__(
+        self,
+        name: str,
+        model,
+        processor,
+        *,
+        min_tokens: int = DEFAULT_MIN_TOKENS,
+        max_pixels: int | None = None,
+    ):
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
@@ -144,7 +155,11 @@ class Backbone:
         self.geometry = Geometry(
             factor=factor,
             min_pixels=min_tokens * factor * factor,
-            max_pixels=int(processor.video_processor.size["longest_edge"]),
+            max_pixels=max_pixels
+            or min(
+                int(processor.video_processor.size["longest_edge"]),
+                MAX_FRAME_TOKENS * factor * factor,
+            ),
             frames_per_chunk=vision.temporal_patch_size,
         )
 
@@ -161,7 +176,8 @@ class Backbone:
     ) -> Backbone:
         """Load a tiny random backbone by name, or a checkpoint from a local folder or hub id.
 
-        ``max_pixels`` overrides the per-frame pixel cap (the base, full-resolution size).
+        ``max_pixels`` sets the per-frame pixel cap (the base, full-resolution size); by default it
+        is the processor's, at most ``MAX_FRAME_TOKENS`` tokens' worth.
         """
         if name_or_path in TINY_BACKBONES:
             model, processor = build_tiny(name_or_path)
@@ -177,13 +193,8 @@ class Backbone:
                 raise BackboneError(
                     f"cannot load backbone {name_or_path!r} as a {where}: {str(e).splitlines()[0]}"
                 ) from e
-        if max_pixels is not None:
-            processor.video_processor.size = {
-                **processor.video_processor.size,
-                "longest_edge": int(max_pixels),
-            }
         model = model.to(device)
-        return cls(name_or_path, model, processor, min_tokens=min_tokens)
+        return cls(name_or_path, model, processor, min_tokens=min_tokens, max_pixels=max_pixels)
 
     @property
     def device(self) -> torch.device:

@@ -194,3 +194,10 @@ def test_saved_tiny_backbone_loads_through_the_auto_classes(tmp_path):
     inputs = bb.prepare([chunked(frames, timestamps)], [QUESTION])
     with torch.no_grad():
         assert torch.allclose(bb.model(**inputs).logits, again.model(**inputs).logits, atol=1e-5)
+
+
+def test_max_pixels_caps_the_base_size():
+    bb = Backbone.load("tiny-random-qwen2.5-vl", max_pixels=84 * 84)
+    assert bb.geometry.max_pixels == 84 * 84 and bb.geometry.base_size(720, 720) == (84, 84)
+    wide = Backbone.load("tiny-random-qwen3-vl")
+    assert wide.geometry.max_pixels <= 768 * 32 * 32
