@@ -44,7 +44,7 @@ DEFAULT_MIN_TOKENS = 1
 """Smallest chunk size a policy may choose, in visual tokens (one merged patch)."""
 MAX_FRAME_TOKENS = 768
 """Default per-frame cap in visual tokens (qwen-vl-utils' video default). Qwen3-VL processors
-store a whole-video pixel budget in ``size["longest_edge"]``, so that value alone is no frame cap."""
+keep a whole-video pixel budget in ``size["longest_edge"]``: that alone is no frame cap."""
 
 
 @dataclass
