@@ -107,6 +107,10 @@ class BackboneTrainConfig:
         metadata={"help": "share of clips sampled from twice as many source frames"},
     )
     aux_weight: float = field(default=0.5, metadata={"help": "weight of the per-token losses"})
+    tie_colour: bool = field(
+        default=False,
+        metadata={"help": "score token colours against the LM's colour-word embeddings"},
+    )
     eval_every: int = field(default=200, metadata={"help": "steps between evaluations"})
     eval_size: int = field(default=64, metadata={"help": "held-out clips per evaluation"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
@@ -176,14 +180,32 @@ class TokenHeads(nn.Module):
     on the language model's mid-layer states of visual tokens, "shows the queried card" (1 logit).
     """
 
-    def __init__(self, width: int, text_width: int):
+    def __init__(
+        self,
+        width: int,
+        text_width: int,
+        colour_words: tuple[nn.Embedding, list[int]] | None = None,
+    ):
         super().__init__()
         self.colour = nn.Linear(width, 1 + len(COLOUR_NAMES))
         self.label = nn.Linear(width, len(ORIENTATIONS))
         self.queried = nn.Linear(text_width, 1)
+        # Tied colour head: a token's colour logits are its dot products with the language
+        # model's embeddings of the colour words (and a learned "no card" vector), so a visual
+        # token and the question's colour word meet in one space. Kept out of the submodules so
+        # the embedding stays owned (and optimised) by the model alone.
+        self._words = colour_words
+        if colour_words is not None:
+            self.no_colour = nn.Parameter(torch.zeros(width))
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.colour(tokens), self.label(tokens)  # (N, 7), (N, 4)
+        if self._words is None:
+            colour = self.colour(tokens)
+        else:
+            embedding, ids = self._words
+            table = torch.cat([self.no_colour[None], embedding.weight[ids]])  # (7, D)
+            colour = tokens @ table.T + self.colour.bias
+        return colour, self.label(tokens)  # (N, 7), (N, 4)
 
 
 def task_corpus(num: int = 200) -> list[str]:
@@ -418,7 +440,11 @@ def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
     backbone = Backbone("tiny-qwen2.5-vl", model, processor, min_tokens=1)
     backbone.model.train().requires_grad_(True)
     torch.manual_seed(cfg.seed)
-    return backbone, TokenHeads(model.config.vision_config.out_hidden_size, cfg.hidden)
+    words = None
+    if cfg.tie_colour:
+        ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(f" {c}"))[-1] for c in COLOUR_NAMES]
+        words = (model.get_input_embeddings(), ids)
+    return backbone, TokenHeads(model.config.vision_config.out_hidden_size, cfg.hidden, words)
 
 
 def train(cfg: BackboneTrainConfig) -> dict:
