@@ -442,7 +442,9 @@ def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
     torch.manual_seed(cfg.seed)
     words = None
     if cfg.tie_colour:
-        ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(f" {c}"))[-1] for c in COLOUR_NAMES]
+        ids = [
+            tokenizer.convert_tokens_to_ids(tokenizer.tokenize(f" {c}"))[-1] for c in COLOUR_NAMES
+        ]
         words = (model.get_input_embeddings(), ids)
     return backbone, TokenHeads(model.config.vision_config.out_hidden_size, cfg.hidden, words)
 
