@@ -18,7 +18,7 @@ from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.errors import BudgetError, validate_question
 from resadapt.geometry import fit_budget
 from resadapt.policies import AllocationContext, Learned, Policy, make_policy
-from resadapt.video import SampledVideo, load_video, resize_frames, thumbnails
+from resadapt.video import SampledVideo, load_video, resize_frames
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Pipeline:
     def context(self, video: SampledVideo, question: str) -> AllocationContext:
         """The allocator's view: thumbnails derived from the decoded frames."""
         return AllocationContext(
-            thumbs=thumbnails(video.frames, THUMB_SIDE),
+            thumbs=video.thumbs(THUMB_SIDE),
             timestamps=video.timestamps,
             question=question,
             frames_per_chunk=self.backbone.geometry.frames_per_chunk,
@@ -130,18 +130,23 @@ class Pipeline:
         geometry = self.backbone.geometry
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
+        vanilla = self.vanilla_tokens(video)
         if scales is None:
             policy = policy or self.policy(request)
             scales = policy.scales(self.context(video, request.question))
         scales = np.clip(np.asarray(scales, dtype=np.float64), 1e-6, 1.0)  # (K,)
         assert scales.shape == (k,), (scales.shape, k)
-        vanilla = k * geometry.tokens(base_h, base_w)
         cap = self.token_cap(request, vanilla)
         if cap is not None and request.policy != "vanilla":
             scales = fit_budget(scales, geometry, base_h, base_w, cap)
         sizes = [geometry.scaled_size(base_h, base_w, s) for s in scales]
         tokens = [geometry.tokens(h, w) for h, w in sizes]
         return Allocation(scales=scales, sizes=sizes, tokens=tokens, vanilla_tokens=vanilla)
+
+    def vanilla_tokens(self, video: SampledVideo) -> int:
+        """Visual tokens of every chunk of ``video`` at scale 1.0 (the full-resolution baseline)."""
+        geometry = self.backbone.geometry
+        return len(video.frames) // geometry.frames_per_chunk * geometry.tokens(*video.base_size)
 
     @staticmethod
     def token_cap(request: Request, vanilla_tokens: int) -> int | None:

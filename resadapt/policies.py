@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from allocator import Allocator, mean_scale
 from resadapt.errors import BudgetError, PolicyError
 
 POLICY_NAMES = ("vanilla", "uniform", "random", "content", "learned")
@@ -177,8 +178,6 @@ class Learned:
     @classmethod
     def load(cls, path: str | Path, tokenizer, backbone_model=None) -> Learned:
         """Load an allocator folder (config.json + model.safetensors)."""
-        from allocator import Allocator  # the allocator package is optional for other policies
-
         path = Path(path)
         if not (path / "config.json").is_file():
             raise PolicyError(f"no allocator checkpoint at {path} (config.json is missing)")
@@ -191,8 +190,6 @@ class Learned:
 
     @torch.no_grad()
     def scales(self, ctx: AllocationContext) -> np.ndarray:
-        from allocator import mean_scale
-
         cfg = self.allocator.config
         device = next(self.allocator.parameters()).device
         batch = allocator_inputs([ctx], self.tokenizer, cfg.max_query_tokens, device)

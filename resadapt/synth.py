@@ -282,16 +282,21 @@ def generate_sample(
     )
 
 
-def token_labels(sample: Sample, factor: int) -> tuple[np.ndarray, np.ndarray]:
+def token_labels(
+    sample: Sample, factor: int, indices: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-token targets at full resolution: (colour_ids, label_ids), each (K, H//f, W//f) int64.
 
     ``factor`` is the backbone's pixels per merged token side (patch × merge, from its config).
+    ``indices`` (T,): the frames a sampler took from the sample (default: all of them); chunk k
+    is sampled frames 2k and 2k + 1, and it shows a card when either of them does.
     A token is labelled with a card when the card covers at least half of its pixels; 0 means no
     card, ``1 + index`` the card's index in COLOUR_NAMES (colour) or ORIENTATIONS/DIGITS (label).
     """
     num_frames, height, width, _ = sample.frames.shape
+    indices = np.arange(num_frames) if indices is None else np.asarray(indices)
     grid_h, grid_w = height // factor, width // factor
-    colour_ids = np.zeros((num_frames // FRAMES_PER_CHUNK, grid_h, grid_w), np.int64)
+    colour_ids = np.zeros((len(indices) // FRAMES_PER_CHUNK, grid_h, grid_w), np.int64)
     label_ids = np.zeros_like(colour_ids)
     edges_h = np.arange(grid_h + 1) * factor
     edges_w = np.arange(grid_w + 1) * factor
@@ -299,8 +304,10 @@ def token_labels(sample: Sample, factor: int) -> tuple[np.ndarray, np.ndarray]:
         cover_h = _overlap(edges_h, card.top, card.top + card.size)  # (grid_h,)
         cover_w = _overlap(edges_w, card.left, card.left + card.size)  # (grid_w,)
         covered = np.outer(cover_h, cover_w) * 2 >= factor * factor  # (grid_h, grid_w)
-        colour_ids[card.chunk][covered] = 1 + COLOUR_NAMES.index(card.colour)
-        label_ids[card.chunk][covered] = 1 + card.label_index
+        shown = np.flatnonzero(np.isin(indices, card.frames))  # sampled frames with the card
+        for k in set((shown // FRAMES_PER_CHUNK).tolist()):
+            colour_ids[k][covered] = 1 + COLOUR_NAMES.index(card.colour)
+            label_ids[k][covered] = 1 + card.label_index
     return colour_ids, label_ids
 
 

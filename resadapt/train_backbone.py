@@ -49,7 +49,7 @@ from torch import nn
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.data import Example
 from resadapt.errors import ResAdaptError
-from resadapt.geometry import fit_budget
+from resadapt.pipeline import Pipeline, Request
 from resadapt.synth import (
     COLOUR_NAMES,
     FRAMES_PER_CHUNK,
@@ -57,9 +57,10 @@ from resadapt.synth import (
     TASKS,
     Sample,
     generate_sample,
+    token_labels,
 )
 from resadapt.tiny import build_tiny_qwen2_5_vl, build_tokenizer
-from resadapt.video import resize_frames, sample_indices
+from resadapt.video import SampledVideo, sample_indices
 
 logger = logging.getLogger("resadapt.train_backbone")
 
@@ -233,14 +234,34 @@ def example_of(sample: Sample) -> Example:
 
 @dataclass
 class Clip:
-    """One training clip: sampled frames, their times, the chunk scales and per-token targets."""
+    """One training clip: the sampled frames, the chunk scales and per-token targets."""
 
     sample: Sample
-    frames: np.ndarray  # (T, H, W, 3) uint8
-    times: np.ndarray  # (T,) seconds
+    video: SampledVideo
+    """The sampled frames as the pipeline holds a decoded video."""
     scales: np.ndarray  # (K,)
     colour_ids: np.ndarray  # (K, H/f, W/f) int64
     label_ids: np.ndarray  # (K, H/f, W/f) int64
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self.video.frames  # (T, H, W, 3) uint8
+
+
+def sampled(sample: Sample, indices: np.ndarray) -> SampledVideo:
+    """The frames ``indices`` (T,) of an in-memory sample, as a decoder would hand them over."""
+    total, height, width, _ = sample.frames.shape
+    return SampledVideo(
+        frames=sample.frames[indices],
+        timestamps=indices / sample.fps,
+        indices=indices,
+        source_fps=sample.fps,
+        total_frames=total,
+        duration_s=total / sample.fps,
+        source_size=(height, width),
+        backend="synth",
+        path=f"synth:{sample.seed}",
+    )
 
 
 def make_clip(
@@ -260,45 +281,22 @@ def make_clip(
         card_px=cfg.card_px,
     )  # fmt: skip
     idx = sample_indices(source, sample.fps, num_frames=frames_out)  # (T,)
-    grid = size // factor
-    colour_ids = np.zeros((chunks, grid, grid), np.int64)
-    label_ids = np.zeros_like(colour_ids)
-    edges = np.arange(grid + 1) * factor
-    for card in sample.cards:
-        shown = [j for j, i in enumerate(idx) if i in card.frames]
-        if not shown:
-            continue
-        covered = (
-            np.outer(_overlap(edges, card.top, card.size), _overlap(edges, card.left, card.size))
-            * 2
-            >= factor * factor
-        )  # (grid, grid): the card covers at least half the token
-        for k in {j // FRAMES_PER_CHUNK for j in shown}:
-            colour_ids[k][covered] = 1 + COLOUR_NAMES.index(card.colour)
-            label_ids[k][covered] = 1 + card.label_index
+    colour_ids, label_ids = token_labels(sample, factor, idx)  # (K, H/f, W/f) each
     scales = np.where(
         rng.random(chunks) < cfg.scale_mix, rng.uniform(cfg.min_scale, 1.0, chunks), 1.0
     )
-    return Clip(sample, sample.frames[idx], idx / sample.fps, scales, colour_ids, label_ids)
+    return Clip(sample, sampled(sample, idx), scales, colour_ids, label_ids)
 
 
-def _overlap(edges: np.ndarray, start: int, size: int) -> np.ndarray:
-    """Pixels of [start, start + size) inside each cell between consecutive ``edges``."""
-    return np.clip(np.minimum(edges[1:], start + size) - np.maximum(edges[:-1], start), 0, None)
-
-
-def chunked_video(backbone: Backbone, clip: Clip, scales: np.ndarray) -> ChunkedVideo:
-    g = backbone.geometry
-    base = clip.frames.shape[1:3]
-    f = g.frames_per_chunk
-    chunks = [
-        resize_frames(clip.frames[k * f : (k + 1) * f], g.scaled_size(*base, s))
-        for k, s in enumerate(scales)
-    ]
-    times = clip.times.reshape(-1, f)
-    span = times[-1, -1] - times[0, 0]
-    fps = (len(clip.times) - 1) / span if span > 0 else 2.0
-    return ChunkedVideo(chunks=chunks, timestamps=times, sample_fps=fps)
+def chunked_video(
+    backbone: Backbone, clip: Clip, scales: np.ndarray, retention: float | None = None
+) -> ChunkedVideo:
+    """The clip's chunks at ``scales`` (fitted to ``retention`` if given), resized by the pipeline
+    exactly as it resizes a decoded video."""
+    pipeline = Pipeline(backbone)
+    request = Request(question=clip.sample.question, policy="uniform", budget=retention)
+    allocation = pipeline.allocate(clip.video, request, scales=scales)
+    return pipeline.chunked(clip.video, allocation)
 
 
 def batch_losses(
@@ -341,7 +339,7 @@ def batch_losses(
         return torch.zeros(()), aux, stats
     labels_lm = torch.full_like(inputs["input_ids"], -100)
     for b, answer in enumerate(answers):
-        n = len(backbone.tokenizer(answer + backbone.tokenizer.eos_token)["input_ids"])
+        n = backbone.answer_length(answer)
         labels_lm[b, -n:] = inputs["input_ids"][b, -n:]
     rest = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos",)}
     out = model(
@@ -385,8 +383,8 @@ def evaluate(
     ``retention`` None: every chunk at full size; else every chunk at one scale fitted to that
     share of the tokens (the uniform baseline at a budget).
     """
-    g = backbone.geometry
     right = 0
+    full = np.ones(chunks)
     for start in range(0, cfg.eval_size, cfg.batch_size):
         clips = []
         for i in range(start, min(cfg.eval_size, start + cfg.batch_size)):
@@ -395,17 +393,9 @@ def evaluate(
                 seed, task="main", num_frames=chunks * 2, num_cards=cards, size=cfg.size,
                 card_px=cfg.card_px,
             )  # fmt: skip
-            idx = np.arange(chunks * 2)
-            ones = np.ones(chunks)
-            clips.append(Clip(sample, sample.frames, idx / sample.fps, ones, ones, ones))
-        videos = []
-        for c in clips:
-            scales = c.scales
-            if retention is not None:
-                base = c.frames.shape[1:3]
-                cap = math.floor(retention * chunks * g.tokens(*base))
-                scales = fit_budget(scales, g, *base, cap)
-            videos.append(chunked_video(backbone, c, scales))
+            labels = token_labels(sample, backbone.geometry.factor)
+            clips.append(Clip(sample, sampled(sample, np.arange(chunks * 2)), full, *labels))
+        videos = [chunked_video(backbone, c, c.scales, retention) for c in clips]
         examples = [example_of(c.sample) for c in clips]
         inputs = backbone.prepare(videos, [e.prompt() for e in examples])
         logits = backbone.model(**inputs).logits[:, -1]  # (B, V)

@@ -242,9 +242,7 @@ def compare(
     t0 = time.perf_counter()
     video = decode(pipeline, path, request)
     decode_s = time.perf_counter() - t0
-    k = len(video.frames) // pipeline.backbone.geometry.frames_per_chunk
-    vanilla = k * pipeline.backbone.geometry.tokens(*video.base_size)
-    cap = pipeline.token_cap(request, vanilla)
+    cap = pipeline.token_cap(request, pipeline.vanilla_tokens(video))
     results = []
     for i, policy in enumerate(policies):
         report(0.05 + 0.9 * i / len(policies), desc=f"policy {policy} ({i + 1}/{len(policies)})")

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -84,6 +84,14 @@ class SampledVideo:
     """Name of the backend that decoded the frames."""
     path: str
     """The file the frames came from."""
+    _thumbs: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+
+    def thumbs(self, side: int) -> np.ndarray:
+        """(T, side, side, 3) thumbnails of the sampled frames, made once per side and kept: every
+        policy and budget that looks at this video reads the same ones (no second decode)."""
+        if side not in self._thumbs:
+            self._thumbs[side] = thumbnails(self.frames, side)
+        return self._thumbs[side]
 
     @property
     def sample_fps(self) -> float:
