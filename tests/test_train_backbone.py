@@ -15,7 +15,7 @@ SMALL = [
     "--hidden", "32", "--text-layers", "1", "--vision-depth", "1", "--heads", "2",
     "--vision-schedule", "56x1:2,168x2:1", "--schedule", "2x2:2",
     "--batch-size", "2", "--vision-batch-size", "2", "--eval-size", "2", "--eval-every", "5",
-    "--threads", "1", "--tie-colour",
+    "--threads", "1", "--tie-colour", "--bind-layer", "0",
 ]  # fmt: skip
 
 
