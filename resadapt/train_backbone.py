@@ -204,7 +204,7 @@ class TokenHeads(nn.Module):
         super().__init__()
         self.colour = nn.Linear(width, 1 + len(COLOUR_NAMES))
         self.label = nn.Linear(width, len(ORIENTATIONS))
-        self.queried = nn.Linear(text_width, 1 + len(COLOUR_NAMES))
+        self.question_colour = nn.Linear(text_width, 1 + len(COLOUR_NAMES))
         # Tied colour head: a token's colour logits are its dot products with the language
         # model's embeddings of the colour words (and a learned "no card" vector), so a visual
         # token and the question's colour word meet in one space. Kept out of the submodules so
@@ -378,7 +378,7 @@ def batch_losses(
     query_colour = torch.tensor(
         [1 + COLOUR_NAMES.index(c.sample.cards[c.sample.query].colour) for c in clips]
     )
-    logits = heads.queried(states)  # (B, 7)
+    logits = heads.question_colour(states)  # (B, 7)
     aux = aux + nn.functional.cross_entropy(logits, query_colour)
     stats["query_colour_acc"] = float((logits.detach().argmax(-1) == query_colour).float().mean())
     attention = out.attentions[bind_layer][torch.arange(len(clips)), 0, last]  # (B, L)
