@@ -19,7 +19,8 @@ Where we differ from the paper and its reference code:
   * one Beta per chunk, sampled per chunk, so the log-density is that of the realised action (the
     reference samples per frame and averages the two frames of a chunk);
   * cost = token fraction by default (``--cost scale`` is the reference's normalised mean scale);
-  * s_max = 1.0 (frames are decoded at the backbone's pixel cap); no budget fitting in training;
+  * s_max = 1.0 (frames are decoded at the backbone's pixel cap); optional budget fitting of the
+    sampled allocations in training (``--budget``), the way inference fits them;
   * lr 1e-4 by default, for our small from-scratch allocator (the reference's 1e-5 … 5e-5 is for
     its larger network); weight decay only on matrices (not on biases and norm gains);
   * ``ppo_epochs`` = 1 by default: rollouts and update see the same weights (and no dropout at
@@ -164,6 +165,13 @@ class TrainConfig:
     fps: float = field(
         default=2.0, metadata=_help("frames sampled per second (4 to 64 frames per video)")
     )
+    budget: float | None = field(
+        default=None,
+        metadata=_help(
+            "retention ceiling in (0, 1] that every sampled allocation (and validation) is fitted "
+            "to, as at inference with --budget; none: allocations are used as sampled"
+        ),
+    )
     decode_cache_mb: int = field(
         default=2048, metadata=_help("decoded frames kept in memory (LRU by path), in MiB")
     )
@@ -278,6 +286,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.data:
             raise ResAdaptError("--data is required: a .jsonl or .parquet file of training rows")
+        if self.budget is not None:
+            _check(self, "budget", 0 < self.budget <= 1, "must be in (0, 1]")
         positive = ("val_size", "steps", "prompts_per_step", "answers_per_rollout", "ppo_epochs")
         for name in positive:
             _check(self, name, getattr(self, name) >= 1, "must be at least 1")
@@ -510,6 +520,7 @@ def _request(config: TrainConfig, example: Example) -> Request:
         question=example.prompt(),
         num_frames=config.num_frames,
         fps=config.fps,
+        budget=config.budget,
         max_new_tokens=config.max_new_tokens,
     )
 

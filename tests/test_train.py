@@ -236,6 +236,16 @@ def test_reward_cost_and_update_variants_run(data, tmp_path, variant):
     assert (out / FINAL / "model.safetensors").is_file()
 
 
+def test_budget_fits_every_sampled_allocation(data, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--data", str(data["train"]), "--backbone", BACKBONE, "--out-dir", str(out)]
+    argv += ["--steps", "1", "--num-frames", "8", "--prompts-per-step", "2", "--num-rollouts", "4"]
+    argv += ["--hidden-dim", "64", "--num-layers", "1", "--num-heads", "2", "--budget", "0.3"]
+    assert main(argv) == 0
+    (record,) = metric_lines(out)
+    assert 0 < record["retention"] <= 0.3
+
+
 # ------------------------------------------------------------------------------------ boundaries
 def exit_code(argv: list[str]) -> int:
     try:
@@ -251,6 +261,7 @@ def exit_code(argv: list[str]) -> int:
         (["--reward", "bleu"], "--reward must be one of"),
         (["--steps", "two"], "invalid int value"),
         (["--lr", "0"], "--lr must be positive"),
+        (["--budget", "1.5"], "--budget must be in (0, 1]"),
         (["--answers-per-rollout", "2", "--reward", "logprob"], "needs --reward grade"),
         (["--init-allocator", "x", "--hidden-dim", "64"], "drop --hidden-dim"),
         (["--bogus", "1"], "unrecognized arguments"),
