@@ -147,22 +147,15 @@ def _numbers(flag: str, cast: type) -> Callable[[str], tuple]:
     return parse
 
 
-def _int(flag: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _number(flag: str, cast: type) -> Callable[[str], object]:
+    """A parser of one number for ``flag`` (``cast`` is int or float)."""
+    what = "an integer" if cast is int else "a number"
+
+    def parse(text: str):
         try:
-            return int(text)
+            return cast(text)
         except ValueError as e:
-            raise BudgetError(f"{flag} takes an integer, got {text!r}") from e
-
-    return parse
-
-
-def _float(flag: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError as e:
-            raise BudgetError(f"{flag} takes a number, got {text!r}") from e
+            raise BudgetError(f"{flag} takes {what}, got {text!r}") from e
 
     return parse
 
@@ -206,17 +199,27 @@ class EvalConfig:
         _numbers("--frames", int),
         default=(),
     )
-    fps: float = _opt("frames sampled per second when --frames is not given", _float("--fps"), 2.0)
-    limit: int | None = _opt("evaluate only the first N valid rows", _int("--limit"), None)
+    fps: float = _opt(
+        "frames sampled per second when --frames is not given", _number("--fps", float), 2.0
+    )
+    limit: int | None = _opt("evaluate only the first N valid rows", _number("--limit", int), None)
     batch_size: int = _opt(
-        "examples of one policy × budget answered in one backbone batch", _int("--batch-size"), 8
+        "examples of one policy × budget answered in one backbone batch",
+        _number("--batch-size", int),
+        8,
     )
-    max_new_tokens: int = _opt("longest answer, in tokens", _int("--max-new-tokens"), 16)
+    max_new_tokens: int = _opt("longest answer, in tokens", _number("--max-new-tokens", int), 16)
     seed: int = _opt(
-        "seed of the random policy (each example draws from (seed, its index))", _int("--seed"), 0
+        "seed of the random policy (each example draws from (seed, its index))",
+        _number("--seed", int),
+        0,
     )
-    scale: float = _opt("scale of the uniform policy before budget fitting", _float("--scale"), 0.5)
-    max_pixels: int | None = _opt("per-frame pixel cap (base size)", _int("--max-pixels"), None)
+    scale: float = _opt(
+        "scale of the uniform policy before budget fitting", _number("--scale", float), 0.5
+    )
+    max_pixels: int | None = _opt(
+        "per-frame pixel cap (base size)", _number("--max-pixels", int), None
+    )
     dtype: str = _opt("float32, bfloat16, float16 or auto", default="float32")
     device: str = _opt("torch device, e.g. cpu or cuda", default="cpu")
 

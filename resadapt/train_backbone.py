@@ -353,9 +353,9 @@ def batch_losses(
         stats["chunk_label_acc"] = float((label_logits.argmax(-1) == target).float().mean())
     if not joint:
         return torch.zeros(()), aux, stats
+    lengths = [backbone.answer_length(a) for a in answers]  # answer + end-of-turn tokens per row
     labels_lm = torch.full_like(inputs["input_ids"], -100)
-    for b, answer in enumerate(answers):
-        n = backbone.answer_length(answer)
+    for b, n in enumerate(lengths):
         labels_lm[b, -n:] = inputs["input_ids"][b, -n:]
     rest = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos",)}
     out = model(
@@ -372,8 +372,7 @@ def batch_losses(
     #   2. head 0 of that layer attends from there to the queried card's tokens (the loss is
     #      -log of the attention mass on them), so the grating of that card is what reaches the
     #      answer. Rows whose queried card is in a downscaled chunk have no target.
-    lengths = torch.tensor([backbone.answer_length(a) for a in answers])  # (B,)
-    last = inputs["input_ids"].shape[1] - 1 - lengths  # (B,) the position predicting the letter
+    last = inputs["input_ids"].shape[1] - 1 - torch.tensor(lengths)  # (B,) predicts the letter
     states = out.hidden_states[bind_layer][torch.arange(len(clips)), last]  # (B, D)
     query_colour = torch.tensor(
         [1 + COLOUR_NAMES.index(c.sample.cards[c.sample.query].colour) for c in clips]
@@ -383,12 +382,12 @@ def batch_losses(
     stats["query_colour_acc"] = float((logits.detach().argmax(-1) == query_colour).float().mean())
     attention = out.attentions[bind_layer][torch.arange(len(clips)), 0, last]  # (B, L)
     is_video = inputs["input_ids"] == backbone.processor.video_token_id  # (B, L)
-    counts = iter([tokens.shape[0] for tokens in vision.pooler_output])  # tokens per chunk
+    chunk_tokens = iter(vision.pooler_output)  # (n_k, D) per chunk, in the order of ``items``
     masses = []
     for b, clip in enumerate(clips):
         wanted, ok = [], True
         for k in range(len(clip.scales)):
-            n, shown = next(counts), clip.colour_ids[k] == int(query_colour[b])
+            n, shown = next(chunk_tokens).shape[0], clip.colour_ids[k] == int(query_colour[b])
             if n == shown.size:
                 wanted.append(torch.from_numpy(shown.reshape(-1)))
             else:
