@@ -1,6 +1,6 @@
 """What the allocator costs next to the backbone it saves tokens for, measured side by side.
 
-``python benchmarks/allocator_cost.py [--chunks 32] [--backbone tiny|qwen2.5-vl-3b] [--side 224]``
+``python -m benchmarks.allocator_cost [--chunks 32] [--backbone tiny|qwen2.5-vl-3b] [--side 224]``
 
 Times, in one run on the same frames: the allocator's forward on K chunks (thumbnails + question),
 and the backbone's prefill (vision tower + language model over the prompt) on the same 2K frames at

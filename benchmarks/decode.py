@@ -1,6 +1,6 @@
 """Decode benchmark: our ``load_video`` against qwen-vl-utils' ``fetch_video``, time and memory.
 
-Usage: ``python benchmarks/decode.py [--frames 32] [--long-minutes 3]``. Writes its own clips into a
+Usage: ``python -m benchmarks.decode [--frames 32] [--long-minutes 3]``. Writes its own clips into a
 temporary directory (a short 720p clip; a long, static-ish 1080p clip, keyframe every 2 s), then on
 the same file and frame count N measures:
   * wall time (median of ``--repeats`` after one warm-up) of ``load_video`` (decord; forced PyAV)
@@ -189,9 +189,9 @@ def child(args: argparse.Namespace) -> None:
 
 
 def measure_in_child(kind: str, path: Path, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--child", kind, "--path", str(path)]
+    command = [sys.executable, "-m", "benchmarks.decode", "--child", kind, "--path", str(path)]
     command += ["--frames", str(args.frames), "--mem-cap-gib", str(args.mem_cap_gib)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
