@@ -76,6 +76,17 @@ class AllocatorConfig:
     mean allows; 2 with init_mean_scale at mid-range gives Beta(2, 2))."""
     dropout: float = 0.0
     """Dropout in the attention layers, MLPs and the head (training only)."""
+    query_match: bool = True
+    """Query-conditioned detector: the pooled question becomes a 1×1 filter over a spatial map of
+    each thumbnail; the best response over space and the chunk's frames, as a share among the
+    video's chunks, enters the chunk state and biases its Beta towards larger scales. Without it
+    the chunks must learn "shows what the question names" through the pooled features and the
+    mixer alone (tests/test_allocator.py: 60 supervised steps reach ≥ 90 % with it, chance
+    without)."""
+    match_stage: int = 2
+    """Conv stage (1–4, stride 2**stage) whose feature map the detector scans (conv encoder only;
+    the pretrained tower's token features are scanned instead). Early maps keep small objects and
+    their colours; the last one pools them away."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -144,6 +155,8 @@ class AllocatorConfig:
             raise ValueError(
                 f"init_min_shape={self.init_min_shape} must be > 1 (the head gives alpha, beta > 1)"
             )
+        if self.match_stage not in (1, 2, 3, 4):
+            raise ValueError(f"match_stage must be 1, 2, 3 or 4, got {self.match_stage!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

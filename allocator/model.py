@@ -26,6 +26,9 @@ from allocator.config import AllocatorConfig
 
 logger = logging.getLogger(__name__)
 
+MATCH_FLOOR = -4.0
+"""Lowest log share ratio of the query match (a chunk with e^-4 ≈ 2 % of an even share): keeps the
+bias, and its gradient, finite for chunks the question clearly does not point at."""
 TOWER_PREFIX = "thumb_encoder.tower."
 """State-dict prefix of the frozen pretrained tower: loaded from its own source, never saved."""
 
@@ -56,25 +59,35 @@ class ConvThumbEncoder(nn.Module):
         super().__init__()
         d = config.hidden_dim
         widths = (6, d // 8, d // 4, d // 2, d)
-        layers: list[nn.Module] = []
+        stages: list[nn.Module] = []
         for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):  # each stage halves the side
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
-                nn.GroupNorm(math.gcd(8, c_out), c_out),
-                nn.GELU(),
-            ]
-        self.stages = nn.Sequential(*layers)
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                    nn.GroupNorm(math.gcd(8, c_out), c_out),
+                    nn.GELU(),
+                )
+            )
+        self.stages = nn.ModuleList(stages)
+        self.match_stage = config.match_stage
+        self.map_dim = widths[config.match_stage]
+        """Channels C of the spatial map returned for the query detector."""
         self.proj = nn.Linear(2 * d, d)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (N, F, 3, S, S) in [0, 1] → (N, F, D)."""
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (N, F, 3, S, S) in [0, 1] → features (N, F, D), map (N*F, P, C) where the map is
+        stage ``match_stage``'s output, P = (S / 2**match_stage)² positions of C channels."""
         n, f = frames.shape[:2]
         deviation = frames - frames.mean(dim=1, keepdim=True)  # (N, F, 3, S, S)
         x = torch.cat([frames - 0.5, deviation], dim=2).flatten(0, 1)  # (N*F, 6, S, S)
-        x = self.stages(x)  # (N*F, D, S/16, S/16)
+        spatial = x
+        for i, stage in enumerate(self.stages, start=1):
+            x = stage(x)  # (N*F, C_i, S/2^i, S/2^i)
+            if i == self.match_stage:
+                spatial = x
         # Mean sees the overall content, max sees small high-detail regions.
         x = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)  # (N*F, 2D)
-        return self.proj(x).reshape(n, f, -1)  # (N, F, D)
+        return self.proj(x).reshape(n, f, -1), spatial.flatten(2).transpose(1, 2)
 
 
 class PretrainedThumbEncoder(nn.Module):
@@ -108,6 +121,8 @@ class PretrainedThumbEncoder(nn.Module):
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
         self.proj = nn.Linear(2 * tower_config.hidden_size, config.hidden_dim)
+        self.map_dim = int(tower_config.hidden_size)
+        """Channels C of the token map returned for the query detector."""
         logger.info("allocator thumbnails encoded by frozen %s", config.pretrained_vision)
 
     def train(self, mode: bool = True) -> PretrainedThumbEncoder:
@@ -115,8 +130,8 @@ class PretrainedThumbEncoder(nn.Module):
         self.tower.eval()  # frozen: dropout and norms stay in inference mode
         return self
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (N, F, 3, S, S) in [0, 1] → (N, F, D)."""
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (N, F, 3, S, S) in [0, 1] → features (N, F, D), token map (N*F, P, H)."""
         n, f = frames.shape[:2]
         x = frames.flatten(0, 1).float()  # (N*F, 3, S, S)
         size = (self.image_size, self.image_size)
@@ -125,7 +140,8 @@ class PretrainedThumbEncoder(nn.Module):
         with torch.no_grad():
             tokens = self.tower(pixel_values=x).last_hidden_state  # (N*F, P, H)
         pooled = torch.cat([tokens.mean(dim=1), tokens.amax(dim=1)], dim=1)  # (N*F, 2H)
-        return self.proj(pooled.to(self.proj.weight.dtype)).reshape(n, f, -1)  # (N, F, D)
+        features = self.proj(pooled.to(self.proj.weight.dtype)).reshape(n, f, -1)  # (N, F, D)
+        return features, tokens.to(self.proj.weight.dtype)
 
 
 class ChunkPool(nn.Module):
@@ -252,6 +268,60 @@ class QueryEncoder(nn.Module):
         return x, keep
 
 
+class QueryMatch(nn.Module):
+    """Query-conditioned detector: how strongly each chunk shows what the question names.
+
+    The question's token states are attention-pooled (one learned weight per token state, so the
+    words that vary between questions — "green" — can outweigh the template around them) and
+    projected to a filter q (D); every position of every frame's spatial map is projected to a
+    key (D); the chunk's score is the largest scaled dot product over its frames and positions —
+    an open-vocabulary detector in miniature, so one small object can carry the chunk. The chunks
+    of a video then compete: the output is log(K · softmax(score)) over its K valid chunks
+    (clamped below at ``MATCH_FLOOR``), how many times more than an even share the question points
+    at the chunk. Raising one chunk's share lowers the others' in proportion to their shares (the
+    chunks that look alike), as a classifier's softmax does, rather than all chunks equally. Near
+    0 everywhere at initialisation (random scores are small), so every Beta starts near
+    init_mean_scale.
+    """
+
+    def __init__(self, config: AllocatorConfig, map_dim: int) -> None:
+        super().__init__()
+        d = config.hidden_dim
+        self.query_norm = nn.LayerNorm(d)
+        self.query_weight = nn.Linear(d, 1)
+        nn.init.zeros_(self.query_weight.weight)  # starts as the mean over the question's tokens
+        nn.init.zeros_(self.query_weight.bias)
+        self.query_proj = nn.Linear(d, d)
+        self.key = nn.Linear(map_dim, d)
+
+    def forward(
+        self,
+        spatial: torch.Tensor,
+        query: torch.Tensor,
+        query_keep: torch.Tensor,
+        chunk_mask: torch.Tensor,
+        frames_per_chunk: int,
+    ) -> torch.Tensor:
+        """spatial (N*F, P, C) maps of the N valid chunks' frames, query (B, 1+L, D), query_keep
+        (B, 1+L), chunk_mask (B, K) → log share ratios (B, K), 0 on padding chunks."""
+        b, k = chunk_mask.shape
+        tokens = self.query_norm(query)  # (B, 1+L, D)
+        logits = self.query_weight(tokens).squeeze(-1).masked_fill(~query_keep, -math.inf)
+        weights = logits.softmax(dim=1)  # (B, 1+L) which words name the target
+        q = self.query_proj(torch.einsum("bl,bld->bd", weights, tokens))  # (B, D)
+        video = torch.arange(b, device=chunk_mask.device).repeat_interleave(k)[chunk_mask.view(-1)]
+        q = q[video].repeat_interleave(frames_per_chunk, dim=0)  # (N*F, D)
+        keys = self.key(spatial)  # (N*F, P, D)
+        response = torch.einsum("npd,nd->np", keys, q) / math.sqrt(keys.shape[-1])  # (N*F, P)
+        best = response.amax(dim=1).view(-1, frames_per_chunk).amax(dim=1)  # (N,)
+        score = best.new_zeros(b * k)
+        score[chunk_mask.view(-1)] = best
+        score = score.view(b, k).masked_fill(~chunk_mask, -math.inf)  # (B, K)
+        count = chunk_mask.sum(dim=1, keepdim=True).to(score.dtype)  # (B, 1)
+        ratio = (score.log_softmax(dim=1) + count.log()).clamp_min(MATCH_FLOOR)  # (B, K)
+        return ratio.masked_fill(~chunk_mask, 0.0)  # (B, K)
+
+
 class BetaHead(nn.Module):
     """Chunk state → (α, β) = softplus(0.5 z) + 1, so every Beta is unimodal or flat (CAPO.md)."""
 
@@ -273,9 +343,14 @@ class BetaHead(nn.Module):
                 torch.tensor([2 * _softplus_inverse(alpha0 - 1), 2 * _softplus_inverse(beta0 - 1)])
             )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, K, D) → alpha (B, K), beta (B, K)."""
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, K, D), optional bias (B, K) added to α's logit and taken from β's (a positive
+        bias raises the mean) → alpha (B, K), beta (B, K)."""
         z = self.net(x)  # (B, K, 2)
+        if bias is not None:
+            z = z + torch.stack([bias, -bias], dim=-1)  # (B, K, 2)
         ab = F.softplus(0.5 * z) + 1.0  # (B, K, 2)
         return ab[..., 0], ab[..., 1]
 
@@ -289,8 +364,9 @@ class Allocator(
     """Query-aware allocator: per chunk, a Beta over the action a ∈ (0, 1) (scale = s_min + a Δs).
 
     thumbnails → frame encoder → chunk pool (+ frame change) → features (B, K, D)
-    → + time embedding → [self-attention over chunks, cross-attention to the question, MLP] × N
-    → Beta head.
+    → + time embedding + embedded query-match score
+    → [self-attention over chunks, cross-attention to the question, MLP] × N
+    → Beta head (its logits biased by the match score).
     Save with ``save_pretrained(folder)``; load with ``Allocator.from_pretrained(folder)``.
     """
 
@@ -308,6 +384,10 @@ class Allocator(
         self.chunk_pool = ChunkPool(config)
         self.time_embedding = TimeEmbedding(config)
         self.query_encoder = QueryEncoder(config)
+        if config.query_match:
+            self.query_match = QueryMatch(config, self.thumb_encoder.map_dim)
+            self.match_embed = nn.Linear(1, config.hidden_dim)
+            self.match_gain = nn.Parameter(torch.ones(()))
         self.mixer = nn.ModuleList(
             _attention_layer(config, cross=True) for _ in range(config.num_layers)
         )
@@ -375,13 +455,21 @@ class Allocator(
         # Only valid chunks are encoded: padding pixels can neither leak nor cost time.
         valid = chunk_mask.reshape(-1)  # (B*K,)
         frames = thumbs.reshape(b * k, *thumbs.shape[2:])[valid].to(dtype)  # (N, F, 3, S, S)
-        pooled = self.chunk_pool(self.thumb_encoder(frames))  # (N, D)
+        frame_features, spatial = self.thumb_encoder(frames)  # (N, F, D), (N*F, P, C)
+        pooled = self.chunk_pool(frame_features)  # (N, D)
         features = pooled.new_zeros(b * k, pooled.shape[-1])  # (B*K, D)
         features[valid] = pooled
         features = features.reshape(b, k, -1)  # (B, K, D)
 
         x = features + self.time_embedding(chunk_times, chunk_mask)  # (B, K, D)
         query, query_keep = self.query_encoder(query_ids, query_mask)  # (B, 1+L, D), (B, 1+L)
+        bias = None
+        if self.config.query_match:
+            match = self.query_match(
+                spatial, query, query_keep, chunk_mask, self.config.frames_per_chunk
+            )  # (B, K)
+            x = x + self.match_embed(match[..., None])  # (B, K, D)
+            bias = self.match_gain * match  # (B, K)
         for layer in self.mixer:
             x = layer(
                 x,
@@ -389,7 +477,7 @@ class Allocator(
                 tgt_key_padding_mask=~chunk_mask,
                 memory_key_padding_mask=~query_keep,
             )  # (B, K, D)
-        alpha, beta = self.head(self.mixer_norm(x))  # (B, K), (B, K)
+        alpha, beta = self.head(self.mixer_norm(x), bias)  # (B, K), (B, K)
         return AllocatorOutput(alpha=alpha, beta=beta, features=features)
 
     # ----------------------------------------------------------------------------------------

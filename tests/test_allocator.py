@@ -258,3 +258,71 @@ def test_pretrained_tower_variant_is_frozen_and_not_saved(tmp_path):
 def test_allocator_package_does_not_import_resadapt():
     code = "import sys, allocator; assert not any(m.startswith('resadapt') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_query_match_shares_sum_to_one_per_video_and_padding_is_zero(small):
+    inputs = make_inputs(small.config)
+    b, k = inputs["chunk_mask"].shape
+    valid = inputs["chunk_mask"].reshape(-1)
+    frames = inputs["thumbs"].reshape(b * k, *inputs["thumbs"].shape[2:])[valid]
+    with torch.no_grad():
+        _, spatial = small.thumb_encoder(frames)  # (N*F, P, C)
+        query, keep = small.query_encoder(inputs["query_ids"], inputs["query_mask"])
+        scores = small.query_match(spatial, query, keep, inputs["chunk_mask"], 2)  # (B, K)
+    side = small.config.thumb_side // 2**small.config.match_stage
+    assert spatial.shape == (int(valid.sum()) * 2, side * side, small.thumb_encoder.map_dim)
+    assert scores.shape == (b, k)
+    assert bool((scores[~inputs["chunk_mask"]] == 0).all())
+    # log(K · share): the shares of a video's valid chunks sum to one
+    count = inputs["chunk_mask"].sum(dim=1)
+    shares = scores.exp() / count[:, None] * inputs["chunk_mask"]
+    torch.testing.assert_close(shares.sum(dim=1), torch.ones(b), rtol=0, atol=1e-5)
+    assert float(scores.abs().max()) > 0  # not a constant
+
+
+def _coloured_cards(g: torch.Generator, n: int, side: int = 32):
+    """n videos of 4 chunks on grey noise; 3 chunks show one square each, in distinct colours;
+    the 'question' is one token naming a shown colour; the target is that square's chunk."""
+    colours = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.7, 0.3], [0.2, 0.3, 0.8], [0.8, 0.8, 0.2]])
+    thumbs = 0.5 + 0.05 * torch.randn(n, 4, 2, 3, side, side, generator=g)
+    query_ids = torch.zeros(n, 1, dtype=torch.long)
+    target = torch.zeros(n, dtype=torch.long)
+    for i in range(n):
+        chunks = torch.randperm(4, generator=g)[:3]
+        shown = torch.randperm(4, generator=g)[:3]
+        for chunk, colour in zip(chunks.tolist(), shown.tolist(), strict=True):
+            top, left = torch.randint(0, side - 8, (2,), generator=g).tolist()
+            thumbs[i, chunk, :, :, top : top + 8, left : left + 8] = colours[colour, :, None, None]
+        pick = int(torch.randint(0, 3, (1,), generator=g))
+        query_ids[i, 0] = 10 + shown[pick]
+        target[i] = chunks[pick]
+    inputs = dict(
+        thumbs=thumbs,
+        query_ids=query_ids,
+        query_mask=torch.ones(n, 1, dtype=torch.bool),
+        chunk_mask=torch.ones(n, 4, dtype=torch.bool),
+        chunk_times=torch.arange(4).float().expand(n, 4).clone(),
+    )
+    return inputs, target
+
+
+def test_allocator_learns_to_raise_the_chunk_the_question_names():
+    """The query-match path is learnable: a few supervised steps teach the allocator to give the
+    largest scale to the chunk showing the colour the question names (chance: 1/4)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = Allocator(AllocatorConfig(**SMALL, thumb_side=32)).train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        inputs, target = _coloured_cards(g, 32)
+        out = model(**inputs)
+        logits = out.alpha.log() - out.beta.log()  # (B, K) monotone in the Beta mean
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    inputs, target = _coloured_cards(torch.Generator().manual_seed(1), 64)
+    with torch.no_grad():
+        out = model.eval()(**inputs)
+    top = mean_scale(out.alpha, out.beta, scale_min=0.2, scale_max=1.0).argmax(dim=1)
+    assert float((top == target).float().mean()) >= 0.9
