@@ -80,11 +80,11 @@ class ConvThumbEncoder(nn.Module):
         n, f = frames.shape[:2]
         deviation = frames - frames.mean(dim=1, keepdim=True)  # (N, F, 3, S, S)
         x = torch.cat([frames - 0.5, deviation], dim=2).flatten(0, 1)  # (N*F, 6, S, S)
-        spatial = x
-        for i, stage in enumerate(self.stages, start=1):
-            x = stage(x)  # (N*F, C_i, S/2^i, S/2^i)
-            if i == self.match_stage:
-                spatial = x
+        maps = []
+        for stage in self.stages:
+            x = stage(x)  # (N*F, C_i, S/2^i, S/2^i) at stage i
+            maps.append(x)
+        spatial = maps[self.match_stage - 1]  # (N*F, C, S/2^m, S/2^m)
         # Mean sees the overall content, max sees small high-detail regions.
         x = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)  # (N*F, 2D)
         return self.proj(x).reshape(n, f, -1), spatial.flatten(2).transpose(1, 2)
@@ -293,6 +293,7 @@ class QueryMatch(nn.Module):
         nn.init.zeros_(self.query_weight.bias)
         self.query_proj = nn.Linear(d, d)
         self.key = nn.Linear(map_dim, d)
+        self.frames_per_chunk = config.frames_per_chunk
 
     def forward(
         self,
@@ -300,7 +301,6 @@ class QueryMatch(nn.Module):
         query: torch.Tensor,
         query_keep: torch.Tensor,
         chunk_mask: torch.Tensor,
-        frames_per_chunk: int,
     ) -> torch.Tensor:
         """spatial (N*F, P, C) maps of the N valid chunks' frames, query (B, 1+L, D), query_keep
         (B, 1+L), chunk_mask (B, K) → log share ratios (B, K), 0 on padding chunks."""
@@ -310,10 +310,10 @@ class QueryMatch(nn.Module):
         weights = logits.softmax(dim=1)  # (B, 1+L) which words name the target
         q = self.query_proj(torch.einsum("bl,bld->bd", weights, tokens))  # (B, D)
         video = torch.arange(b, device=chunk_mask.device).repeat_interleave(k)[chunk_mask.view(-1)]
-        q = q[video].repeat_interleave(frames_per_chunk, dim=0)  # (N*F, D)
         keys = self.key(spatial)  # (N*F, P, D)
-        response = torch.einsum("npd,nd->np", keys, q) / math.sqrt(keys.shape[-1])  # (N*F, P)
-        best = response.amax(dim=1).view(-1, frames_per_chunk).amax(dim=1)  # (N,)
+        keys = keys.reshape(-1, self.frames_per_chunk * keys.shape[1], keys.shape[2])  # (N, F*P, D)
+        response = torch.einsum("nqd,nd->nq", keys, q[video]) / math.sqrt(keys.shape[-1])
+        best = response.amax(dim=1)  # (N,) best over the chunk's frames and positions
         score = best.new_zeros(b * k)
         score[chunk_mask.view(-1)] = best
         score = score.view(b, k).masked_fill(~chunk_mask, -math.inf)  # (B, K)
@@ -465,9 +465,7 @@ class Allocator(
         query, query_keep = self.query_encoder(query_ids, query_mask)  # (B, 1+L, D), (B, 1+L)
         bias = None
         if self.config.query_match:
-            match = self.query_match(
-                spatial, query, query_keep, chunk_mask, self.config.frames_per_chunk
-            )  # (B, K)
+            match = self.query_match(spatial, query, query_keep, chunk_mask)  # (B, K)
             x = x + self.match_embed(match[..., None])  # (B, K, D)
             bias = self.match_gain * match  # (B, K)
         for layer in self.mixer:

@@ -200,8 +200,9 @@ def collect_rollouts(
     """Sample ``num_rollouts`` allocations per prompt, score them, and compute CAPO advantages.
 
     One allocator forward for all B prompts (eval mode); per prompt, one Beta per chunk and M
-    draws from the prompt's own generator (exact per-chunk sampling); allocations are not fitted
-    to any budget (the cost is the token fraction actually spent).
+    draws from the prompt's own generator (exact per-chunk sampling); each allocation is fitted to
+    the request's budget when it has one (``train --budget``), as at inference, and its cost is the
+    token fraction actually spent.
     """
     assert prompts, "collect_rollouts needs at least one prompt"
     cfg = allocator.config

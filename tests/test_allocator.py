@@ -268,7 +268,7 @@ def test_query_match_shares_sum_to_one_per_video_and_padding_is_zero(small):
     with torch.no_grad():
         _, spatial = small.thumb_encoder(frames)  # (N*F, P, C)
         query, keep = small.query_encoder(inputs["query_ids"], inputs["query_mask"])
-        scores = small.query_match(spatial, query, keep, inputs["chunk_mask"], 2)  # (B, K)
+        scores = small.query_match(spatial, query, keep, inputs["chunk_mask"])  # (B, K)
     side = small.config.thumb_side // 2**small.config.match_stage
     assert spatial.shape == (int(valid.sum()) * 2, side * side, small.thumb_encoder.map_dim)
     assert scores.shape == (b, k)

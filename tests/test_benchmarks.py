@@ -3,6 +3,7 @@ repository root), on sizes small enough for CI; their numbers are not checked he
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def test_decode_child_measures_memory_in_a_fresh_process(tmp_path):
     from tests import media
 
     path = media.write_video(tmp_path / "clip.mp4", num_frames=8)
-    args = type("Args", (), {"frames": 4, "mem_cap_gib": 1.0})()
+    args = argparse.Namespace(frames=4, mem_cap_gib=1.0)
     result = measure_in_child("ours", path, args)
     assert "error" not in result, result
     assert result["peak"] > 0
