@@ -87,6 +87,13 @@ class AllocatorConfig:
     """Conv stage (1–4, stride 2**stage) whose feature map the detector scans (conv encoder only;
     the pretrained tower's token features are scanned instead). Early maps keep small objects and
     their colours; the last one pools them away."""
+    match_gain: float = 4.0
+    """Initial gain of the detector's log share ratio on the Beta logits (learned afterwards). A
+    random detector's ratios are near 0, so the gain is harmless at initialisation; once the
+    detector ranks the chunks (e.g. distilled from the backbone's attention), a ratio of +2 for the
+    chunk the question names and −2…−4 for the rest moves their Beta means to about 0.85 and 0.1
+    at gain 4 — a prior the policy gradient refines. AdamW moves a scalar by about lr per step, so
+    starting at 1 the gain would take thousands of steps to matter."""
 
     def __post_init__(self) -> None:
         positive = (

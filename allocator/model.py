@@ -44,6 +44,9 @@ class AllocatorOutput:
     features: torch.Tensor
     """(B, K, D) per-chunk thumbnail features before mixing (zero on padding chunks); the
     temporal-similarity regulariser compares neighbours with them."""
+    match_log_share: torch.Tensor | None = None
+    """(B, K) the query detector's log-softmax over each video's chunks (0 on padding), None
+    without the detector; training can distil the backbone's attention into it."""
 
 
 def _softplus_inverse(y: float) -> float:
@@ -276,11 +279,12 @@ class QueryMatch(nn.Module):
     projected to a filter q (D); every position of every frame's spatial map is projected to a
     key (D); the chunk's score is the largest scaled dot product over its frames and positions —
     an open-vocabulary detector in miniature, so one small object can carry the chunk. The chunks
-    of a video then compete: the output is log(K · softmax(score)) over its K valid chunks
-    (clamped below at ``MATCH_FLOOR``), how many times more than an even share the question points
-    at the chunk. Raising one chunk's share lowers the others' in proportion to their shares (the
-    chunks that look alike), as a classifier's softmax does, rather than all chunks equally. Near
-    0 everywhere at initialisation (random scores are small), so every Beta starts near
+    of a video then compete: the output is log softmax(score) over its K valid chunks — the log
+    share of the question's attention each chunk gets; the allocator uses log(K · share), clamped
+    below at ``MATCH_FLOOR``, how many times more than an even share the question points at the
+    chunk. Raising one chunk's share lowers the others' in proportion to their shares (the
+    chunks that look alike), as a classifier's softmax does, rather than all chunks equally.
+    Exactly 0 everywhere at initialisation (a zero filter), so every Beta starts at
     init_mean_scale.
     """
 
@@ -292,6 +296,10 @@ class QueryMatch(nn.Module):
         nn.init.zeros_(self.query_weight.weight)  # starts as the mean over the question's tokens
         nn.init.zeros_(self.query_weight.bias)
         self.query_proj = nn.Linear(d, d)
+        # A zero filter: every chunk gets an even share (ratio 0) until training gives the
+        # detector something to look for, so the match gain cannot amplify random responses.
+        nn.init.zeros_(self.query_proj.weight)
+        nn.init.zeros_(self.query_proj.bias)
         self.key = nn.Linear(map_dim, d)
         self.frames_per_chunk = config.frames_per_chunk
 
@@ -303,7 +311,7 @@ class QueryMatch(nn.Module):
         chunk_mask: torch.Tensor,
     ) -> torch.Tensor:
         """spatial (N*F, P, C) maps of the N valid chunks' frames, query (B, 1+L, D), query_keep
-        (B, 1+L), chunk_mask (B, K) → log share ratios (B, K), 0 on padding chunks."""
+        (B, 1+L), chunk_mask (B, K) → log shares (B, K), 0 on padding chunks."""
         b, k = chunk_mask.shape
         tokens = self.query_norm(query)  # (B, 1+L, D)
         logits = self.query_weight(tokens).squeeze(-1).masked_fill(~query_keep, -math.inf)
@@ -317,9 +325,7 @@ class QueryMatch(nn.Module):
         score = best.new_zeros(b * k)
         score[chunk_mask.view(-1)] = best
         score = score.view(b, k).masked_fill(~chunk_mask, -math.inf)  # (B, K)
-        count = chunk_mask.sum(dim=1, keepdim=True).to(score.dtype)  # (B, 1)
-        ratio = (score.log_softmax(dim=1) + count.log()).clamp_min(MATCH_FLOOR)  # (B, K)
-        return ratio.masked_fill(~chunk_mask, 0.0)  # (B, K)
+        return score.log_softmax(dim=1).masked_fill(~chunk_mask, 0.0)  # (B, K)
 
 
 class BetaHead(nn.Module):
@@ -387,7 +393,7 @@ class Allocator(
         if config.query_match:
             self.query_match = QueryMatch(config, self.thumb_encoder.map_dim)
             self.match_embed = nn.Linear(1, config.hidden_dim)
-            self.match_gain = nn.Parameter(torch.ones(()))
+            self.match_gain = nn.Parameter(torch.tensor(float(config.match_gain)))
         self.mixer = nn.ModuleList(
             _attention_layer(config, cross=True) for _ in range(config.num_layers)
         )
@@ -463,9 +469,11 @@ class Allocator(
 
         x = features + self.time_embedding(chunk_times, chunk_mask)  # (B, K, D)
         query, query_keep = self.query_encoder(query_ids, query_mask)  # (B, 1+L, D), (B, 1+L)
-        bias = None
+        bias = log_share = None
         if self.config.query_match:
-            match = self.query_match(spatial, query, query_keep, chunk_mask)  # (B, K)
+            log_share = self.query_match(spatial, query, query_keep, chunk_mask)  # (B, K)
+            count = chunk_mask.sum(dim=1, keepdim=True).to(log_share.dtype)  # (B, 1)
+            match = (log_share + count.log()).clamp_min(MATCH_FLOOR).masked_fill(~chunk_mask, 0.0)
             x = x + self.match_embed(match[..., None])  # (B, K, D)
             bias = self.match_gain * match  # (B, K)
         for layer in self.mixer:
@@ -476,7 +484,7 @@ class Allocator(
                 memory_key_padding_mask=~query_keep,
             )  # (B, K, D)
         alpha, beta = self.head(self.mixer_norm(x), bias)  # (B, K), (B, K)
-        return AllocatorOutput(alpha=alpha, beta=beta, features=features)
+        return AllocatorOutput(alpha=alpha, beta=beta, features=features, match_log_share=log_share)
 
     # ----------------------------------------------------------------------------------------
     # save / load: the frozen tower and backbone embeddings come from their own sources

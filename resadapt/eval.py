@@ -71,10 +71,12 @@ ROW_COLUMNS = (
     "accuracy",
     "mean_retention",
     "mean_visual_tokens",
+    "mean_scale_spread",
     "mean_latency_s",
 )
 """Columns of results.csv (and keys of every row in results.json); means are empty (null) when
-no example of the row fits its budget."""
+no example of the row fits its budget. The scale spread is the within-video standard deviation of
+the fitted chunk scales (0: every chunk the same size)."""
 MARKERS = "osD^vPX"
 """Marker of each policy's line in frontier.png (vanilla is a star)."""
 
@@ -147,6 +149,20 @@ def _numbers(flag: str, cast: type) -> Callable[[str], tuple]:
     return parse
 
 
+def _budgets(text: str) -> tuple[float | None, ...]:
+    """``--budgets``: retentions, and ``none`` for the policy's own allocation (no cap); order
+    kept, repeats dropped."""
+    values: list[float | None] = []
+    for item in (s.strip() for s in text.split(",")):
+        if item.lower() == "none":
+            value = None
+        else:
+            (value,) = _numbers("--budgets", float)(item)
+        if value not in values:
+            values.append(value)
+    return tuple(values)
+
+
 def _number(flag: str, cast: type) -> Callable[[str], object]:
     """A parser of one number for ``flag`` (``cast`` is int or float)."""
     what = "an integer" if cast is int else "a number"
@@ -182,10 +198,10 @@ class EvalConfig:
         parse_policies,
         default=parse_policies("vanilla,uniform,content,random"),
     )
-    budgets: tuple[float, ...] = _opt(
-        "comma list of retention budgets in (0, 1] (default: 0.1,0.25,0.5 unless "
-        "--max-visual-tokens is given)",
-        _numbers("--budgets", float),
+    budgets: tuple[float | None, ...] = _opt(
+        "comma list of retention budgets in (0, 1], and none for each policy's own allocation "
+        "without a cap (default: 0.1,0.25,0.5 unless --max-visual-tokens is given)",
+        _budgets,
         default=(),
     )
     max_visual_tokens: tuple[int, ...] = _opt(
@@ -227,7 +243,7 @@ class EvalConfig:
         if not self.budgets and not self.max_visual_tokens:
             self.budgets = DEFAULT_BUDGETS
         for r in self.budgets:
-            if not 0 < r <= 1:
+            if r is not None and not 0 < r <= 1:
                 raise BudgetError(f"--budgets: a retention must be in (0, 1], got {r:g}")
         for n in self.max_visual_tokens:
             if n <= 0:
@@ -484,6 +500,7 @@ class Summary:
             cell["correct"] += record["correct"]
             cell["retention"] += record["retention"]
             cell["visual_tokens"] += record["visual_tokens"]
+            cell["scale_spread"] += float(np.std(record["scales"]))
             cell["latency_s"] += record["latency_s"]
 
     def rows(self) -> list[dict]:
@@ -506,6 +523,7 @@ class Summary:
                     "accuracy": mean("correct"),
                     "mean_retention": mean("retention"),
                     "mean_visual_tokens": mean("visual_tokens"),
+                    "mean_scale_spread": mean("scale_spread"),
                     "mean_latency_s": mean("latency_s"),
                 }
             )
@@ -516,7 +534,7 @@ def format_table(rows: list[dict]) -> str:
     """The rows as a compact fixed-width table (one line per policy × budget × frame count)."""
     head = (
         f"{'policy':<12} {'budget':>10} {'frames':>6} {'n':>4} {'accuracy':>8} "
-        f"{'retention':>9} {'tokens':>8} {'latency':>8}"
+        f"{'retention':>9} {'tokens':>8} {'spread':>6} {'latency':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -525,10 +543,11 @@ def format_table(rows: list[dict]) -> str:
         if r["examples"]:
             line += (
                 f"{r['accuracy']:>8.3f} {r['mean_retention']:>9.3f} "
-                f"{r['mean_visual_tokens']:>8.1f} {r['mean_latency_s']:>7.3f}s"
+                f"{r['mean_visual_tokens']:>8.1f} {r['mean_scale_spread']:>6.3f} "
+                f"{r['mean_latency_s']:>7.3f}s"
             )
         else:
-            line += f"{'-':>8} {'-':>9} {'-':>8} {'-':>8}"
+            line += f"{'-':>8} {'-':>9} {'-':>8} {'-':>6} {'-':>8}"
         lines.append(line)
     if any(not r["examples"] for r in rows):
         lines.append("n = 0: no example fits that budget even at the smallest size per chunk")

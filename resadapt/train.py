@@ -12,8 +12,10 @@ all M allocations in one batch; each is graded (multiple-choice letter, exact, n
 IoU) or scored by the probability of the gold answer; its cost is the fraction of the
 full-resolution visual tokens it spent; CAPO advantages are computed per group of M. Update:
 re-score the stored actions under the current policy, PPO clip (ε 0.2 / 0.28, dual clip 10, mean
-over valid chunks) + ``sim_weight`` · L_sim + ``con_weight`` · L_con; AdamW, linear warm-up,
-gradient clipping; no KL, no entropy bonus. Inference and validation use the Beta mean.
+over valid chunks) + ``sim_weight`` · L_sim + ``con_weight`` · L_con + ``attention_weight`` ·
+KL(backbone attention shares ‖ query-detector shares) (:mod:`resadapt.relevance`); AdamW, linear
+warm-up, gradient clipping; no KL to a reference policy, no entropy bonus. Inference and
+validation use the Beta mean.
 
 Where we differ from the paper and its reference code:
   * one Beta per chunk, sampled per chunk, so the log-density is that of the realised action (the
@@ -31,7 +33,11 @@ Where we differ from the paper and its reference code:
     end-of-turn token included), i.e. the per-token geometric-mean probability in (0, 1]. It is on
     the scale of a grade, so CAPO's "correct" threshold 0.35 keeps a meaning, and it needs no
     per-dataset offset (a sigmoid of the log-probability would). For multiple choice it scores the
-    gold letter.
+    gold letter;
+  * the attention distillation is ours: the backbone's full-resolution attention from the answer
+    position, per chunk, is a dense per-chunk target that needs no labels (computed once per
+    video; the backbone is frozen). With the bandit reward alone the allocator learned where the
+    cards of our synthetic tasks are but not which one the question names (README).
 
 Determinism and resume. The data order is a permutation per epoch drawn from (seed, epoch). The
 draws of the prompt at stream position p (step × prompts_per_step + slot) come from a
@@ -43,10 +49,10 @@ bitwise the weights of an uninterrupted run to N (CPU, same config and process c
 
 Many GPUs or nodes: ``accelerate launch`` starts one process per device (DDP). The prompts of a
 step are split by slot (slot % world_size == rank); every process runs its own frozen backbone.
-Each loss term is scaled by this process's share of the global count of chunks (one all-reduce
-of two counts), so DDP's gradient average is the gradient of the mean over all chunks of the
-step. Only the main process prints, writes metrics and checkpoints; ``--resume`` needs out_dir on
-a file system every node sees.
+Each loss term is scaled by this process's share of the global count of what it averages over
+(chunks, adjacent chunk pairs, videos: one all-reduce of three counts), so DDP's gradient average
+is the gradient of the step's global means. Only the main process prints, writes metrics and
+checkpoints; ``--resume`` needs out_dir on a file system every node sees.
 
 Commands (one machine; after a crash; 8 GPUs; 2 nodes × 8 GPUs; 2 CPU processes):
     python -m resadapt.train --data train.jsonl --backbone PATH --out-dir runs/x
@@ -84,7 +90,7 @@ import types
 import typing
 import warnings
 from collections import Counter
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +115,7 @@ from resadapt.capo import (
 from resadapt.data import DataError, Example, read_examples
 from resadapt.errors import QuestionError, ResAdaptError, VideoError, validate_question
 from resadapt.pipeline import THUMB_SIDE, Pipeline, Request
+from resadapt.relevance import chunk_attention, distillation_loss, pad_targets
 from resadapt.rollout import (
     COSTS,
     REWARDS,
@@ -263,6 +270,18 @@ class TrainConfig:
     con_weight: float = field(
         default=CONCENTRATION_WEIGHT, metadata=_help("weight of the concentration loss")
     )
+    attention_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "weight of the attention distillation: the query detector's chunk shares are pulled "
+            "toward the frozen backbone's attention shares at full resolution (0: off; needs an "
+            "allocator with query_match)"
+        ),
+    )
+    attention_temperature: float = field(
+        default=0.25,
+        metadata=_help("sharpen the attention shares to share^(1/T) before distilling (T > 0)"),
+    )
     # --- run ----------------------------------------------------------------------------------
     out_dir: str = field(default="runs/allocator", metadata=_help("checkpoints and metrics"))
     seed: int = field(default=0, metadata=_help("seed of the init, the data order and the draws"))
@@ -311,9 +330,10 @@ class TrainConfig:
         )
         _check(self, "temperature", self.temperature > 0, "must be positive")
         _check(self, "lr", self.lr > 0, "must be positive")
-        for name in ("weight_decay", "sim_weight", "con_weight"):
+        for name in ("weight_decay", "sim_weight", "con_weight", "attention_weight"):
             _check(self, name, getattr(self, name) >= 0, "must be at least 0")
         _check(self, "grad_clip", self.grad_clip > 0, "must be positive")
+        _check(self, "attention_temperature", self.attention_temperature > 0, "must be positive")
         if self.max_pixels is not None:
             _check(self, "max_pixels", self.max_pixels > 0, "must be positive")
         for name, allowed in (
@@ -634,12 +654,15 @@ def capo_loss(
     config: TrainConfig,
     chunk_share: float,
     pair_share: float,
+    video_share: float = 1.0,
+    targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """PPO-clip on the stored actions + the two regularisers, each scaled by this process's share.
+    """PPO-clip on the stored actions + the regularisers, each scaled by this process's share.
 
     ``chunk_share`` = local / global valid chunks × world size (1 in one process), likewise
-    ``pair_share`` for adjacent chunk pairs; DDP's average of the gradients is then the gradient
-    of the global means.
+    ``pair_share`` for adjacent chunk pairs and ``video_share`` for videos; DDP's average of the
+    gradients is then the gradient of the global means. ``targets`` (B, K): the backbone's
+    attention shares the query detector is distilled toward (``--attention-weight``).
     """
     b, m, k = batch.actions.shape
     alpha = out.alpha[:, None].expand(b, m, k)  # (B, M, K)
@@ -654,11 +677,16 @@ def capo_loss(
         "pg_loss": chunk_share * pg,
         "sim_loss": pair_share * sim,
         "con_loss": chunk_share * con,
+        "attention_loss": pg.new_zeros(()),
     }
+    if targets is not None:
+        distil = distillation_loss(out.match_log_share, targets, batch.chunk_mask)
+        parts["attention_loss"] = video_share * distil
     parts["loss"] = (
         parts["pg_loss"]
         + config.sim_weight * parts["sim_loss"]
         + config.con_weight * parts["con_loss"]
+        + config.attention_weight * parts["attention_loss"]
     )
     return parts
 
@@ -842,6 +870,13 @@ class Trainer:
         self.cache = DecodeCache(self.pipeline, config.decode_cache_mb * 2**20)
         set_seed(config.seed)  # after the backbone: the tiny builders reseed torch
         allocator = build_allocator(config, self.backbone, resume)
+        if config.attention_weight and not allocator.config.query_match:
+            raise ResAdaptError(
+                "--attention-weight needs the allocator's query detector (query_match); set "
+                "--attention-weight 0 or use an allocator config with query_match true"
+            )
+        self.attention_targets: dict[tuple[str, str], torch.Tensor] = {}
+        """Full-resolution attention shares per (video, question): the backbone is frozen."""
         optimizer = torch.optim.AdamW(
             parameter_groups(allocator, config.weight_decay), lr=config.lr
         )
@@ -908,6 +943,27 @@ class Trainer:
         prompts, skipped = decode_prompts(pairs, self.cache, self.config)
         return prompts, skipped, step * self.config.prompts_per_step // n
 
+    def _targets(self, prompts: list[Prompt], k_max: int) -> torch.Tensor:
+        """(B, K) the backbone's full-resolution attention shares of the prompts' chunks."""
+        memo, f = self.attention_targets, self.backbone.geometry.frames_per_chunk
+        missing = [p for p in prompts if (p.example.video, p.request.question) not in memo]
+        if missing:
+            videos = []
+            for p in missing:
+                full = replace(p.request, budget=None, max_visual_tokens=None)
+                ones = np.ones(len(p.video.frames) // f)  # (K,) every chunk at scale 1
+                videos.append(
+                    self.pipeline.chunked(
+                        p.video, self.pipeline.allocate(p.video, full, scales=ones)
+                    )
+                )
+            shares = chunk_attention(self.backbone, videos, [p.request.question for p in missing])
+            for p, share in zip(missing, shares, strict=True):
+                memo[(p.example.video, p.request.question)] = share
+        shares = [memo[(p.example.video, p.request.question)] for p in prompts]
+        targets = pad_targets(shares, k_max, self.config.attention_temperature)
+        return targets.to(self.accelerator.device)
+
     def _reduce(self, values: list[float], reduction: str = "sum") -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
         return self.accelerator.reduce(t, reduction=reduction).tolist()
@@ -938,29 +994,46 @@ class Trainer:
             if batch is None
             else float((batch.chunk_mask[:, 1:] & batch.chunk_mask[:, :-1]).sum())
         )
-        g_chunks, g_pairs = self._reduce([chunks, pairs])
+        videos = float(len(prompts)) if batch is not None else 0.0
+        g_chunks, g_pairs, g_videos = self._reduce([chunks, pairs, videos])
         world = acc.num_processes
         chunk_share = chunks / g_chunks * world if g_chunks else 0.0
         pair_share = pairs / g_pairs * world if g_pairs else 0.0
+        video_share = videos / g_videos * world if g_videos else 0.0
+        targets = None
+        if batch is not None and config.attention_weight:
+            targets = self._targets(prompts, batch.chunk_mask.shape[1])  # (B, K)
         lr = self.scheduler.get_last_lr()[0]
-        sums = dict.fromkeys(("loss", "pg_loss", "sim_loss", "con_loss"), 0.0)
+        sums = dict.fromkeys(("loss", "pg_loss", "sim_loss", "con_loss", "attention_loss"), 0.0)
+        agree = 0.0  # prompts whose detector and backbone attention pick the same chunk
         grad_norm = math.nan
         if g_chunks:
             self.model.train()
             for _ in range(config.ppo_epochs):
                 self.optimizer.zero_grad(set_to_none=True)
                 if batch is not None:
+                    out = self.model(**batch.inputs)
                     parts = capo_loss(
-                        self.model(**batch.inputs),
+                        out,
                         batch,
                         self.allocator.config,
                         config,
                         chunk_share,
                         pair_share,
+                        video_share,
+                        targets,
                     )
+                    if targets is not None:
+                        picks = out.match_log_share.detach().masked_fill(
+                            ~batch.chunk_mask, -math.inf
+                        )
+                        same = picks.argmax(dim=1) == targets.argmax(dim=1)
+                        agree = float(same.sum())
                 else:
                     out = self.model(**idle_inputs(self.allocator.config, acc.device))
                     zero = 0.0 * (out.alpha.sum() + out.beta.sum() + out.features.sum())
+                    if out.match_log_share is not None:
+                        zero = zero + 0.0 * out.match_log_share.sum()
                     parts = dict.fromkeys(sums, zero)
                 acc.backward(parts["loss"])
                 grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), config.grad_clip))
@@ -975,7 +1048,7 @@ class Trainer:
         totals = dict(
             zip(ROLLOUT_STATS, self._reduce([stats[k] for k in ROLLOUT_STATS]), strict=True)
         )
-        (skipped_step,) = self._reduce([float(skipped)])
+        skipped_step, g_agree = self._reduce([float(skipped), agree])
         self.skipped_videos += int(skipped_step)
         n = totals["rollouts"]
         adv_mean = mean_or_nan(totals["advantage"], n)
@@ -992,6 +1065,9 @@ class Trainer:
             "visual_tokens": mean_or_nan(totals["visual_tokens"], n),
             "scale_spread": mean_or_nan(totals["scale_spread"], n),
             "policy_spread": mean_or_nan(totals["policy_spread"], totals["prompts"]),
+            "attention_agreement": (
+                mean_or_nan(g_agree, totals["prompts"]) if config.attention_weight else math.nan
+            ),
             "advantage_mean": adv_mean,
             "advantage_std": math.sqrt(max(adv_var, 0.0)) if n else math.nan,
             **losses,
@@ -1092,7 +1168,7 @@ class Trainer:
                 progress.update(1)
                 logger.info(
                     "step %d/%d reward %.3f acc %.3f retention %.3f tokens/video %.1f "
-                    "spread %.3f adv_std %.3f loss %.4f %.1fs",
+                    "spread %.3f adv_std %.3f loss %.4f attention %.3f (agree %.2f) %.1fs",
                     record["step"],
                     config.steps,
                     record["reward"],
@@ -1102,6 +1178,8 @@ class Trainer:
                     record["scale_spread"],
                     record["advantage_std"],
                     record["loss"],
+                    record["attention_loss"],
+                    record["attention_agreement"],
                     record["seconds"],
                 )
                 done = step + 1

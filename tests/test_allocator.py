@@ -268,16 +268,16 @@ def test_query_match_shares_sum_to_one_per_video_and_padding_is_zero(small):
     with torch.no_grad():
         _, spatial = small.thumb_encoder(frames)  # (N*F, P, C)
         query, keep = small.query_encoder(inputs["query_ids"], inputs["query_mask"])
-        scores = small.query_match(spatial, query, keep, inputs["chunk_mask"])  # (B, K)
+        log_shares = small.query_match(spatial, query, keep, inputs["chunk_mask"])  # (B, K)
+        out = small(**inputs)
     side = small.config.thumb_side // 2**small.config.match_stage
     assert spatial.shape == (int(valid.sum()) * 2, side * side, small.thumb_encoder.map_dim)
-    assert scores.shape == (b, k)
-    assert bool((scores[~inputs["chunk_mask"]] == 0).all())
-    # log(K · share): the shares of a video's valid chunks sum to one
-    count = inputs["chunk_mask"].sum(dim=1)
-    shares = scores.exp() / count[:, None] * inputs["chunk_mask"]
+    assert log_shares.shape == (b, k)
+    assert bool((log_shares[~inputs["chunk_mask"]] == 0).all())
+    shares = log_shares.exp() * inputs["chunk_mask"]
     torch.testing.assert_close(shares.sum(dim=1), torch.ones(b), rtol=0, atol=1e-5)
-    assert float(scores.abs().max()) > 0  # not a constant
+    assert float(shares[inputs["chunk_mask"]].std()) > 0  # not a constant
+    torch.testing.assert_close(out.match_log_share, log_shares)
 
 
 def _coloured_cards(g: torch.Generator, n: int, side: int = 32):

@@ -1,5 +1,6 @@
-"""The bundled offline world: the trained backbone in assets/ is the default of the CLI, small, and
-answers the bundled example clips correctly at full resolution."""
+"""The bundled offline world: the trained backbone and allocator in assets/ are the defaults of
+the CLI, small, and answer the bundled example clips correctly (the backbone at full resolution,
+the allocator at 15 % of the visual tokens)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from resadapt import ask
-from resadapt.assets import default_backbone, examples
+from resadapt.assets import default_allocator, default_backbone, examples
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -36,3 +37,25 @@ def test_bundled_backbone_answers_the_examples_at_full_size(index, capsys):
     assert result["backbone"] == str(ASSETS / "backbone")
     assert result["answer"].strip() == example["answer"]
     assert result["retention"] == 1.0
+
+
+def test_bundled_allocator_is_the_default_and_small():
+    assert Path(default_allocator()) == ASSETS / "allocator"
+    assert (ASSETS / "allocator" / "model.safetensors").stat().st_size <= 25 * 2**20
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_learned_allocator_answers_the_examples_at_15_percent_of_the_tokens(index, capsys):
+    """The default policy is the bundled allocator: at 15 % of the full-resolution tokens it gives
+    the queried card's chunk the largest scale and the backbone answers right."""
+    example = examples()[index]
+    row = json.loads((ASSETS / "examples" / "data.jsonl").read_text().splitlines()[index])
+    argv = [example["video"], example["question"], "--json", "--budget", "0.15"]
+    assert ask.main(argv) == 0  # default backbone, default (learned) policy
+    result = json.loads(capsys.readouterr().out)
+    assert result["policy"] == "learned"
+    assert result["retention"] <= 0.15
+    scales = [c["scale"] for c in result["chunks"]]
+    queried = row["evidence_frames"][0] // 2
+    assert scales[queried] == max(scales) and scales.count(max(scales)) == 1
+    assert result["answer"].strip() == example["answer"]

@@ -14,6 +14,7 @@ import json
 import struct
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from allocator import Allocator, AllocatorConfig
@@ -125,6 +126,7 @@ def test_budget_is_a_ceiling_and_vanilla_keeps_full_resolution(run):
         assert r["unreadable"] == 1
         if r["policy"] == "vanilla":
             assert r["mean_retention"] == 1.0 and r["examples"] == READABLE
+            assert r["mean_scale_spread"] == 0.0
         elif r["budget"] == min(BUDGETS):  # infeasible: counted, left out, no numbers
             assert r["examples"] == 0 and r["over_budget"] == READABLE
             assert r["accuracy"] is None and r["mean_retention"] is None
@@ -163,6 +165,16 @@ def test_records_one_line_per_example_policy_budget_and_frame_count(run):
         assert {"video", "question", "gold", "response"} <= r.keys()
     learned = [r for r in ok if r["policy"] == "learned"]
     assert len(learned) == READABLE * (len(BUDGETS) - 1 + 1) * len(FRAMES)
+    # every row's spread is the mean within-video std of its records' fitted scales
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    for row in (r for r in rows if r["examples"]):
+        cell = [
+            np.std(r["scales"])
+            for r in ok
+            if (r["policy"], r["budget"], r["max_visual_tokens"], r["frames"])
+            == (row["policy"], row["budget"], row["max_visual_tokens"], row["frames"])
+        ]
+        assert row["mean_scale_spread"] == pytest.approx(float(np.mean(cell)))
 
 
 def test_frontier_png_is_a_valid_image_with_one_panel_per_frame_count(run):
@@ -177,7 +189,7 @@ def test_printed_table_lists_every_row(run):
     _, stdout, _ = run
     lines = stdout.splitlines()
     assert lines[0].split() == [
-        "policy", "budget", "frames", "n", "accuracy", "retention", "tokens", "latency",
+        "policy", "budget", "frames", "n", "accuracy", "retention", "tokens", "spread", "latency",
     ]  # fmt: skip
     table = lines[2 : 2 + GRID * len(FRAMES)]
     assert [line.split()[0] for line in table[:GRID]] == ["vanilla"] + [
@@ -189,15 +201,20 @@ def test_printed_table_lists_every_row(run):
 def test_limit_batch_size_and_fps_sampling(data, tmp_path):
     out = tmp_path / "out"
     argv = ["--data", str(data), "--backbone", BACKBONE, "--policies", "vanilla,uniform"]
-    argv += ["--budgets", "0.5", "--limit", "2", "--batch-size", "1", "--max-new-tokens", "1"]
+    argv += ["--budgets", "0.5,none", "--limit", "2", "--batch-size", "1"]
     with contextlib.redirect_stdout(io.StringIO()):
-        assert evaluator.main([*argv, "--out", str(out)]) == 0
+        assert evaluator.main([*argv, "--max-new-tokens", "1", "--out", str(out)]) == 0
     _, rows = _csv_rows(out)
     assert [(r["policy"], r["budget"], r["frames"], r["examples"]) for r in rows] == [
         ("vanilla", "", "2 fps", "2"),
         ("uniform", "0.5", "2 fps", "2"),
+        ("uniform", "", "2 fps", "2"),  # no cap: the policy's own allocation (scale 0.5)
     ]
-    assert len(_records(out)) == 2 * 2
+    records = _records(out)
+    assert len(records) == 2 * 3
+    for r in records:
+        if r["policy"] == "uniform" and r["budget"] is None:
+            assert set(r["scales"]) == {0.5} and r["retention"] < 0.5
 
 
 def test_policy_list_parsing():

@@ -218,11 +218,13 @@ def test_two_process_ddp_run_matches_one_process(data, smoke, tmp_path):
 @pytest.mark.parametrize(
     "variant",
     [
-        # dense reward, the reference's cost, two clipped epochs, Qwen3-VL
+        # dense reward, the reference's cost, two clipped epochs, Qwen3-VL (attention distilled)
         ["--reward", "logprob", "--cost", "scale", "--ppo-epochs", "2"]
         + ["--backbone", "tiny-random-qwen3-vl"],
-        # two sampled answers per allocation, the direct-cost ablation, backbone query embeddings
-        ["--answers-per-rollout", "2", "--advantage", "direct", "--query-encoder", "backbone"],
+        # two sampled answers per allocation, the direct-cost ablation, backbone query embeddings,
+        # no attention distillation
+        ["--answers-per-rollout", "2", "--advantage", "direct", "--query-encoder", "backbone"]
+        + ["--attention-weight", "0"],
     ],
 )
 def test_reward_cost_and_update_variants_run(data, tmp_path, variant):
@@ -234,6 +236,20 @@ def test_reward_cost_and_update_variants_run(data, tmp_path, variant):
     (record,) = metric_lines(out)
     assert record["rollouts"] == 3 and 0 <= record["reward"] <= 1 and record["loss"] is not None
     assert (out / FINAL / "model.safetensors").is_file()
+    if "--attention-weight" in variant:  # off
+        assert record["attention_loss"] == 0 and record["attention_agreement"] is None
+    else:
+        assert record["attention_loss"] > 0 and 0 <= record["attention_agreement"] <= 1
+
+
+def test_attention_distillation_needs_the_query_detector(data, tmp_path, capsys):
+    config = tmp_path / "allocator.json"
+    config.write_text(json.dumps({**SMALL_ALLOCATOR, "query_match": False}))
+    argv = ["--data", str(data["train"]), "--backbone", BACKBONE, "--out-dir", str(tmp_path)]
+    argv += ["--allocator-config", str(config), "--attention-weight", "1"]
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: --attention-weight needs the allocator's query detector" in err
 
 
 def test_budget_fits_every_sampled_allocation(data, tmp_path):
