@@ -20,7 +20,6 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 
-import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -126,8 +125,7 @@ def pad_targets(shares: list[torch.Tensor], k_max: int, temperature: float = 1.0
     """Stack per-video shares (K_b,) into (B, K_max), zero on padding, each sharpened to
     share^(1/temperature) and renormalised (temperature < 1 turns the layer-and-head average,
     which keeps a diffuse floor from the layers that look everywhere, into a clear ranking)."""
-    out = np.zeros((len(shares), k_max), dtype=np.float32)
+    out = torch.zeros(len(shares), k_max)  # (B, K_max)
     for b, s in enumerate(shares):
-        sharp = (s.double().clamp_min(1e-12).log() / temperature).softmax(dim=0)  # (K_b,)
-        out[b, : len(s)] = sharp.numpy()
-    return torch.from_numpy(out)
+        out[b, : len(s)] = (s.double().clamp_min(1e-12).log() / temperature).softmax(dim=0)
+    return out

@@ -945,18 +945,13 @@ class Trainer:
 
     def _targets(self, prompts: list[Prompt], k_max: int) -> torch.Tensor:
         """(B, K) the backbone's full-resolution attention shares of the prompts' chunks."""
-        memo, f = self.attention_targets, self.backbone.geometry.frames_per_chunk
+        memo = self.attention_targets
         missing = [p for p in prompts if (p.example.video, p.request.question) not in memo]
         if missing:
             videos = []
-            for p in missing:
-                full = replace(p.request, budget=None, max_visual_tokens=None)
-                ones = np.ones(len(p.video.frames) // f)  # (K,) every chunk at scale 1
-                videos.append(
-                    self.pipeline.chunked(
-                        p.video, self.pipeline.allocate(p.video, full, scales=ones)
-                    )
-                )
+            for p in missing:  # the vanilla policy: every chunk at scale 1, never budget-fitted
+                full = self.pipeline.allocate(p.video, replace(p.request, policy="vanilla"))
+                videos.append(self.pipeline.chunked(p.video, full))
             shares = chunk_attention(self.backbone, videos, [p.request.question for p in missing])
             for p, share in zip(missing, shares, strict=True):
                 memo[(p.example.video, p.request.question)] = share
