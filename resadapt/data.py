@@ -16,11 +16,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resadapt.errors import ResAdaptError
+from resadapt.errors import QuestionError, ResAdaptError, validate_question
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_TYPES = ("multiple_choice", "exact", "numeric", "temporal_iou")
+QUESTION_REJECTED = "question rejected"
+"""Skip reason of a valid row whose prompt the pipeline would refuse (e.g. too long)."""
 LETTERS = "ABCDEFGHIJ"
 """Option letters; at most this many options per question."""
 
@@ -130,3 +132,24 @@ def read_examples(path: str | Path) -> tuple[list[Example], Counter]:
     if not examples:
         raise DataError(f"{path} has no valid rows")
     return examples, skipped
+
+
+def load_examples(path: str | Path, limit: int | None = None) -> tuple[list[Example], Counter]:
+    """The usable rows of a data file (the first ``limit``), with skipped rows counted by reason.
+
+    A row is usable when it is valid (:func:`read_examples`) and the pipeline accepts its prompt
+    (:func:`resadapt.errors.validate_question`); the trainer and the evaluator both load this way.
+    """
+    examples, skipped = read_examples(path)
+    kept = []
+    for example in examples:
+        try:
+            validate_question(example.prompt())
+        except QuestionError as err:
+            skipped[QUESTION_REJECTED] += 1
+            logger.warning("skipping a row of %s (%s): %s", path, example.video, err)
+            continue
+        kept.append(example)
+    if not kept:
+        raise DataError(f"{path} has no usable rows (skipped: {dict(skipped)})")
+    return kept[:limit], skipped
