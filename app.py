@@ -9,10 +9,10 @@ UI wiring only: arguments, widgets, events, launch. Every callback calls one fun
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass
 
 try:  # Hugging Face ZeroGPU: imported before torch, and used only where the package exists
     import spaces
@@ -20,13 +20,11 @@ except ImportError:
     spaces = None
 
 import gradio as gr
-import torch
 
-from resadapt import ui
-from resadapt.ask import load_pipeline
-from resadapt.assets import ALLOCATOR_ENV, BACKBONE_ENV, EXAMPLES
+from resadapt import cli, ui
+from resadapt.assets import EXAMPLES
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import Pipeline
+from resadapt.pipeline import ModelConfig, Pipeline, load_pipeline
 
 QUEUE_SIZE = 16
 """Requests that may wait in the queue; more are turned away."""
@@ -35,7 +33,6 @@ CONCURRENCY = 1
 MODEL_GROUP = "model"
 GPU_SECONDS = 120
 """ZeroGPU time requested per call, in seconds."""
-DEVICE_ENV = "RESADAPT_DEVICE"
 
 logger = logging.getLogger("app")
 
@@ -146,7 +143,7 @@ def build_demo(pipeline: Pipeline) -> gr.Blocks:
                 with gr.Accordion("Policy, budget and frames"):
                     policy = gr.Radio(
                         ui.policy_choices(pipeline),
-                        value=ui.default_policy(pipeline),
+                        value=pipeline.default_policy,
                         label="Policy",
                     )
                     budget = gr.Slider(
@@ -163,8 +160,10 @@ def build_demo(pipeline: Pipeline) -> gr.Blocks:
                         num_frames = gr.Number(
                             0, precision=0, minimum=0, label="Frames (0 = by fps)"
                         )
-                        fps = gr.Number(2.0, minimum=0.05, label="Frames per second")
-                    max_new_tokens = gr.Slider(1, 256, value=32, step=1, label="Max new tokens")
+                        fps = gr.Number(ui.Form.fps, minimum=0.05, label="Frames per second")
+                    max_new_tokens = gr.Slider(
+                        1, 256, value=ui.Form.max_new_tokens, step=1, label="Max new tokens"
+                    )
             with gr.Column(scale=3):
                 answer_box = gr.Textbox(label="Answer", lines=2, elem_id="answer")
                 summary = gr.Markdown(elem_id="summary")
@@ -250,56 +249,42 @@ def build_demo(pipeline: Pipeline) -> gr.Blocks:
 
 
 # ---------------------------------------------------------------------------------------- main
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python app.py", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--host",
-        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        help="address to serve on (default: $GRADIO_SERVER_NAME or 127.0.0.1)",
+@dataclass
+class ServeConfig:
+    """Where the app listens (the models it serves are a :class:`ModelConfig`)."""
+
+    host: str = cli.option(
+        "address to serve on (default: $GRADIO_SERVER_NAME or 127.0.0.1)",
+        default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
     )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        help="port to serve on (default: $GRADIO_SERVER_PORT or 7860)",
+    port: int = cli.option(
+        "port to serve on (default: $GRADIO_SERVER_PORT or 7860)",
+        default_factory=lambda: int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
     )
-    p.add_argument(
-        "--backbone",
-        default=None,
-        help=f"backbone name, folder or hub id (default: ${BACKBONE_ENV}, else the bundled one)",
-    )
-    p.add_argument(
-        "--allocator",
-        default=None,
-        help=f"allocator folder (default: ${ALLOCATOR_ENV}, else the bundled one if any)",
-    )
-    p.add_argument(
-        "--device",
-        default=os.environ.get(DEVICE_ENV),
-        help=f"torch device (default: ${DEVICE_ENV}, else cuda when available, else cpu)",
-    )
-    p.add_argument("--share", action="store_true", help="also serve on a public gradio.live link")
-    return p.parse_args(argv)
+    share: bool = cli.option("also serve on a public gradio.live link", False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = "float32" if device == "cpu" else "bfloat16"
-    try:
-        pipeline = load_pipeline(args.backbone, args.allocator, dtype=dtype, device=device)
-    except ResAdaptError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    build_demo(pipeline).launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
-        max_file_size=ui.MAX_UPLOAD_BYTES,
-    )
-    return 0
+    def body() -> None:
+        args = cli.parse(
+            argv,
+            ServeConfig,
+            ModelConfig,
+            prog="python app.py",
+            description=__doc__.splitlines()[0],
+        )
+        cli.setup_logging(logging.INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+        serve = cli.make(ServeConfig, args)
+        pipeline = load_pipeline(cli.make(ModelConfig, args))
+        build_demo(pipeline).launch(
+            server_name=serve.host,
+            server_port=serve.port,
+            share=serve.share,
+            max_file_size=ui.MAX_UPLOAD_BYTES,
+        )
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from allocator import Allocator, AllocatorConfig
 from resadapt.backbone import Backbone, ChunkedVideo
-from resadapt.pipeline import THUMB_SIDE
 from resadapt.policies import AllocationContext, allocator_inputs
 from resadapt.tiny import build_tiny_qwen2_5_vl
 from resadapt.video import thumbnails
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     times = np.arange(2 * args.chunks) / 2.0
 
     alloc = Allocator(AllocatorConfig(vocab_size=len(processor.tokenizer))).eval()
-    ctx = AllocationContext(thumbnails(frames, THUMB_SIDE), times, QUESTION)
+    ctx = AllocationContext(thumbnails(frames, alloc.config.thumb_side), times, QUESTION)
 
     @torch.no_grad()
     def allocate():

@@ -43,6 +43,14 @@ def is_random_backbone(name: str) -> bool:
     return name.startswith("tiny-random-")
 
 
+def is_bundled(path: str | None) -> bool:
+    """True when ``path`` is the bundled backbone or allocator folder."""
+    if not path:
+        return False
+    resolved = Path(path).resolve()
+    return resolved in (BUNDLED_BACKBONE, BUNDLED_ALLOCATOR)
+
+
 def examples() -> list[dict]:
     """Bundled example clips: ``{"video": absolute path, "question": prompt, "answer": gold}``.
 

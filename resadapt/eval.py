@@ -27,30 +27,29 @@ chunk_tokens, ...), ``results.json`` (config, skip counts, rows), ``results.csv`
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from resadapt.data import Example, read_examples
+from resadapt import cli
+from resadapt.cli import default_of, option
+from resadapt.data import Example, load_examples
 from resadapt.errors import (
     BudgetError,
     PolicyError,
-    QuestionError,
     ResAdaptError,
     VideoError,
-    validate_question,
 )
 from resadapt.grading import grade
-from resadapt.pipeline import Allocation, Pipeline, Request
+from resadapt.pipeline import Allocation, ModelConfig, Pipeline, Request, load_backbone
 from resadapt.policies import POLICY_NAMES, Learned, Policy, make_policy
 from resadapt.video import MAX_SAMPLED_FRAMES, SampledVideo
 
@@ -132,114 +131,67 @@ def parse_policies(text: str) -> tuple[PolicySpec, ...]:
     )
 
 
-def _numbers(flag: str, cast: type) -> Callable[[str], tuple]:
-    """A parser of comma lists for ``flag`` (order kept, repeats dropped)."""
-
-    def parse(text: str) -> tuple:
-        values = []
-        for item in (s.strip() for s in text.split(",")):
-            try:
-                value = cast(item)
-            except ValueError as e:
-                raise BudgetError(f"{flag} takes comma-separated numbers, got {item!r}") from e
-            if value not in values:
-                values.append(value)
-        return tuple(values)
-
-    return parse
-
-
 def _budgets(text: str) -> tuple[float | None, ...]:
-    """``--budgets``: retentions, and ``none`` for the policy's own allocation (no cap); order
-    kept, repeats dropped."""
+    """``--budgets``: retentions, and ``none`` for the policy's own allocation (no cap)."""
     values: list[float | None] = []
     for item in (s.strip() for s in text.split(",")):
-        if item.lower() == "none":
-            value = None
-        else:
-            (value,) = _numbers("--budgets", float)(item)
-        if value not in values:
-            values.append(value)
+        try:
+            values.append(None if item.lower() == "none" else float(item))
+        except ValueError as e:
+            raise BudgetError(f"--budgets takes comma-separated numbers, got {item!r}") from e
     return tuple(values)
 
 
-def _number(flag: str, cast: type) -> Callable[[str], object]:
-    """A parser of one number for ``flag`` (``cast`` is int or float)."""
-    what = "an integer" if cast is int else "a number"
-
-    def parse(text: str):
-        try:
-            return cast(text)
-        except ValueError as e:
-            raise BudgetError(f"{flag} takes {what}, got {text!r}") from e
-
-    return parse
+def _unique(values: tuple) -> tuple:
+    """``values`` in order, repeats dropped."""
+    return tuple(dict.fromkeys(values))
 
 
-def _opt(help: str, parse: Callable[[str], object] = str, default=MISSING):
-    """A config field with its CLI help and the parser of its flag's string."""
-    return field(default=default, metadata={"help": help, "parse": parse})
+@dataclass(kw_only=True)
+class EvalConfig(ModelConfig):
+    """The evaluation grid and run settings, and the models (every field is a CLI flag)."""
 
-
-@dataclass
-class EvalConfig:
-    """The evaluation grid and run settings (every field is a CLI flag; help in the metadata)."""
-
-    data: str = _opt("dataset: .jsonl or .parquet rows (see resadapt.data)")
-    out: str = _opt("output folder for results.json/.csv, records.jsonl and frontier.png")
-    backbone: str | None = _opt(
-        "tiny-random-qwen2.5-vl, tiny-random-qwen3-vl, a local checkpoint folder or a hub id "
-        "(default: the bundled backbone, or $RESADAPT_BACKBONE)",
-        default=None,
-    )
-    policies: tuple[PolicySpec, ...] = _opt(
+    data: str = option("dataset: .jsonl or .parquet rows (see resadapt.data)")
+    out: str = option("output folder for results.json/.csv, records.jsonl and frontier.png")
+    policies: tuple[PolicySpec, ...] = option(
         "comma list of vanilla, uniform, content, random, learned[:PATH] (learned without a "
-        "path uses the bundled allocator or $RESADAPT_ALLOCATOR)",
-        parse_policies,
-        default=parse_policies("vanilla,uniform,content,random"),
+        "path uses --allocator: $RESADAPT_ALLOCATOR, else the bundled allocator)",
+        parse_policies("vanilla,uniform,content,random"),
+        parse=parse_policies,
     )
-    budgets: tuple[float | None, ...] = _opt(
+    budgets: tuple[float | None, ...] = option(
         "comma list of retention budgets in (0, 1], and none for each policy's own allocation "
         "without a cap (default: 0.1,0.25,0.5 unless --max-visual-tokens is given)",
-        _budgets,
-        default=(),
+        (),
+        parse=_budgets,
     )
-    max_visual_tokens: tuple[int, ...] = _opt(
-        "comma list of absolute visual-token caps, evaluated as extra budget points",
-        _numbers("--max-visual-tokens", int),
-        default=(),
+    max_visual_tokens: tuple[int, ...] = option(
+        "comma list of absolute visual-token caps, evaluated as extra budget points", ()
     )
-    frames: tuple[int, ...] = _opt(
+    frames: tuple[int, ...] = option(
         "comma list of frame counts; each is decoded once per video and evaluated "
         "(default: sample by --fps)",
-        _numbers("--frames", int),
-        default=(),
+        (),
     )
-    fps: float = _opt(
-        "frames sampled per second when --frames is not given", _number("--fps", float), 2.0
+    fps: float = option(
+        "frames sampled per second when --frames is not given", default_of(Request, "fps")
     )
-    limit: int | None = _opt("evaluate only the first N valid rows", _number("--limit", int), None)
-    batch_size: int = _opt(
-        "examples of one policy × budget answered in one backbone batch",
-        _number("--batch-size", int),
-        8,
-    )
-    max_new_tokens: int = _opt("longest answer, in tokens", _number("--max-new-tokens", int), 16)
-    seed: int = _opt(
+    limit: int | None = option("evaluate only the first N valid rows", None)
+    batch_size: int = option("examples of one policy × budget answered in one backbone batch", 8)
+    max_new_tokens: int = option("longest answer, in tokens", default_of(Request, "max_new_tokens"))
+    seed: int = option(
         "seed of the random policy (each example draws from (seed, its index))",
-        _number("--seed", int),
-        0,
+        default_of(Request, "seed"),
     )
-    scale: float = _opt(
-        "scale of the uniform policy before budget fitting", _number("--scale", float), 0.5
+    scale: float = option(
+        "scale of the uniform policy before budget fitting", default_of(Request, "scale")
     )
-    max_pixels: int | None = _opt(
-        "per-frame pixel cap (base size)", _number("--max-pixels", int), None
-    )
-    dtype: str = _opt("float32, bfloat16, float16 or auto", default="float32")
-    device: str = _opt("torch device, e.g. cpu or cuda", default="cpu")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        self.budgets = _unique(self.budgets)
+        self.max_visual_tokens = _unique(self.max_visual_tokens)
+        self.frames = _unique(self.frames)
         if not self.budgets and not self.max_visual_tokens:
             self.budgets = DEFAULT_BUDGETS
         for r in self.budgets:
@@ -298,40 +250,6 @@ class EvalConfig:
             f"{p.name}:{p.allocator}" if p.allocator else p.name for p in self.policies
         ]
         return values
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m resadapt.eval",
-        description="Evaluate allocation policies at the same visual-token budgets: accuracy, "
-        "retention, tokens and latency per policy × budget × frame count.",
-    )
-    for f in fields(EvalConfig):
-        default = "" if f.default is MISSING else f" (default: {_show(f.default)})"
-        help_text = f.metadata["help"] + ("" if "default:" in f.metadata["help"] else default)
-        p.add_argument(
-            "--" + f.name.replace("_", "-"),
-            required=f.default is MISSING,
-            default=None,
-            help=help_text,
-        )
-    return p
-
-
-def _show(value) -> str:
-    if isinstance(value, tuple) and value and isinstance(value[0], PolicySpec):
-        return ",".join(s.label for s in value)
-    return "none" if value is None or value == () else str(value)
-
-
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    """Convert the parsed strings; raises ResAdaptError naming the flag and the bad value."""
-    values = {}
-    for f in fields(EvalConfig):
-        text = getattr(args, f.name)
-        if text is not None:
-            values[f.name] = f.metadata["parse"](text)
-    return EvalConfig(**values)
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -605,43 +523,24 @@ def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict]
 # ---------------------------------------------------------------------------------------- entry
 def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
     """Load the backbone once and every allocator the policies name; returns the backbone name."""
-    from resadapt.assets import default_allocator, default_backbone, is_random_backbone
-    from resadapt.backbone import Backbone
+    from resadapt.assets import default_allocator
 
-    name = config.backbone or default_backbone()
-    backbone = Backbone.load(
-        name, dtype=config.dtype, device=config.device, max_pixels=config.max_pixels
-    )
-    if is_random_backbone(name):
-        logger.warning("backbone %s has random weights: accuracy is meaningless (smoke runs)", name)
+    backbone = load_backbone(config)
     learned = {}
     for spec in config.policies:
         if spec.name != "learned":
             continue
-        path = spec.allocator or default_allocator()
+        path = spec.allocator or config.allocator or default_allocator()
         if path is None:
             raise PolicyError("learned needs an allocator: write learned:PATH in --policies")
         learned[spec.label] = Learned.load(path, backbone.tokenizer, backbone.model)
         learned[spec.label].allocator.to(backbone.device)
-    return Pipeline(backbone), learned, name
+    return Pipeline(backbone), learned, backbone.name
 
 
 def evaluate(config: EvalConfig) -> list[dict]:
     """Run the whole evaluation and write every output; returns the summary rows."""
-    examples, skipped = read_examples(config.data)
-    if config.limit is not None:
-        examples = examples[: config.limit]
-    kept = []
-    for e in examples:
-        try:
-            validate_question(e.prompt())
-            kept.append(e)
-        except QuestionError as err:
-            skipped["question rejected"] += 1
-            logger.warning("skipping a row of %s: %s", e.video, err)
-    examples = kept
-    if not examples:
-        raise QuestionError(f"no row of {config.data} has an acceptable question")
+    examples, skipped = load_examples(config.data, config.limit)
     out = Path(config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -672,18 +571,22 @@ def evaluate(config: EvalConfig) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.INFO)
-    try:
-        config = config_from_args(args)
+    def body() -> None:
+        args = cli.parse(
+            argv,
+            EvalConfig,
+            prog="python -m resadapt.eval",
+            description="Evaluate allocation policies at the same visual-token budgets: "
+            "accuracy, retention, tokens and latency per policy × budget × frame count.",
+        )
+        cli.setup_logging()
+        logger.setLevel(logging.INFO)
+        config = cli.make(EvalConfig, args)
         rows = evaluate(config)
-    except ResAdaptError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(rows))
-    print(f"\nwrote results.json, results.csv, records.jsonl and frontier.png to {config.out}")
-    return 0
+        print(format_table(rows))
+        print(f"\nwrote results.json, results.csv, records.jsonl and frontier.png to {config.out}")
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

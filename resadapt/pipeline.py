@@ -8,45 +8,76 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from resadapt.assets import ALLOCATOR_ENV, BACKBONE_ENV
 from resadapt.backbone import Backbone, ChunkedVideo
-from resadapt.errors import BudgetError, validate_question
+from resadapt.cli import option
+from resadapt.errors import BudgetError, PolicyError, validate_question
 from resadapt.geometry import fit_budget
-from resadapt.policies import AllocationContext, Learned, Policy, make_policy
+from resadapt.policies import (
+    POLICY_NAMES,
+    THUMB_SIDE,
+    AllocationContext,
+    Learned,
+    Policy,
+    make_policy,
+)
 from resadapt.video import SampledVideo, load_video, resize_frames
 
 logger = logging.getLogger(__name__)
 
-THUMB_SIDE = 64
-"""Side of the allocator's square thumbnails, in pixels."""
+MAX_NEW_TOKENS = 1024
+"""Longest answer a request may ask for, in tokens."""
+
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+"""Backbone dtypes a user may name (auto: the checkpoint's own)."""
+DEVICE_ENV = "RESADAPT_DEVICE"
+"""Environment variable that names the torch device when ``--device auto``."""
 
 
 @dataclass
 class Request:
-    """Everything a user chooses about one question (validated in ``__post_init__``)."""
+    """Everything a user chooses about one question (validated in ``__post_init__``).
 
-    question: str
-    policy: str = "learned"
-    scale: float = 0.5
-    """Scale of the ``uniform`` policy when no budget is given."""
-    budget: float | None = None
-    """Retention R in (0, 1]: the share of the full-resolution visual tokens that may be spent."""
-    max_visual_tokens: int | None = None
-    """Absolute cap on visual tokens (the tighter of the two caps wins)."""
-    num_frames: int | None = None
-    """Sample this many frames (rounded to whole chunks); overrides ``fps``."""
-    fps: float = 2.0
-    """Sampling rate when ``num_frames`` is not given."""
-    max_new_tokens: int = 32
-    seed: int = 0
+    The single source of the ask / app / API fields and of their defaults.
+    """
+
+    question: str = option("the question to answer", positional=True)
+    policy: str | None = option(
+        "allocation policy (default: learned when an allocator is loaded, else content)",
+        None,
+        choices=POLICY_NAMES,
+    )
+    scale: float = option("scale of --policy uniform before budget fitting, in (0, 1]", 0.5)
+    budget: float | None = option(
+        "retention R in (0, 1]: the share of the full-resolution visual tokens that may be spent",
+        None,
+    )
+    max_visual_tokens: int | None = option(
+        "absolute cap on visual tokens (the tighter of the two caps wins)", None
+    )
+    num_frames: int | None = option(
+        "sample this many frames (rounded to whole chunks); overrides --fps",
+        None,
+        flags=("--frames", "--num-frames"),
+    )
+    fps: float = option("frames sampled per second when --frames is not given", 2.0)
+    max_new_tokens: int = option("longest answer, in tokens", 32)
+    seed: int = option("seed of --policy random", 0)
 
     def __post_init__(self) -> None:
         self.question = validate_question(self.question)
+        if self.policy is not None and self.policy not in POLICY_NAMES:
+            raise PolicyError(
+                f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}"
+            )
         if self.budget is not None and not 0 < self.budget <= 1:
             raise BudgetError(f"the budget (retention) must be in (0, 1], got {self.budget}")
         if self.max_visual_tokens is not None and self.max_visual_tokens <= 0:
@@ -55,8 +86,89 @@ class Request:
             raise BudgetError(f"the frame count must be positive, got {self.num_frames}")
         if not self.fps > 0:
             raise BudgetError(f"fps must be positive, got {self.fps}")
-        if not 0 < self.max_new_tokens <= 1024:
-            raise BudgetError(f"max new tokens must be in [1, 1024], got {self.max_new_tokens}")
+        if not 0 < self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise BudgetError(
+                f"max new tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens}"
+            )
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone and allocator a pipeline loads, and where (ask, eval and the app share it)."""
+
+    backbone: str | None = option(
+        "tiny-random-qwen2.5-vl, tiny-random-qwen3-vl, a local checkpoint folder or a hub id "
+        f"(default: ${BACKBONE_ENV}, else the bundled backbone)",
+        None,
+    )
+    allocator: str | None = option(
+        f"allocator folder of --policy learned (default: ${ALLOCATOR_ENV}, else the bundled "
+        "allocator if any)",
+        None,
+    )
+    dtype: str | None = option(
+        "backbone dtype: float32, bfloat16, float16 or auto (the checkpoint's) (default: float32 "
+        "on the CPU, bfloat16 on a GPU)",
+        None,
+        choices=DTYPES,
+    )
+    device: str = option(
+        f"torch device, e.g. cpu or cuda; auto: ${DEVICE_ENV}, else cuda when available, else cpu",
+        "auto",
+    )
+    max_pixels: int | None = option(
+        "per-frame pixel cap: the full-resolution (scale 1) size (default: the processor's)", None
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise BudgetError(f"--max-pixels must be positive, got {self.max_pixels}")
+
+    @property
+    def torch_device(self) -> str:
+        """The device ``auto`` stands for on this machine."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    @property
+    def torch_dtype(self) -> str:
+        """The dtype the backbone loads in: the given one, else by device."""
+        if self.dtype is not None:
+            return self.dtype
+        return "float32" if self.torch_device == "cpu" else "bfloat16"
+
+
+def load_backbone(config: ModelConfig) -> Backbone:
+    """Load the configured backbone (the default one when none is named); warn when random."""
+    from resadapt.assets import default_backbone, is_random_backbone
+
+    name = config.backbone or default_backbone()
+    backbone = Backbone.load(
+        name,
+        dtype=config.torch_dtype,
+        device=config.torch_device,
+        max_pixels=config.max_pixels,
+    )
+    if is_random_backbone(name):
+        logger.warning(
+            "backbone %s has random weights: its answers are meaningless (smoke runs only)", name
+        )
+    return backbone
+
+
+def load_pipeline(config: ModelConfig) -> Pipeline:
+    """Load the backbone and the allocator (the configured one, else the default if any) once."""
+    from resadapt.assets import default_allocator
+
+    backbone = load_backbone(config)
+    path = config.allocator or default_allocator()
+    learned = Learned.load(path, backbone.tokenizer, backbone.model) if path else None
+    if learned is not None:
+        learned.allocator.to(backbone.device)
+    return Pipeline(backbone, learned)
 
 
 @dataclass
@@ -97,6 +209,17 @@ class Pipeline:
     def __init__(self, backbone: Backbone, learned: Learned | None = None):
         self.backbone = backbone
         self.learned = learned
+        if learned is not None:
+            learned.check_fit(backbone.geometry.frames_per_chunk)
+
+    @property
+    def default_policy(self) -> str:
+        """learned when an allocator is loaded, else content."""
+        return "learned" if self.learned is not None else "content"
+
+    def policy_name(self, request: Request) -> str:
+        """The request's policy, or the pipeline's default when it names none."""
+        return request.policy or self.default_policy
 
     # ------------------------------------------------------------------ stages
     def decode(self, path: str, request: Request) -> SampledVideo:
@@ -105,10 +228,12 @@ class Pipeline:
             path, geometry=self.backbone.geometry, fps=request.fps, num_frames=request.num_frames
         )
 
-    def context(self, video: SampledVideo, question: str) -> AllocationContext:
-        """The allocator's view: thumbnails derived from the decoded frames."""
+    def context(
+        self, video: SampledVideo, question: str, thumb_side: int = THUMB_SIDE
+    ) -> AllocationContext:
+        """A policy's view: thumbnails of side ``thumb_side`` derived from the decoded frames."""
         return AllocationContext(
-            thumbs=video.thumbs(THUMB_SIDE),
+            thumbs=video.thumbs(thumb_side),
             timestamps=video.timestamps,
             question=question,
             frames_per_chunk=self.backbone.geometry.frames_per_chunk,
@@ -116,7 +241,7 @@ class Pipeline:
 
     def policy(self, request: Request) -> Policy:
         return make_policy(
-            request.policy, scale=request.scale, seed=request.seed, learned=self.learned
+            self.policy_name(request), scale=request.scale, seed=request.seed, learned=self.learned
         )
 
     def allocate(
@@ -133,11 +258,11 @@ class Pipeline:
         vanilla = self.vanilla_tokens(video)
         if scales is None:
             policy = policy or self.policy(request)
-            scales = policy.scales(self.context(video, request.question))
+            scales = policy.scales(self.context(video, request.question, policy.thumb_side))
         scales = np.clip(np.asarray(scales, dtype=np.float64), 1e-6, 1.0)  # (K,)
         assert scales.shape == (k,), (scales.shape, k)
         cap = self.token_cap(request, vanilla)
-        if cap is not None and request.policy != "vanilla":
+        if cap is not None and self.policy_name(request) != "vanilla":
             scales = fit_budget(scales, geometry, base_h, base_w, cap)
         sizes = [geometry.scaled_size(base_h, base_w, s) for s in scales]
         tokens = [geometry.tokens(h, w) for h, w in sizes]
@@ -244,7 +369,7 @@ class Pipeline:
         return Result(
             answer=answer,
             backbone=self.backbone.name,
-            policy=request.policy,
+            policy=self.policy_name(request),
             frames=frames,
             chunks=chunks,
             visual_tokens=spent,

@@ -15,10 +15,13 @@ import cv2
 import numpy as np
 import torch
 
-from allocator import Allocator, mean_scale
+from allocator import Allocator, AllocatorConfig, mean_scale
 from resadapt.errors import BudgetError, PolicyError
 
 POLICY_NAMES = ("vanilla", "uniform", "random", "content", "learned")
+THUMB_SIDE = AllocatorConfig.__dataclass_fields__["thumb_side"].default
+"""Thumbnail side of the training-free policies: the allocator's default, so that one decoded
+video's thumbnails serve every policy; a loaded allocator reads its own (``Learned.thumb_side``)."""
 MIN_SCALE = 0.2
 """Lowest scale the training-free policies propose (the allocator's default s_min)."""
 
@@ -51,6 +54,8 @@ class AllocationContext:
 
 class Policy(Protocol):
     name: str
+    thumb_side: int
+    """Side of the square thumbnails the policy reads, in pixels."""
 
     def scales(self, ctx: AllocationContext) -> np.ndarray:
         """(K,) scales in (0, 1], one per chunk."""
@@ -60,6 +65,8 @@ class Policy(Protocol):
 @dataclass
 class Vanilla:
     """Every chunk at full resolution: the reference the savings are measured against."""
+
+    thumb_side = THUMB_SIDE
 
     name: str = "vanilla"
 
@@ -71,6 +78,8 @@ class Vanilla:
 class Uniform:
     """One scale for every chunk ("FixedScale"): the strongest training-free baseline."""
 
+    thumb_side = THUMB_SIDE
+
     scale: float = 0.5
     name: str = "uniform"
 
@@ -81,6 +90,8 @@ class Uniform:
 @dataclass
 class Random:
     """Scales drawn uniformly from [MIN_SCALE, 1], seeded: the control for any learned signal."""
+
+    thumb_side = THUMB_SIDE
 
     seed: int = 0
     name: str = "random"
@@ -98,6 +109,8 @@ class Content:
     from the previous chunk (the first chunk counts as fully novel). Both are rank-normalised to
     [0, 1] and averaged; scale = MIN_SCALE + (1 − MIN_SCALE) · score.
     """
+
+    thumb_side = THUMB_SIDE
 
     name: str = "content"
 
@@ -187,6 +200,19 @@ class Learned:
                 raise PolicyError(f"allocator {path} needs the backbone's input embeddings")
             alloc.set_query_embeddings(backbone_model.get_input_embeddings().weight)
         return cls(alloc, tokenizer, path=str(path))
+
+    @property
+    def thumb_side(self) -> int:
+        return self.allocator.config.thumb_side
+
+    def check_fit(self, frames_per_chunk: int) -> None:
+        """Refuse a backbone whose chunks hold another number of frames than the allocator's."""
+        mine = self.allocator.config.frames_per_chunk
+        if mine != frames_per_chunk:
+            raise PolicyError(
+                f"allocator {self.path or '(in memory)'} reads chunks of {mine} frames but the "
+                f"backbone makes chunks of {frames_per_chunk}"
+            )
 
     @torch.no_grad()
     def scales(self, ctx: AllocationContext) -> np.ndarray:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resadapt.assets import examples, is_random_backbone
+from resadapt.assets import examples, is_bundled, is_random_backbone
+from resadapt.cli import default_of
 from resadapt.errors import BudgetError, PolicyError, VideoError
 from resadapt.pipeline import Allocation, Pipeline, Request, Result
 from resadapt.video import SampledVideo, resize_frames
@@ -54,19 +55,20 @@ class Form:
     """The app's inputs besides the video, as widgets hold them: 0 or None means "not set"."""
 
     question: str
-    policy: str = "content"
+    policy: str | None = None
+    """A policy name; None: the pipeline's default."""
     budget: float | None = DEFAULT_RETENTION
     """Retention R in (0, 1]; 0 or None: no retention cap."""
     max_visual_tokens: float | None = None
     """Absolute visual-token cap; 0 or None: no cap."""
     num_frames: float | None = None
     """Frames to sample; 0 or None: sample by ``fps``."""
-    fps: float | None = 2.0
-    max_new_tokens: float = 32
+    fps: float | None = default_of(Request, "fps")
+    max_new_tokens: float = default_of(Request, "max_new_tokens")
 
     def request(self) -> Request:
         """The validated Request; raises a ResAdaptError naming the bad field."""
-        if self.policy not in POLICY_CHOICES:
+        if self.policy is not None and self.policy not in POLICY_CHOICES:
             raise PolicyError(
                 f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_CHOICES)}"
             )
@@ -96,11 +98,6 @@ def _count(name: str, value: float | None) -> int | None:
     return int(value)
 
 
-def default_policy(pipeline: Pipeline) -> str:
-    """learned when an allocator is loaded, else content."""
-    return "learned" if pipeline.learned is not None else "content"
-
-
 def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
     """(label, value) pairs; learned is labelled unavailable when no allocator is loaded."""
     labels = {
@@ -116,7 +113,7 @@ def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
 
 def compare_policies(pipeline: Pipeline) -> tuple[str, ...]:
     """learned (or content while no allocator exists), uniform and vanilla."""
-    return (default_policy(pipeline), "uniform", "vanilla")
+    return (pipeline.default_policy, "uniform", "vanilla")
 
 
 def example_rows() -> list[list[str]]:
@@ -133,8 +130,19 @@ def status_markdown(pipeline: Pipeline) -> str:
             " — ⚠️ **random weights: its answers are meaningless.** No trained backbone is bundled"
             " yet; the budget, the chart and the frames are real, the text is not."
         )
+    if is_bundled(name):
+        lines[0] += (
+            " — the bundled tiny Qwen2.5-VL, trained only on the synthetic card task: answers about"
+            " any other video are meaningless (the budget, the chart and the frames are real)."
+        )
     if pipeline.learned is not None:
         lines.append(f"**Allocator:** `{pipeline.learned.path}` (policy *learned*).")
+        if is_bundled(pipeline.learned.path):
+            lines[-1] += (
+                " It learned where to look from the tiny backbone's attention, and that backbone's"
+                " recipe trains one attention head to look at the queried card: a cleaner signal"
+                " than a real Qwen-VL's attention would give."
+            )
     else:
         lines.append(
             "**Allocator:** none — the *learned* policy is unavailable (set `RESADAPT_ALLOCATOR`"
@@ -191,7 +199,7 @@ def answer_views(
     t0 = time.perf_counter()
     video = decode(pipeline, path, request)
     t1 = time.perf_counter()
-    report(0.3, desc=f"allocating with the {request.policy} policy")
+    report(0.3, desc=f"allocating with the {pipeline.policy_name(request)} policy")
     allocation = pipeline.allocate(video, request)
     timings = {"decode_s": t1 - t0, "allocate_s": time.perf_counter() - t1}
     report(0.5, desc="encoding the frames and answering")

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from resadapt.ask import load_pipeline, main
+from resadapt.ask import main
 from resadapt.errors import BudgetError, QuestionError, VideoError
-from resadapt.pipeline import Request
+from resadapt.pipeline import ModelConfig, Request, load_pipeline
 from resadapt.policies import POLICY_NAMES
 from tests.media import write_text_as_video, write_truncated, write_video
 
@@ -34,7 +34,7 @@ def video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline():
-    return load_pipeline("tiny-random-qwen2.5-vl", None)
+    return load_pipeline(ModelConfig(backbone="tiny-random-qwen2.5-vl"))
 
 
 @pytest.mark.parametrize("policy", [p for p in POLICY_NAMES if p != "learned"])
