@@ -81,20 +81,17 @@ class AllocatorConfig:
     each thumbnail; the best response over space and the chunk's frames, as a share among the
     video's chunks, enters the chunk state and biases its Beta towards larger scales. Without it
     the chunks must learn "shows what the question names" through the pooled features and the
-    mixer alone (tests/test_allocator.py: 60 supervised steps reach ≥ 90 % with it, chance
-    without)."""
+    mixer alone."""
     match_stage: int = 2
     """Conv stage (1–4, stride 2**stage) whose feature map the detector scans (conv encoder only;
     the pretrained tower's token features are scanned instead). Early maps keep small objects and
     their colours; the last one pools them away."""
     match_gain: float = 4.0
     """Initial gain of the detector's log share ratio on the Beta logits (learned afterwards). The
-    detector starts as a zero filter (every ratio 0), so the gain is harmless at first; once the
-    detector ranks the chunks (e.g. distilled from the backbone's attention), a ratio of +2 for the
-    chunk the question names and −2…−4 for the rest moves their Beta means from the initial 0.5 to
-    0.84 and 0.16…0.10 at gain 4 (head at its initial bias) — a prior the policy gradient
-    refines. AdamW moves a scalar by about lr per step, so starting at 1 the gain would take
-    thousands of steps to matter."""
+    detector starts as a zero filter (every ratio 0), so the gain has no effect at first; once the
+    detector ranks the chunks, the gain turns its log share ratios into a prior on the Beta means
+    that the policy gradient refines. It starts large because AdamW moves a scalar by about lr
+    per step."""
 
     def __post_init__(self) -> None:
         positive = (

@@ -17,6 +17,7 @@ thousands of visual tokens.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -61,8 +62,11 @@ def _last_row_attention(
     return output
 
 
-AttentionInterface.register(PROBE, _last_row_attention)
-AttentionMaskInterface.register(PROBE, sdpa_mask)
+@functools.cache
+def _register() -> None:
+    """Register the probe with transformers' attention registries, once, on first use."""
+    AttentionInterface.register(PROBE, _last_row_attention)
+    AttentionMaskInterface.register(PROBE, sdpa_mask)
 
 
 @contextlib.contextmanager
@@ -72,6 +76,7 @@ def recording(model) -> Iterator[list[torch.Tensor]]:
     The model's own attention kernel is restored afterwards (the probe runs SDPA inside)."""
     text_config = model.config.text_config
     previous = text_config._attn_implementation
+    _register()
     rows: list[torch.Tensor] = []
     token = _ROWS.set(rows)
     model.set_attn_implementation({"text_config": PROBE})

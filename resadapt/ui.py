@@ -37,8 +37,8 @@ CANVAS_GREY = 24
 POLICY_CHOICES = ("learned", "content", "uniform", "vanilla")
 """Policies the app offers, in the order shown."""
 DEFAULT_RETENTION = 0.15
-"""Retention the app starts with: 15 % of the full-resolution visual tokens, where the bundled
-allocator keeps the bundled backbone's full-resolution accuracy on its tasks (README)."""
+"""Retention the app starts with: the share of the full-resolution visual tokens the bundled
+allocator was trained for."""
 COMPARE_COLUMNS = (
     "policy", "answer", "visual tokens", "vanilla tokens", "retention", "allocator s",
     "backbone s", "total s",

@@ -1,5 +1,8 @@
 """The attention probe: last-row attention, per-chunk shares, and the distillation loss."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +86,13 @@ def test_sharpened_targets_keep_the_ranking_and_concentrate():
     assert float(sharp[4]) == 0 and float(sharp.sum()) == pytest.approx(1.0, abs=1e-6)
     assert sharp[:4].argsort().tolist() == shares.argsort().tolist()
     assert float(sharp[1]) == pytest.approx(0.5**4 / float((shares**4).sum()), rel=1e-5)
+
+
+def test_importing_the_probe_registers_nothing():
+    """The probe joins transformers' attention registries on first use, not at import."""
+    code = (
+        "import resadapt.relevance as r; from transformers import AttentionInterface as A; "
+        "assert r.PROBE not in A._global_mapping; r._register(); "
+        "assert r.PROBE in A._global_mapping"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
