@@ -1,7 +1,7 @@
 """``python -m resadapt.train_backbone``: train the offline world's tiny Qwen2.5-VL from scratch.
 
 Owns the recipe that makes a ~2 M-parameter Qwen2.5-VL (the real transformers class, processor and
-a locally trained tokenizer) answer the synthetic tasks of :mod:`resadapt.synth` on a CPU, and
+a locally trained tokenizer) answer the synthetic tasks of :mod:`.synth` on a CPU, and
 writes it as an ordinary checkpoint folder (``assets/backbone`` by default) that
 ``Backbone.load`` reads like any real one. Knows nothing about allocators or CAPO.
 
@@ -25,35 +25,34 @@ Inputs go through the same code as inference — ``Backbone.prepare`` on chunks 
 exactly what the pipeline gives it.
 
 Long runs checkpoint atomically every ``--checkpoint-every`` steps into ``--work-dir`` and
-``--resume`` continues from there. Command (52 min on one CPU thread, 1,310 steps):
+``--resume`` continues from there. Command (one CPU thread):
 ``python -m resadapt.train_backbone --out-dir assets/backbone --threads 1``
-Measured on 200 held-out main-task clips (``python -m resadapt.eval``): 100 % at full size,
-24.5 % with every chunk downscaled to 10 % of the tokens (chance 25 %).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from resadapt import cli
 from resadapt.backbone import Backbone, ChunkedVideo
+from resadapt.checkpoint import save_folder_atomic
+from resadapt.cli import option
 from resadapt.data import Example
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import Pipeline, Request
-from resadapt.synth import (
+from resadapt.video import SampledVideo, sample_indices
+from resadapt.world.synth import (
     COLOUR_NAMES,
     FRAMES_PER_CHUNK,
     ORIENTATIONS,
@@ -62,10 +61,9 @@ from resadapt.synth import (
     generate_sample,
     token_labels,
 )
-from resadapt.tiny import build_tiny_qwen2_5_vl, build_tokenizer
-from resadapt.video import SampledVideo, sample_indices
+from resadapt.world.tiny import build_tiny_qwen2_5_vl, build_tokenizer
 
-logger = logging.getLogger("resadapt.train_backbone")
+logger = logging.getLogger(__name__)
 
 HELD_OUT_SEED_OFFSET = 10_000_000
 """Evaluation samples use seeds from here on; training draws seeds below it."""
@@ -75,56 +73,40 @@ HELD_OUT_SEED_OFFSET = 10_000_000
 class BackboneTrainConfig:
     """Everything that defines a tiny-backbone training run (saved next to the checkpoint)."""
 
-    out_dir: str = field(default="assets/backbone", metadata={"help": "final checkpoint folder"})
-    work_dir: str = field(
-        default="runs/backbone", metadata={"help": "resumable checkpoints and metrics.jsonl"}
+    out_dir: str = option("final checkpoint folder", "assets/backbone")
+    work_dir: str = option("resumable checkpoints and metrics.jsonl", "runs/backbone")
+    resume: bool = option("continue from --work-dir", False)
+    seed: int = option("seed of weights, data and scale draws", 0)
+    size: int = option("frame side in pixels (6 × 28-px tokens)", 168)
+    card_px: int = option("card side in pixels", 48)
+    hidden: int = option("width of tower and language model", 128)
+    text_layers: int = option("language-model layers", 4)
+    vision_depth: int = option("vision-tower blocks", 4)
+    heads: int = option("attention heads", 4)
+    batch_size: int = option("clips per joint step", 16)
+    vision_batch_size: int = option("clips per vision warm-up step (measured: 16 stalls)", 32)
+    lr: float = option("peak AdamW learning rate", 1e-3)
+    weight_decay: float = option("AdamW weight decay", 0.01)
+    grad_clip: float = option("gradient-norm clip", 1.0)
+    vision_schedule: str = option(
+        "vision warm-up: SIDExCHUNKS:STEPS, comma separated (a 56-px frame is "
+        "mostly card, so the grating is learned there first)",
+        "56x1:150,168x2:60",
     )
-    resume: bool = field(default=False, metadata={"help": "continue from --work-dir"})
-    seed: int = field(default=0, metadata={"help": "seed of weights, data and scale draws"})
-    size: int = field(default=168, metadata={"help": "frame side in pixels (6 × 28-px tokens)"})
-    card_px: int = field(default=48, metadata={"help": "card side in pixels"})
-    hidden: int = field(default=128, metadata={"help": "width of tower and language model"})
-    text_layers: int = field(default=4, metadata={"help": "language-model layers"})
-    vision_depth: int = field(default=4, metadata={"help": "vision-tower blocks"})
-    heads: int = field(default=4, metadata={"help": "attention heads"})
-    batch_size: int = field(default=16, metadata={"help": "clips per joint step"})
-    vision_batch_size: int = field(
-        default=32, metadata={"help": "clips per vision warm-up step (measured: 16 stalls)"}
+    schedule: str = option(
+        "joint curriculum: CHUNKSxCARDS:STEPS, comma separated",
+        "1x1:100,2x2:200,4x3:200,8x3:300,16x3:100,8x3:200",
     )
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
-    vision_schedule: str = field(
-        default="56x1:150,168x2:60",
-        metadata={
-            "help": "vision warm-up: SIDExCHUNKS:STEPS, comma separated (a 56-px frame is "
-            "mostly card, so the grating is learned there first)"
-        },
-    )
-    schedule: str = field(
-        default="1x1:100,2x2:200,4x3:200,8x3:300,16x3:100,8x3:200",
-        metadata={"help": "joint curriculum: CHUNKSxCARDS:STEPS, comma separated"},
-    )
-    scale_mix: float = field(
-        default=0.5, metadata={"help": "probability that a chunk is drawn at a random scale"}
-    )
-    min_scale: float = field(default=0.1, metadata={"help": "smallest random chunk scale"})
-    long_mix: float = field(
-        default=0.25,
-        metadata={"help": "share of clips sampled from twice as many source frames"},
-    )
-    aux_weight: float = field(default=0.5, metadata={"help": "weight of the per-token losses"})
-    tie_colour: bool = field(
-        default=False,
-        metadata={"help": "score token colours against the LM's colour-word embeddings"},
-    )
-    bind_layer: int = field(
-        default=2, metadata={"help": "language-model layer whose head 0 learns to find the card"}
-    )
-    eval_every: int = field(default=200, metadata={"help": "steps between evaluations"})
-    eval_size: int = field(default=64, metadata={"help": "held-out clips per evaluation"})
-    checkpoint_every: int = field(default=100, metadata={"help": "steps between checkpoints"})
-    threads: int = field(default=0, metadata={"help": "torch threads (0: all cores)"})
+    scale_mix: float = option("probability that a chunk is drawn at a random scale", 0.5)
+    min_scale: float = option("smallest random chunk scale", 0.1)
+    long_mix: float = option("share of clips sampled from twice as many source frames", 0.25)
+    aux_weight: float = option("weight of the per-token losses", 0.5)
+    tie_colour: bool = option("score token colours against the LM's colour-word embeddings", False)
+    bind_layer: int = option("language-model layer whose head 0 learns to find the card", 2)
+    eval_every: int = option("steps between evaluations", 200)
+    eval_size: int = option("held-out clips per evaluation", 64)
+    checkpoint_every: int = option("steps between checkpoints", 100)
+    threads: int = option("torch threads (0: all cores)", 0)
 
     def __post_init__(self) -> None:
         if self.size % 28:
@@ -433,20 +415,6 @@ def evaluate(
     return right / cfg.eval_size
 
 
-def _save_atomic(path: Path, write) -> None:
-    """Write a folder via ``write(tmp)`` then rename it into place."""
-    tmp = path.parent / f".tmp-{path.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = path.parent / f".old-{path.name}"
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
     tokenizer = build_tokenizer(vocab_size=512, corpus=task_corpus())
     model, processor = build_tiny_qwen2_5_vl(
@@ -550,7 +518,7 @@ def train(cfg: BackboneTrainConfig) -> dict:
                 "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
                 "torch_rng": torch.get_rng_state(),
             }  # fmt: skip
-            _save_atomic(state_path, lambda d, s=state: torch.save(s, d / "state.pt"))
+            save_folder_atomic(state_path, lambda d, s=state: torch.save(s, d / "state.pt"))
     metrics.close()
     backbone.model.eval()
 
@@ -561,36 +529,22 @@ def train(cfg: BackboneTrainConfig) -> dict:
         backbone.processor.save_pretrained(folder)
         (folder / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
-    _save_atomic(Path(cfg.out_dir), write_final)
+    save_folder_atomic(Path(cfg.out_dir), write_final)
     logger.info(
         "saved %s after %d steps in %.0f s", cfg.out_dir, total, time.perf_counter() - t_start
     )
     return record
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m resadapt.train_backbone", description=__doc__)
-    for f in dataclasses.fields(BackboneTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            p.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
-            p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        cfg = BackboneTrainConfig(**vars(args))
-        train(cfg)
-    except ResAdaptError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m resadapt.train_backbone``: bad input is one ``error: …`` line and exit code 2."""
+    return cli.run(partial(_train, argv))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _train(argv: list[str] | None) -> None:
+    args = cli.parse(
+        argv, BackboneTrainConfig, prog="python -m resadapt.train_backbone", description=__doc__
+    )
+    cfg = cli.make(BackboneTrainConfig, args)
+    cli.setup_logging(logging.INFO)
+    train(cfg)

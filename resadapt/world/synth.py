@@ -36,7 +36,7 @@ Cards of one video carry distinct labels, so reading a distractor gives a wrong 
 
 Tasks (``TASKS``; variants of one code path):
   main      multiple choice A–D over the orientations, T = 16 (8 chunks), 3 cards: one chunk at
-            full size costs 1/8 of the tokens, so a query-aware allocator can stay near 15 %.
+            full size costs 1/8 of the tokens.
   exact     the same, answered by the orientation word (problem_type "exact").
   long      main with T = 64: one evidence chunk among 32.
   temporal  "When is the <colour> card visible?" → "start,end" in seconds (problem_type
@@ -53,18 +53,19 @@ in its row.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from resadapt import cli
+from resadapt.cli import option
 from resadapt.errors import ResAdaptError
 
 logger = logging.getLogger(__name__)
@@ -73,14 +74,14 @@ FRAMES_PER_CHUNK = 2
 """Frames per temporal chunk (Qwen-VL's temporal_patch_size): a card spans exactly one chunk."""
 GRATING_PERIOD_PX = 3.5
 """Grating period along each image axis, in pixels: read by 14-px patches at full size, removed
-by an antialiased resize to 1/3 (cut-off period 6 px). Period 4 leaves ~7 % contrast at 1/3."""
+by an antialiased resize to 1/3 (cut-off period 6 px)."""
 EVIDENCE_CONTRAST = 45.0
 """Amplitude of the grating around the card colour, in 8-bit grey levels."""
 GRATING_TAPER_PX = 12
 """Width of the raised-cosine ramp (at most card_px / 4) that fades the grating in from the card's
 edges. A grating cut off by a hard edge leaves orientation-dependent bands after downscaling
 (horizontal stripes brighten the top and bottom edges); the ramp keeps that residue near one grey
-level at 1/3 (a hard edge leaves up to 12)."""
+level at 1/3."""
 DIGIT_CONTRAST = 110.0
 """Darkening of digit strokes below the card colour, in 8-bit grey levels."""
 BACKGROUND_BLOBS = 12
@@ -503,53 +504,50 @@ def _overlap(edges: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.clip(np.minimum(edges[1:], stop) - np.maximum(edges[:-1], start), 0, None)
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m resadapt.synth",
-        description="Write synthetic evidence-sparse video-QA samples (.mp4 + data.jsonl).",
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One ``python -m resadapt.synth`` run; :func:`write_dataset` checks the ranges."""
+
+    out: str = option("output folder (data.jsonl, videos/)")
+    num: int = option("number of samples")
+    seed: int = option("dataset seed (non-negative)", 0)
+    task: str = option(
+        "; ".join(f"{s.name}: {s.help}" for s in TASKS.values()), "main", choices=TASKS
     )
-    parser.add_argument("--out", required=True, help="output folder (data.jsonl, videos/)")
-    parser.add_argument("--num", type=int, required=True, help="number of samples")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (non-negative)")
-    parser.add_argument(
-        "--task",
-        default="main",
-        choices=list(TASKS),
-        help="; ".join(f"{s.name}: {s.help}" for s in TASKS.values()),
-    )
-    parser.add_argument("--frames", type=int, help="frames per video (default: the task's)")
-    parser.add_argument("--size", type=int, default=168, help="frame side in pixels")
-    parser.add_argument("--fps", type=float, default=2.0, help="frame rate of the videos")
-    parser.add_argument("--num-cards", type=int, help="cards per video (default: the task's)")
-    parser.add_argument("--card-px", type=int, default=48, help="card side in pixels")
-    parser.add_argument("--crf", type=int, default=DEFAULT_CRF, help="x264 quality, 0 = lossless")
-    return parser.parse_args(argv)
+    frames: int | None = option("frames per video (default: the task's)", None)
+    size: int = option("frame side in pixels", 168)
+    fps: float = option("frame rate of the videos", 2.0)
+    num_cards: int | None = option("cards per video (default: the task's)", None)
+    card_px: int = option("card side in pixels", 48)
+    crf: int = option("x264 quality, 0 = lossless", DEFAULT_CRF)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """``python -m resadapt.synth``: bad input is one ``error: …`` line and exit code 2."""
+    return cli.run(partial(_write, argv))
+
+
+def _write(argv: list[str] | None) -> None:
+    args = cli.parse(
+        argv,
+        DatasetConfig,
+        prog="python -m resadapt.synth",
+        description="Write synthetic evidence-sparse video-QA samples (.mp4 + data.jsonl).",
+    )
+    cfg = cli.make(DatasetConfig, args)
+    cli.setup_logging(logging.INFO)
     try:
         write_dataset(
-            args.out,
-            args.num,
-            args.seed,
-            args.task,
-            num_frames=args.frames,
-            size=args.size,
-            num_cards=args.num_cards,
-            card_px=args.card_px,
-            fps=args.fps,
-            crf=args.crf,
+            cfg.out,
+            cfg.num,
+            cfg.seed,
+            cfg.task,
+            num_frames=cfg.frames,
+            size=cfg.size,
+            num_cards=cfg.num_cards,
+            card_px=cfg.card_px,
+            fps=cfg.fps,
+            crf=cfg.crf,
         )
-    except ResAdaptError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
     except OSError as e:
-        sys.stderr.write(f"error: cannot write the dataset to {args.out}: {e.strerror or e}\n")
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise ResAdaptError(f"cannot write the dataset to {cfg.out}: {e.strerror or e}") from e
