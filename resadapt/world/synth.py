@@ -104,6 +104,12 @@ DEFAULT_CRF = 12
 """x264 constant rate factor of written videos: near-lossless, so the grating survives coding."""
 KEYFRAME_INTERVAL = 16
 """Frames between H.264 keyframes, so that seeking decoders stay cheap on long videos."""
+DEFAULT_SIZE = 168
+"""Default frame side, in pixels: 6 tokens of 28 px (Qwen2.5-VL) on a side."""
+DEFAULT_CARD_PX = 48
+"""Default card side, in pixels."""
+DEFAULT_FPS = 2.0
+"""Default frame rate of a sample's timeline (and of written videos)."""
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 55, 55),
@@ -215,10 +221,10 @@ def generate_sample(
     *,
     task: str = "main",
     num_frames: int | None = None,
-    size: int = 168,
+    size: int = DEFAULT_SIZE,
     num_cards: int | None = None,
-    card_px: int = 48,
-    fps: float = 2.0,
+    card_px: int = DEFAULT_CARD_PX,
+    fps: float = DEFAULT_FPS,
 ) -> Sample:
     """Render one sample in memory (no file I/O). A Generator yields a fresh integer seed first,
     so every sample can be reproduced from ``sample.seed`` and the same arguments."""
@@ -319,10 +325,10 @@ def write_dataset(
     task: str = "main",
     *,
     num_frames: int | None = None,
-    size: int = 168,
+    size: int = DEFAULT_SIZE,
     num_cards: int | None = None,
-    card_px: int = 48,
-    fps: float = 2.0,
+    card_px: int = DEFAULT_CARD_PX,
+    fps: float = DEFAULT_FPS,
     crf: int = DEFAULT_CRF,
 ) -> Path:
     """Write ``num`` samples as ``out_dir/videos/<task>_<i>.mp4`` and return ``out_dir/data.jsonl``.
@@ -515,10 +521,10 @@ class DatasetConfig:
         "; ".join(f"{s.name}: {s.help}" for s in TASKS.values()), "main", choices=TASKS
     )
     frames: int | None = option("frames per video (default: the task's)", None)
-    size: int = option("frame side in pixels", 168)
-    fps: float = option("frame rate of the videos", 2.0)
+    size: int = option("frame side in pixels", DEFAULT_SIZE)
+    fps: float = option("frame rate of the videos", DEFAULT_FPS)
     num_cards: int | None = option("cards per video (default: the task's)", None)
-    card_px: int = option("card side in pixels", 48)
+    card_px: int = option("card side in pixels", DEFAULT_CARD_PX)
     crf: int = option("x264 quality, 0 = lossless", DEFAULT_CRF)
 
 
