@@ -1,8 +1,8 @@
 """``python -m resadapt.train_backbone``: train the offline world's tiny Qwen2.5-VL from scratch.
 
 Owns the recipe that makes a ~2 M-parameter Qwen2.5-VL (the real transformers class, processor and
-a locally trained tokenizer) answer the synthetic tasks of :mod:`.synth` on a CPU, and
-writes it as an ordinary checkpoint folder (``assets/backbone`` by default) that
+a locally trained tokenizer) answer the synthetic tasks of :mod:`resadapt.world.synth` on a CPU,
+and writes it as an ordinary checkpoint folder (``assets/backbone`` by default) that
 ``Backbone.load`` reads like any real one. Knows nothing about allocators or CAPO.
 
 Recipe (TINY_WORLD.md: naive end-to-end training stays at chance, because at initialisation the
