@@ -22,8 +22,8 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from allocator import Allocator, AllocatorConfig
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.policies import AllocationContext, allocator_inputs
-from resadapt.tiny import build_tiny_qwen2_5_vl
 from resadapt.video import thumbnails
+from resadapt.world.tiny import build_tiny_qwen2_5_vl
 
 QUESTION = "Which way do the stripes on the green card run?"
 

@@ -19,9 +19,9 @@ import pytest
 
 from allocator import Allocator, AllocatorConfig
 from resadapt import eval as evaluator
-from resadapt import synth
 from resadapt.pipeline import Pipeline
-from resadapt.tiny import build_tokenizer
+from resadapt.world import synth
+from resadapt.world.tiny import build_tokenizer
 from tests.media import write_text_as_video
 
 BACKBONE = "tiny-random-qwen2.5-vl"

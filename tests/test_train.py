@@ -20,7 +20,6 @@ import safetensors.torch
 import torch
 
 from allocator import Allocator, AllocatorConfig, mean_scale
-from resadapt import synth
 from resadapt.backbone import Backbone
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import Pipeline, Request
@@ -39,6 +38,7 @@ from resadapt.train import (
     step_positions,
     train,
 )
+from resadapt.world import synth
 from tests.media import write_text_as_video
 
 REPO = Path(__file__).resolve().parent.parent
