@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from resadapt.assets import ALLOCATOR_ENV, BACKBONE_ENV
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.cli import option
 from resadapt.errors import BudgetError, PolicyError, validate_question
@@ -98,11 +97,11 @@ class ModelConfig:
 
     backbone: str | None = option(
         "tiny-random-qwen2.5-vl, tiny-random-qwen3-vl, a local checkpoint folder or a hub id "
-        f"(default: ${BACKBONE_ENV}, else the bundled backbone)",
+        "(default: $RESADAPT_BACKBONE, else the bundled backbone)",
         None,
     )
     allocator: str | None = option(
-        f"allocator folder of --policy learned (default: ${ALLOCATOR_ENV}, else the bundled "
+        "allocator folder of --policy learned (default: $RESADAPT_ALLOCATOR, else the bundled "
         "allocator if any)",
         None,
     )
