@@ -332,17 +332,18 @@ class Trainer:
         return prompts, skipped, step * self.config.prompts_per_step // n
 
     def _targets(self, prompts: list[Prompt], k_max: int) -> torch.Tensor:
-        """(B, K) the backbone's full-resolution attention shares of the prompts' chunks."""
+        """(B, K) the backbone's full-resolution attention shares of the prompts' chunks.
+
+        One video per backbone forward: batched, the shares change in the last bits with the batch's
+        other rows, and a resumed or multi-process run would not repeat the uninterrupted one.
+        """
         memo = self.attention_targets
-        missing = [p for p in prompts if (p.example.video, p.request.question) not in memo]
-        if missing:
-            videos = []
-            for p in missing:  # the vanilla policy: every chunk at scale 1, never budget-fitted
+        for p in prompts:
+            key = (p.example.video, p.request.question)
+            if key not in memo:  # the vanilla policy: every chunk at scale 1, never budget-fitted
                 full = self.pipeline.allocate(p.video, replace(p.request, policy="vanilla"))
-                videos.append(self.pipeline.chunked(p.video, full))
-            shares = chunk_attention(self.backbone, videos, [p.request.question for p in missing])
-            for p, share in zip(missing, shares, strict=True):
-                memo[(p.example.video, p.request.question)] = share
+                video = self.pipeline.chunked(p.video, full)
+                (memo[key],) = chunk_attention(self.backbone, [video], [p.request.question])
         shares = [memo[(p.example.video, p.request.question)] for p in prompts]
         targets = pad_targets(shares, k_max, self.config.attention_temperature)
         return targets.to(self.accelerator.device)
