@@ -196,7 +196,7 @@ def build_parser(
             default = f.default
         required = default is MISSING
         text = f.metadata["help"]
-        if not required and "default:" not in text:
+        if not required and default != "" and "default:" not in text:  # "": no value
             text += f" (default: {_show(default)})"
         if f.metadata["positional"]:
             parser.add_argument(f.name, type=_Converter(f, kind), help=text)
