@@ -285,10 +285,6 @@ class Backbone:
 
     # ------------------------------------------------------------------ running
     @torch.no_grad()
-    def logits(self, inputs: BatchFeature) -> torch.Tensor:
-        """Next-token logits for every position: (B, L, V)."""
-        return self.model(**inputs).logits
-
     def _generate_kwargs(
         self, inputs: BatchFeature, max_new_tokens: int, temperature: float | None = None
     ) -> dict:

@@ -198,8 +198,12 @@ def test_two_process_ddp_run_matches_one_process(data, smoke, tmp_path):
     assert [r["world_size"] for r in lines] == [2, 2]
     for a, b in zip(single, lines, strict=True):
         assert b["prompts"] == a["prompts"]  # both processes' prompts reached the all-reduce
-        for key in ("reward", "retention", "visual_tokens", "scale_spread", "skipped_videos"):
+        for key in ("reward", "retention", "visual_tokens", "skipped_videos"):
             assert a[key] == b[key], key
+        # After the first update the weights differ in the last bits (DDP averages the gradient
+        # of two processes, one process sums it in one backward), so the sampled scales' spread
+        # agrees to float32 precision rather than bit for bit.
+        assert b["scale_spread"] == pytest.approx(a["scale_spread"], rel=1e-6)
         for key in ("loss", "grad_norm", "advantage_std"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
 
