@@ -140,6 +140,7 @@ def build_demo(pipeline: Pipeline) -> gr.Blocks:
                 with gr.Row():
                     ask_btn = gr.Button("Answer", variant="primary", elem_id="ask")
                     compare_btn = gr.Button("Compare policies", elem_id="compare")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Accordion("Policy, budget and frames"):
                     policy = gr.Radio(
                         ui.policy_choices(pipeline),
@@ -234,9 +235,14 @@ def build_demo(pipeline: Pipeline) -> gr.Blocks:
                 cache_examples=False,
                 api_visibility="private",
             )
-        examples.load_input_event.then(answer_live, inputs, live, **private)
-        ask_btn.click(answer_live, inputs, live, **private)
-        question.submit(answer_live, inputs, live, **private)
+        # Stopping (the button, or a client that went away) closes the running generator, which
+        # stops generation at its next step (Backbone.stream): the next queued request starts.
+        runs = [
+            examples.load_input_event.then(answer_live, inputs, live, **private),
+            ask_btn.click(answer_live, inputs, live, **private),
+            question.submit(answer_live, inputs, live, **private),
+        ]
+        stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
         compare_btn.click(
             compare, inputs, compare_json, concurrency_id=MODEL_GROUP, api_name="compare"
         ).success(

@@ -13,9 +13,14 @@ MAX_QUESTION_CHARS = 2000
 class ResAdaptError(ValueError):
     """A problem with user input: one sentence that names the bad value and the fix."""
 
+    reason = "rejected"
+    """How the evaluator counts an example refused with this error (a status of its records)."""
+
 
 class VideoError(ResAdaptError):
     """The video cannot be used (missing, not a video, corrupt, no decodable frames)."""
+
+    reason = "unreadable"
 
 
 class QuestionError(ResAdaptError):
@@ -25,9 +30,17 @@ class QuestionError(ResAdaptError):
 class BudgetError(ResAdaptError):
     """A budget, scale or frame count is outside its allowed range."""
 
+    reason = "over_budget"
+
 
 class PolicyError(ResAdaptError):
     """A policy name or allocator checkpoint cannot be used."""
+
+
+class ChunkLimitError(PolicyError):
+    """A video has more chunks than a policy (the allocator's ``max_chunks``) accepts."""
+
+    reason = "too_many_chunks"
 
 
 class BackboneError(ResAdaptError):

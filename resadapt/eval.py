@@ -13,10 +13,15 @@ Contract:
   * An example whose budget cannot be met even at the smallest size for every chunk is recorded as
     ``over_budget`` and left out of that row (this depends on the video and frame count, not on the
     policy, so all policies at one budget see the same examples). Unreadable videos are recorded
-    as ``unreadable``, logged and counted; they never stop the run.
+    as ``unreadable``, more chunks than a policy accepts as ``too_many_chunks``, any other refused
+    input as ``rejected`` (the status is the error's ``reason``); each is logged and counted and
+    never stops the run.
   * Latency of an example = its allocation time + its share of the backbone time, where the
-    backbone time (resizing the chunks, the processor, prefill and greedy generation) of a batch of
-    ``--batch-size`` examples is divided evenly among them. Decoding is excluded (shared by all).
+    backbone time (resizing the chunks, the processor, prefill and greedy generation) of a
+    micro-batch is divided evenly among its examples. Decoding is excluded (shared by all).
+  * A block of ``--batch-size`` examples is answered in micro-batches of at most
+    ``--max-batch-tokens`` prompt tokens (rows × longest row), so memory is bounded by that budget,
+    not by the batch size or the frame count; the answers are those of the unbatched path.
   * Accuracy = mean grade (resadapt.grading: 0/1, or temporal IoU) over the row's examples.
 
 Outputs in ``--out``: ``records.jsonl`` (one line per example × policy × budget × frame count:
@@ -67,6 +72,8 @@ ROW_COLUMNS = (
     "examples",
     "over_budget",
     "unreadable",
+    "too_many_chunks",
+    "rejected",
     "accuracy",
     "mean_retention",
     "mean_visual_tokens",
@@ -75,7 +82,8 @@ ROW_COLUMNS = (
 )
 """Columns of results.csv (and keys of every row in results.json); means are empty (null) when
 no example of the row fits its budget. The scale spread is the within-video standard deviation of
-the fitted chunk scales (0: every chunk the same size)."""
+the fitted chunk scales (0: every chunk the same size). over_budget, unreadable, too_many_chunks
+and rejected count the examples left out of the row, by reason (``ResAdaptError.reason``)."""
 MARKERS = "osD^vPX"
 """Marker of each policy's line in frontier.png (vanilla is a star)."""
 
@@ -299,7 +307,7 @@ class Evaluator:
         size = self.config.batch_size
         blocks = [indexed[i : i + size] for i in range(0, len(indexed), size)]
         for frames in self.config.frame_counts:
-            cache: dict[str, SampledVideo | str] = {}
+            cache: dict[str, SampledVideo | ResAdaptError] = {}
             for n, block in enumerate(blocks):
                 needed = {e.video for _, e in block}
                 cache = {path: v for path, v in cache.items() if path in needed}
@@ -326,19 +334,19 @@ class Evaluator:
             seed=self.config.seed,
         )
 
-    def _decode(self, e: Example, frames: int | None) -> SampledVideo | str:
-        """The sampled video, or the one-sentence reason it cannot be read (logged)."""
+    def _decode(self, e: Example, frames: int | None) -> SampledVideo | ResAdaptError:
+        """The sampled video, or the error that says why it cannot be used (logged)."""
         request = Request(question=e.prompt(), num_frames=frames, fps=self.config.fps)
         try:
             return self.pipeline.decode(e.video, request)
-        except VideoError as err:
-            logger.warning("skipping unreadable video: %s", err)
-            return str(err)
+        except ResAdaptError as err:
+            logger.warning("skipping a video (%s): %s", err.reason, err)
+            return err
 
     def _answer(
         self,
         block: list[tuple[int, Example]],
-        cache: dict[str, SampledVideo | str],
+        cache: dict[str, SampledVideo | ResAdaptError],
         spec: PolicySpec,
         budget: Budget,
         frames: int | None,
@@ -357,28 +365,35 @@ class Evaluator:
                 "gold": e.gold(),
             }
             video = cache[e.video]
-            if isinstance(video, str):
-                yield record | {"status": "unreadable", "error": video}
+            if isinstance(video, ResAdaptError):
+                yield record | {"status": video.reason, "error": str(video)}
                 continue
             request = self._request(e, spec, budget, frames)
             start = time.perf_counter()
             try:
                 allocation = self.pipeline.allocate(video, request, self.policy(spec, index))
-            except BudgetError as err:
-                yield record | {"status": "over_budget", "error": str(err)}
+            except ResAdaptError as err:
+                yield record | {"status": err.reason, "error": str(err)}
                 continue
             record["allocate_s"] = time.perf_counter() - start
             ready.append(_Ready(record, e, video, allocation, request.question))
         if not ready:
             return
-        start = time.perf_counter()
         backbone = self.pipeline.backbone
         chunked = [self.pipeline.chunked(r.video, r.allocation) for r in ready]
-        inputs = backbone.prepare(chunked, [r.question for r in ready])
-        produced = backbone.chunk_tokens(inputs)
-        assert produced == [t for r in ready for t in r.allocation.tokens], "token mismatch"
-        responses = backbone.generate(inputs, self.config.max_new_tokens)
-        backbone_s = (time.perf_counter() - start) / len(ready)
+        start = time.perf_counter()  # a micro-batch's time includes its preparation
+        for index, inputs in backbone.batches(chunked, [r.question for r in ready]):
+            produced = backbone.chunk_tokens(inputs)
+            assert produced == [t for b in index for t in ready[b].allocation.tokens], "tokens"
+            responses = backbone.generate(inputs, self.config.max_new_tokens)
+            backbone_s = (time.perf_counter() - start) / len(index)
+            yield from self._graded([ready[b] for b in index], responses, backbone_s)
+            start = time.perf_counter()
+
+    def _graded(
+        self, ready: list[_Ready], responses: list[str], backbone_s: float
+    ) -> Iterator[dict]:
+        """The records of answered examples, graded; ``backbone_s`` is each one's share."""
         for r, response in zip(ready, responses, strict=True):
             e = r.example
             tokens = int(sum(r.allocation.tokens))
@@ -438,6 +453,8 @@ class Summary:
                     "examples": n,
                     "over_budget": cell["over_budget"],
                     "unreadable": cell["unreadable"],
+                    "too_many_chunks": cell["too_many_chunks"],
+                    "rejected": cell["rejected"],
                     "accuracy": mean("correct"),
                     "mean_retention": mean("retention"),
                     "mean_visual_tokens": mean("visual_tokens"),
@@ -565,6 +582,10 @@ def evaluate(config: EvalConfig) -> list[dict]:
         over[label] = max(over[label], r["over_budget"])
     if any(over.values()):
         logger.warning("examples over budget at the smallest sizes, left out: %s", dict(+over))
+    for reason in ("too_many_chunks", "rejected"):
+        left_out = max((r[reason] for r in rows), default=0)
+        if left_out:
+            logger.warning("%d example(s) left out of a row: %s", left_out, reason)
     logger.info("evaluated %d examples in %.1f s", len(examples), time.perf_counter() - start)
     write_outputs(out, config, name, rows, skipped)
     return rows

@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from resadapt.backbone import Backbone, ChunkedVideo
+from resadapt.backbone import (
+    ATTN_IMPLEMENTATIONS,
+    DEFAULT_MAX_BATCH_TOKENS,
+    STREAM_TIMEOUT_S,
+    Backbone,
+    ChunkedVideo,
+    check_attn_implementation,
+)
 from resadapt.cli import option
 from resadapt.errors import BudgetError, PolicyError, validate_question
 from resadapt.geometry import fit_budget
@@ -35,8 +42,11 @@ MAX_NEW_TOKENS = 1024
 """Longest answer a request may ask for, in tokens."""
 
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-"""Backbone dtypes a user may name (auto: the checkpoint's own)."""
+DTYPES = ("auto", "float32", "bfloat16", "float16", "checkpoint")
+"""Backbone dtypes a user may name (auto: bfloat16 on CUDA, float32 elsewhere; checkpoint: the
+checkpoint's own)."""
+DEVICE_MAPS = ("auto",)
+"""``--device-map`` values: accelerate's big-model placement over every visible device."""
 DEVICE_ENV = "RESADAPT_DEVICE"
 """Environment variable that names the torch device when ``--device auto``."""
 
@@ -92,7 +102,66 @@ class Request:
 
 
 @dataclass
-class ModelConfig:
+class DeviceConfig:
+    """Where and how the backbone runs; ask, eval, the app and train share these fields."""
+
+    device: str = option(
+        f"torch device, e.g. cpu or cuda; auto: ${DEVICE_ENV}, else cuda when available, else cpu",
+        "auto",
+    )
+    dtype: str = option(
+        "backbone dtype: auto (bfloat16 on CUDA, float32 elsewhere), float32, bfloat16, float16 "
+        "or checkpoint (the checkpoint's own)",
+        "auto",
+        choices=DTYPES,
+    )
+    attn_implementation: str = option(
+        "attention kernel of the backbone: sdpa, flash_attention_2 (needs flash-attn) or eager",
+        "sdpa",
+        choices=ATTN_IMPLEMENTATIONS,
+    )
+    device_map: str | None = option(
+        "auto: spread a checkpoint over every visible GPU with accelerate (not moved with --device "
+        "then); none: the whole model on --device",
+        None,
+        choices=DEVICE_MAPS,
+    )
+    max_batch_tokens: int | None = option(
+        "micro-batch budget in prompt tokens (rows × longest row): bounds the backbone's memory "
+        "whatever the batch size or frame count (default: "
+        + ", ".join(f"{n} on {d}" for d, n in DEFAULT_MAX_BATCH_TOKENS.items())
+        + ")",
+        None,
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_batch_tokens is not None and self.max_batch_tokens <= 0:
+            raise BudgetError(f"--max-batch-tokens must be positive, got {self.max_batch_tokens}")
+        check_attn_implementation(self.attn_implementation)
+
+    @property
+    def torch_device(self) -> str:
+        """The device ``auto`` stands for on this machine."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def dtype_on(self, device: str) -> str:
+        """The dtype the backbone loads in on ``device``: the given one, ``auto`` by device."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if device.startswith("cuda") else "float32"
+
+    @property
+    def torch_dtype(self) -> str:
+        """The dtype the backbone loads in on :attr:`torch_device`."""
+        return self.dtype_on(self.torch_device)
+
+
+@dataclass
+class ModelConfig(DeviceConfig):
     """Which backbone and allocator a pipeline loads, and where (ask, eval and the app share it)."""
 
     backbone: str | None = option(
@@ -105,39 +174,21 @@ class ModelConfig:
         "allocator if any)",
         None,
     )
-    dtype: str | None = option(
-        "backbone dtype: float32, bfloat16, float16 or auto (the checkpoint's) (default: float32 "
-        "on the CPU, bfloat16 on a GPU)",
-        None,
-        choices=DTYPES,
-    )
-    device: str = option(
-        f"torch device, e.g. cpu or cuda; auto: ${DEVICE_ENV}, else cuda when available, else cpu",
-        "auto",
-    )
     max_pixels: int | None = option(
         "per-frame pixel cap: the full-resolution (scale 1) size (default: the processor's)", None
     )
+    stream_timeout_s: float = option(
+        "longest wait for the next piece of a streamed answer, in seconds, before the request "
+        "ends with an error",
+        STREAM_TIMEOUT_S,
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_pixels is not None and self.max_pixels <= 0:
             raise BudgetError(f"--max-pixels must be positive, got {self.max_pixels}")
-
-    @property
-    def torch_device(self) -> str:
-        """The device ``auto`` stands for on this machine."""
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
-
-    @property
-    def torch_dtype(self) -> str:
-        """The dtype the backbone loads in: the given one, else by device."""
-        if self.dtype is not None:
-            return self.dtype
-        return "float32" if self.torch_device == "cpu" else "bfloat16"
+        if not self.stream_timeout_s > 0:
+            raise BudgetError(f"--stream-timeout-s must be positive, got {self.stream_timeout_s}")
 
 
 def load_backbone(config: ModelConfig) -> Backbone:
@@ -150,6 +201,10 @@ def load_backbone(config: ModelConfig) -> Backbone:
         dtype=config.torch_dtype,
         device=config.torch_device,
         max_pixels=config.max_pixels,
+        attn_implementation=config.attn_implementation,
+        device_map=config.device_map,
+        max_batch_tokens=config.max_batch_tokens,
+        stream_timeout_s=config.stream_timeout_s,
     )
     if is_random_backbone(name):
         logger.warning(

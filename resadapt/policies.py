@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from allocator import Allocator, AllocatorConfig, mean_scale
-from resadapt.errors import BudgetError, PolicyError
+from resadapt.errors import BudgetError, ChunkLimitError, PolicyError
 
 POLICY_NAMES = ("vanilla", "uniform", "random", "content", "learned")
 THUMB_SIDE = AllocatorConfig.__dataclass_fields__["thumb_side"].default
@@ -24,6 +24,9 @@ THUMB_SIDE = AllocatorConfig.__dataclass_fields__["thumb_side"].default
 video's thumbnails serve every policy; a loaded allocator reads its own (``Learned.thumb_side``)."""
 MIN_SCALE = 0.2
 """Lowest scale the training-free policies propose (the allocator's default s_min)."""
+QUERY_HEAD_SHARE = 0.25
+"""Share of the allocator's query window given to a long question's first tokens (the opening of
+its stem); the rest holds its last tokens, where a multiple-choice prompt lists the options."""
 
 
 @dataclass
@@ -162,20 +165,31 @@ def allocator_inputs(
         thumbs[b, :k] = t.permute(0, 1, 4, 2, 3)
         chunk_mask[b, :k] = True
         chunk_times[b, :k] = torch.from_numpy(c.chunk_times()).float()
-    enc = tokenizer(
-        [c.question for c in ctxs],
-        padding="max_length",
-        truncation=True,
-        max_length=max_query_tokens,
-        return_tensors="pt",
-    )
+    query_ids = torch.full((len(ctxs), max_query_tokens), tokenizer.pad_token_id)  # (B, L)
+    query_mask = torch.zeros(len(ctxs), max_query_tokens, dtype=torch.bool)  # (B, L)
+    for b, ids in enumerate(tokenizer([c.question for c in ctxs])["input_ids"]):
+        ids = torch.tensor(query_window(ids, max_query_tokens))
+        span = slice(max_query_tokens - len(ids), None)
+        if tokenizer.padding_side != "left":
+            span = slice(0, len(ids))
+        query_ids[b, span], query_mask[b, span] = ids, True
     return {
         "thumbs": thumbs.to(device),
-        "query_ids": enc["input_ids"].to(device),
-        "query_mask": enc["attention_mask"].bool().to(device),
+        "query_ids": query_ids.to(device),
+        "query_mask": query_mask.to(device),
         "chunk_mask": chunk_mask.to(device),
         "chunk_times": chunk_times.to(device),
     }
+
+
+def query_window(ids: list[int], max_tokens: int) -> list[int]:
+    """A question's token ids fitted to the allocator's window: all of them when they fit, else the
+    first ``QUERY_HEAD_SHARE`` of the window and the last tokens for the rest (the stem's opening
+    and the options, never silently only the head)."""
+    if len(ids) <= max_tokens:
+        return list(ids)
+    head = int(max_tokens * QUERY_HEAD_SHARE)
+    return list(ids[:head]) + list(ids[len(ids) - (max_tokens - head) :])
 
 
 class Learned:
@@ -212,6 +226,13 @@ class Learned:
     @torch.no_grad()
     def scales(self, ctx: AllocationContext) -> np.ndarray:
         cfg = self.allocator.config
+        if ctx.num_chunks > cfg.max_chunks:
+            raise ChunkLimitError(
+                f"the video was sampled into {ctx.num_chunks} chunks "
+                f"({ctx.num_chunks * ctx.frames_per_chunk} frames); the allocator accepts at most "
+                f"{cfg.max_chunks} ({cfg.max_chunks * ctx.frames_per_chunk} frames): lower "
+                "--frames or --fps"
+            )
         device = next(self.allocator.parameters()).device
         batch = allocator_inputs([ctx], self.tokenizer, cfg.max_query_tokens, device)
         out = self.allocator(**batch)

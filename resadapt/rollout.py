@@ -142,12 +142,16 @@ def score_allocations(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Run the frozen backbone on M allocations of one prompt in one batch and score them.
+    """Run the frozen backbone on M allocations of one prompt and score them.
 
     scales (M, K) → reward (M,) in [0, 1], visual tokens (M,), vanilla tokens of the video.
-    "grade": mean grade of N answers per allocation (greedy for N = 1, sampled otherwise);
+    "grade": mean grade of N answers per allocation (greedy for N = 1, sampled at
+    ``temperature`` / ``top_p`` / ``top_k`` otherwise, micro-batch j seeded ``seed + j``);
     "logprob": exp(log p(gold | video, question) / n), n the scored tokens (answer + end of turn).
+    The M·N rows run in micro-batches under the backbone's token budget.
     """
     backbone = pipeline.backbone
     example, question = prompt.example, prompt.request.question
@@ -163,11 +167,12 @@ def score_allocations(
         return scores, tokens, vanilla
     n = answers_per_rollout
     rows = [v for v in videos for _ in range(n)]  # (M·N,) allocation-major
-    inputs = backbone.prepare(rows, [question] * len(rows))
-    if n == 1:
-        answers = backbone.generate(inputs, max_new_tokens)
-    else:
-        answers = backbone.generate(inputs, max_new_tokens, temperature=temperature, seed=seed)
+    answers: list[str] = [""] * len(rows)
+    sampling = {} if n == 1 else {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+    for j, (index, inputs) in enumerate(backbone.batches(rows, [question] * len(rows))):
+        out = backbone.generate(inputs, max_new_tokens, seed=seed + j, **sampling)
+        for b, answer in zip(index, out, strict=True):
+            answers[b] = answer
     options = len(example.options or [])
     grades = [grade(example.problem_type, a, example.gold(), options) for a in answers]
     scores = torch.tensor(grades, dtype=torch.float32).view(m, n).mean(dim=1)  # (M,)
@@ -197,6 +202,8 @@ def collect_rollouts(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ) -> RolloutBatch:
     """Sample ``num_rollouts`` allocations per prompt, score them, and compute CAPO advantages.
 
@@ -236,6 +243,8 @@ def collect_rollouts(
             answers_per_rollout=answers_per_rollout,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
             seed=prompt_seed(seed, prompt.position, ANSWER_STREAM),
         )
         if cost == "tokens":
@@ -300,7 +309,10 @@ def validate(
         ]
         videos = [pipeline.chunked(p.video, a) for p, a in zip(batch, allocations, strict=True)]
         questions = [p.request.question for p in batch]
-        answers = backbone.generate(backbone.prepare(videos, questions), max_new_tokens)
+        answers: list[str] = [""] * len(batch)
+        for index, inputs in backbone.batches(videos, questions):
+            for b, answer in zip(index, backbone.generate(inputs, max_new_tokens), strict=True):
+                answers[b] = answer
         for i, (p, a, answer) in enumerate(zip(batch, allocations, answers, strict=True)):
             ex = p.example
             stats["videos"] += 1

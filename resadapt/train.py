@@ -86,21 +86,24 @@ from resadapt import cli
 from resadapt.assets import default_backbone
 from resadapt.capo import ADVANTAGE_MODES, CONCENTRATION_WEIGHT, SIMILARITY_WEIGHT
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import Request
+from resadapt.pipeline import DeviceConfig, Request
 from resadapt.rollout import COSTS, REWARDS
 from resadapt.trainer import ALLOCATOR_KNOBS, Trainer
 
 PROG = "python -m resadapt.train"
 DESCRIPTION = "Train the resolution allocator with CAPO against a frozen Qwen-VL backbone."
 TRACKERS = ("none", "tensorboard", "wandb", "all")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
 MAX_NEW_TOKENS = 1024
 """Longest answer the backbone may generate during training."""
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved as train_config.json with every checkpoint."""
+class TrainConfig(DeviceConfig):
+    """Everything a training run depends on; saved as train_config.json with every checkpoint.
+
+    The device fields (:class:`DeviceConfig`) are the ones of ask / eval / the app; ``--device
+    cpu`` is ``--cpu``, any other device is the one accelerate assigns to the process.
+    """
 
     # --- data ---------------------------------------------------------------------------------
     data: str = cli.option("training rows, .jsonl or .parquet (required)", "")
@@ -124,9 +127,6 @@ class TrainConfig:
         "frozen backbone: a Qwen2.5-VL / Qwen3-VL checkpoint folder or hub id, or "
         "tiny-random-qwen2.5-vl / tiny-random-qwen3-vl; by default the bundled one",
         default_factory=default_backbone,
-    )
-    dtype: str = cli.option(
-        f"backbone dtype: {', '.join(DTYPES)} (GPUs: bfloat16)", "float32", choices=DTYPES
     )
     max_pixels: int | None = cli.option(
         "per-frame pixel cap, the full-resolution (scale 1) size", None
@@ -163,6 +163,14 @@ class TrainConfig:
         "answers N per allocation: 1 greedy, more sampled (--reward grade)", 1
     )
     temperature: float = cli.option("sampling temperature of the answers when N > 1", 1.0)
+    top_p: float = cli.option(
+        "nucleus (top-p) of the sampled answers when N > 1, in (0, 1]; 1: off (the checkpoint's "
+        "own value is never inherited)",
+        1.0,
+    )
+    top_k: int = cli.option(
+        "top-k of the sampled answers when N > 1; 0: off (never the checkpoint's own)", 0
+    )
     max_new_tokens: int = cli.option(
         "longest answer generated, in tokens", cli.default_of(Request, "max_new_tokens")
     )
@@ -216,6 +224,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.data:
             raise ResAdaptError("--data is required: a .jsonl or .parquet file of training rows")
         if self.budget is not None:
@@ -242,6 +251,8 @@ class TrainConfig:
             "must be in [1, 1024]",
         )
         _check(self, "temperature", self.temperature > 0, "must be positive")
+        _check(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
+        _check(self, "top_k", self.top_k >= 0, "must be at least 0")
         _check(self, "lr", self.lr > 0, "must be positive")
         for name in ("weight_decay", "sim_weight", "con_weight", "attention_weight"):
             _check(self, name, getattr(self, name) >= 0, "must be at least 0")

@@ -224,7 +224,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         trackers = _trackers(config.log_with)
         self.accelerator = Accelerator(
-            cpu=config.cpu,
+            cpu=config.cpu or config.device == "cpu",
             log_with=trackers or None,
             project_dir=config.out_dir,
             step_scheduler_with_optimizer=False,
@@ -237,11 +237,16 @@ class Trainer:
             load_examples(config.val_data, config.val_size)[0] if config.val_data else []
         )
         resume = find_resume(config.out_dir, config.resume)
+        if config.device_map and acc.num_processes > 1:
+            raise ResAdaptError("--device-map auto is for one process; drop it under DDP")
         self.backbone = Backbone.load(
             config.backbone,
-            dtype=config.dtype,
+            dtype=config.dtype_on(str(acc.device)),
             device=str(acc.device),
             max_pixels=config.max_pixels,
+            attn_implementation=config.attn_implementation,
+            device_map=config.device_map,
+            max_batch_tokens=config.max_batch_tokens,
         )
         if is_random_backbone(config.backbone):
             logger.warning("%s has random weights: its rewards carry no signal", config.backbone)
@@ -406,6 +411,8 @@ class Trainer:
                 advantage=config.advantage,
                 max_new_tokens=config.max_new_tokens,
                 temperature=config.temperature,
+                top_p=config.top_p,
+                top_k=config.top_k,
                 seed=config.seed,
             )
         chunks = float(batch.chunk_mask.sum()) if batch is not None else 0.0

@@ -23,7 +23,7 @@ from resadapt.assets import examples, is_bundled, is_random_backbone
 from resadapt.cli import default_of
 from resadapt.errors import BudgetError, PolicyError, VideoError
 from resadapt.pipeline import Allocation, Pipeline, Request, Result
-from resadapt.video import SampledVideo, resize_frames
+from resadapt.video import SampledVideo, container_duration, resize_frames
 
 MAX_UPLOAD_MB = 200
 """Largest upload the app accepts, in megabytes (gradio rejects bigger files before they land)."""
@@ -178,15 +178,20 @@ def decode(pipeline: Pipeline, path: str | None, request: Request) -> SampledVid
         size_mb = os.path.getsize(path) / 2**20
         raise VideoError(f"{name} is {size_mb:.0f} MB; the app accepts up to {MAX_UPLOAD_MB} MB")
     try:
+        _check_duration(name, container_duration(path))  # from the header, before sampling
         video = pipeline.decode(path, request)
     except VideoError as e:
         raise VideoError(str(e).replace(str(path), name)) from e
-    if video.duration_s > MAX_DURATION_S:
+    _check_duration(name, video.duration_s)  # a header without a duration: the decoded span
+    return video
+
+
+def _check_duration(name: str, duration_s: float | None) -> None:
+    if duration_s is not None and duration_s > MAX_DURATION_S:
         raise VideoError(
-            f"{name} is {video.duration_s / 60:.1f} min long; the app accepts videos up to "
+            f"{name} is {duration_s / 60:.1f} min long; the app accepts videos up to "
             f"{MAX_DURATION_S / 60:.0f} min"
         )
-    return video
 
 
 def answer_views(

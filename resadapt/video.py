@@ -588,6 +588,18 @@ def _decode(
     )
 
 
+def container_duration(path: str | os.PathLike) -> float | None:
+    """The video stream's (else the container's) duration in seconds from the file's header,
+    without decoding a frame; None when the header has none. Raises VideoError for a bad path or a
+    file that does not open as a video."""
+    path = _check_path(path)
+    container = _open_container(path)
+    try:
+        return _header_duration(container, _video_stream(path, container))
+    finally:
+        container.close()
+
+
 def load_video(
     path: str | os.PathLike,
     *,
