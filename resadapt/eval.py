@@ -185,7 +185,11 @@ class EvalConfig(ModelConfig):
         "frames sampled per second when --frames is not given", default_of(Request, "fps")
     )
     limit: int | None = option("evaluate only the first N valid rows", None)
-    batch_size: int = option("examples of one policy × budget answered in one backbone batch", 8)
+    batch_size: int = option(
+        "examples decoded and allocated together per policy × budget; the backbone answers them "
+        "in micro-batches under --max-batch-tokens",
+        8,
+    )
     max_new_tokens: int = option("longest answer, in tokens", default_of(Request, "max_new_tokens"))
     seed: int = option(
         "seed of the random policy (each example draws from (seed, its index))",

@@ -17,11 +17,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from allocator import Allocator, AllocatorConfig
 from resadapt import eval as evaluator
 from resadapt.pipeline import Pipeline
 from resadapt.world import synth
-from resadapt.world.tiny import build_tokenizer
+from tests.allocators import write_tiny_allocator
 from tests.media import write_text_as_video
 
 BACKBONE = "tiny-random-qwen2.5-vl"
@@ -54,17 +53,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def allocator_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("allocator")
-    config = AllocatorConfig(
-        vocab_size=len(build_tokenizer()),
-        hidden_dim=32,
-        num_layers=1,
-        num_heads=2,
-        max_query_tokens=32,
-        query_embed_dim=16,
-    )
-    Allocator(config).save_pretrained(path)
-    return path
+    return write_tiny_allocator(tmp_path_factory.mktemp("allocator"))
 
 
 @pytest.fixture(scope="module")

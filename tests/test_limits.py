@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import resadapt.world  # noqa: F401 (registers the tiny backbones)
-from allocator import Allocator, AllocatorConfig
 from resadapt import eval as evaluator
 from resadapt import ui
 from resadapt.backbone import Backbone
@@ -19,6 +18,7 @@ from resadapt.policies import AllocationContext, Learned, allocator_inputs, quer
 from resadapt.video import container_duration
 from resadapt.world import synth
 from resadapt.world.tiny import build_tokenizer
+from tests.allocators import write_tiny_allocator
 from tests.media import write_video
 
 MAX_CHUNKS = 2
@@ -26,18 +26,7 @@ MAX_CHUNKS = 2
 
 @pytest.fixture(scope="module")
 def allocator_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("allocator")
-    config = AllocatorConfig(
-        vocab_size=len(build_tokenizer()),
-        hidden_dim=32,
-        num_layers=1,
-        num_heads=2,
-        max_query_tokens=32,
-        query_embed_dim=16,
-        max_chunks=MAX_CHUNKS,
-    )
-    Allocator(config).save_pretrained(path)
-    return path
+    return write_tiny_allocator(tmp_path_factory.mktemp("allocator"), max_chunks=MAX_CHUNKS)
 
 
 @pytest.fixture(scope="module")
