@@ -23,6 +23,10 @@ Outputs in ``--out``: ``records.jsonl`` (one line per example × policy × budge
 video, question, gold, response, correct, status, visual_tokens, retention, latency_s, scales,
 chunk_tokens, ...), ``results.json`` (config, skip counts, rows), ``results.csv`` (the rows) and
 ``frontier.png`` (accuracy against mean retention, one line per policy, one panel per frame count).
+With ``--benchmark`` (``--data`` is then that benchmark's own file, its videos under
+``--video-root``) every row also carries ``benchmark``: the benchmark's headline ``score`` and the
+categories it reports (resadapt.benchmarks.Breakdown), as extra columns of results.csv and a
+second printed table.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from resadapt import cli
+from resadapt.benchmarks import BENCHMARK_NAMES, Breakdown, format_breakdown
 from resadapt.cli import default_of, option
 from resadapt.data import Example, load_examples
 from resadapt.errors import (
@@ -151,7 +156,19 @@ def _unique(values: tuple) -> tuple:
 class EvalConfig(ModelConfig):
     """The evaluation grid and run settings, and the models (every field is a CLI flag)."""
 
-    data: str = option("dataset: .jsonl or .parquet rows (see resadapt.data)")
+    data: str = option(
+        "dataset: .jsonl or .parquet rows (see resadapt.data), or the --benchmark's own file "
+        "(MVBench: its json folder)"
+    )
+    benchmark: str | None = option(
+        "read --data as this benchmark's published file and report its categories "
+        "(see resadapt.benchmarks)",
+        None,
+        choices=BENCHMARK_NAMES,
+    )
+    video_root: str | None = option(
+        "folder of the --benchmark's videos (default: the folder of --data)", None
+    )
     out: str = option("output folder for results.json/.csv, records.jsonl and frontier.png")
     policies: tuple[PolicySpec, ...] = option(
         "comma list of vanilla, uniform, content, random, learned[:PATH] (learned without a "
@@ -205,6 +222,8 @@ class EvalConfig(ModelConfig):
                 raise BudgetError(
                     f"--frames: a count must be in [1, {MAX_SAMPLED_FRAMES}], got {n}"
                 )
+        if self.video_root is not None and self.benchmark is None:
+            raise ResAdaptError(f"--video-root {self.video_root} needs --benchmark")
         if self.limit is not None and self.limit < 1:
             raise BudgetError(f"--limit must be at least 1, got {self.limit}")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -355,6 +374,7 @@ class Evaluator:
                 "question": e.question,
                 "problem_type": e.problem_type,
                 "gold": e.gold(),
+                "category": e.extra.get("category"),
             }
             video = cache[e.video]
             if isinstance(video, str):
@@ -404,15 +424,21 @@ class Summary:
     def __init__(self, config: EvalConfig):
         self.config = config
         self.cells: dict[tuple, Counter] = {}
+        self.breakdowns: dict[tuple, Breakdown] = {}
+        """Per-category totals of each cell when --benchmark is given."""
         for frames in config.frame_counts:
             for spec, budget in config.settings():
                 label = config.frames_label(frames)
                 key = (label, spec.label, budget.retention, budget.max_visual_tokens)
                 self.cells[key] = Counter()
+                if config.benchmark is not None:
+                    self.breakdowns[key] = Breakdown(config.benchmark)
 
     def add(self, record: dict) -> None:
         key = (record["frames"], record["policy"], record["budget"], record["max_visual_tokens"])
         cell = self.cells[key]
+        if key in self.breakdowns:
+            self.breakdowns[key].add(record)
         cell[record["status"]] += 1
         if record["status"] == "ok":
             cell["correct"] += record["correct"]
@@ -445,6 +471,8 @@ class Summary:
                     "mean_latency_s": mean("latency_s"),
                 }
             )
+            if self.breakdowns:
+                rows[-1]["benchmark"] = self.breakdowns[(frames, policy, budget, cap)].columns()
         return rows
 
 
@@ -513,10 +541,11 @@ def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict]
     """results.json, results.csv and frontier.png in ``out``."""
     meta = {"backbone": backbone, "config": config.to_json(), "skipped_rows": dict(skipped)}
     (out / "results.json").write_text(json.dumps(meta | {"rows": rows}, indent=2) + "\n")
+    flat = [{k: v for k, v in r.items() if k != "benchmark"} | r.get("benchmark", {}) for r in rows]
     with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(flat)
     plot_frontier(rows, out / "frontier.png", f"{Path(backbone).name}")
 
 
@@ -540,7 +569,9 @@ def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
 
 def evaluate(config: EvalConfig) -> list[dict]:
     """Run the whole evaluation and write every output; returns the summary rows."""
-    examples, skipped = load_examples(config.data, config.limit)
+    examples, skipped = load_examples(
+        config.data, config.limit, config.benchmark, config.video_root
+    )
     out = Path(config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -584,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
         config = cli.make(EvalConfig, args)
         rows = evaluate(config)
         print(format_table(rows))
+        if config.benchmark is not None:
+            print(f"\n{config.benchmark}: score and reported categories per row")
+            print(format_breakdown(rows))
         print(f"\nwrote results.json, results.csv, records.jsonl and frontier.png to {config.out}")
 
     return cli.run(body)

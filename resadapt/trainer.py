@@ -75,7 +75,7 @@ logger = logging.getLogger(__name__)
 ALLOCATOR_KNOBS = ("hidden_dim", "num_layers", "num_heads", "query_encoder", "dropout")
 """TrainConfig fields that override the allocator's architecture (None: keep the default)."""
 RESUME_NEUTRAL = frozenset(
-    {"steps", "resume", "out_dir", "log_with", "val_data", "val_size", "val_every"}
+    {"steps", "resume", "out_dir", "log_with", "val_data", "val_size", "val_every", "video_root"}
     | {"checkpoint_every", "keep_checkpoints", "decode_cache_mb"}
 )
 """Fields a resumed run may change without leaving the trajectory of the interrupted one."""
@@ -232,9 +232,10 @@ class Trainer:
         )
         acc = self.accelerator
         self.is_main = acc.is_main_process
-        self.examples, self.skipped_rows = load_examples(config.data)
+        source = {"benchmark": config.benchmark, "video_root": config.video_root}
+        self.examples, self.skipped_rows = load_examples(config.data, **source)
         self.val_examples = (
-            load_examples(config.val_data, config.val_size)[0] if config.val_data else []
+            load_examples(config.val_data, config.val_size, **source)[0] if config.val_data else []
         )
         resume = find_resume(config.out_dir, config.resume)
         self.backbone = Backbone.load(
