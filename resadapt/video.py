@@ -455,7 +455,9 @@ class TorchCodecSource:
         self.path = path
         first, rotation = _probe(path, self.name)
         try:
-            self._decoder = TorchCodecDecoder(path, dimension_order="NHWC", seek_mode="exact")
+            self._decoder = TorchCodecDecoder(
+                path, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=0
+            )  # 0: FFmpeg picks the thread count, as decord's num_threads=0 and PyAV's AUTO
             meta = self._decoder.metadata
             total, fps = int(meta.num_frames or 0), float(meta.average_fps or 0.0)
             self._start = float(meta.begin_stream_seconds or 0.0)
