@@ -39,10 +39,12 @@ logger = logging.getLogger(__name__)
 # the sampled indices are decoded (by seeking), each straight into the preallocated (T, H, W, 3)
 # array at the base size; the whole file is never decoded.
 
-BACKEND_ORDER = ("torchcodec", "decord", "pyav")
-"""Backends tried in turn when none is forced, fastest first (``python -m benchmarks.decode``:
-torchcodec, decord and PyAV returned the same frames; see the README's decode table). The next one
-takes over when a backend fails on a file with its own decoder error or times out (logged)."""
+BACKEND_ORDER = ("pyav", "torchcodec", "decord")
+"""Backends tried in turn when none is forced, fastest first as measured by ``python -m
+benchmarks.decode`` (same frames from all three; PyAV fastest and smallest on a 20 s 720p and a
+30 min 1080p clip, then torchcodec, then decord: the README's decode table). The next one takes
+over when a backend fails on a file with its own decoder error or times out (logged). PyAV's
+errors are final (it reads every container exactly; the others use the same FFmpeg)."""
 DECODE_TIMEOUT_S = 120.0
 """Longest one backend may take to open a file and decode its sampled frames before the next one
 takes over (decord can hang without an error). A hung decoder thread is abandoned, not killed."""
@@ -379,33 +381,32 @@ class PyAVSource:
         self._container.close()
 
 
-class DecordSource:
-    """decord backend: batched seeking in groups of DECODE_GROUP frames.
+class _IndexSeekingSource:
+    """A backend that seeks by frame index itself (decord, torchcodec), in groups of DECODE_GROUP.
 
-    decord applies the display matrix itself. PyAV reads the header first (:func:`_probe`), so
-    the limits hold before decord decodes anything and the upright size is known; files outside
-    INDEXED_CONTAINERS go on. Only decord's own errors become :class:`DecoderError`.
+    PyAV reads the header first (:func:`_probe`), so the limits hold before the backend decodes
+    anything and the upright size is known; files outside INDEXED_CONTAINERS go on to the next
+    backend. Both apply the display matrix themselves. Only the backend's own errors (``errors``)
+    become :class:`DecoderError`. Subclasses open the file (:meth:`_open`) and decode one group
+    (:meth:`_group`).
     """
 
-    name = "decord"
+    name = ""
+    errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, path: str):
-        assert decord is not None, "decord is not installed"
         self.path = path
         first, rotation = _probe(path, self.name)
         try:
-            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
-            total = len(self._reader)
-            fps = float(self._reader.get_avg_fps())
-            end = float(self._reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
-        except _DECORD_ERRORS as e:
+            total, fps, end = self._open(path)
+        except self.errors as e:
             raise DecoderError(
                 self.name,
-                f"{path} could not be opened by decord: it may be truncated, corrupt or in a codec "
-                f"decord lacks ({_quote(e)})",
+                f"{path} could not be opened by {self.name}: it may be truncated, corrupt or in a "
+                f"codec {self.name} lacks ({_quote(e)})",
             ) from e
         if total == 0 or not fps > 0:
-            raise DecoderError(self.name, f"{path} has {total} frames at {fps} fps for decord")
+            raise DecoderError(self.name, f"{path} has {total} frames at {fps} fps for {self.name}")
         _check_header(path, first.height, first.width, end)
         self.info = StreamInfo(
             fps=fps,
@@ -415,92 +416,78 @@ class DecordSource:
             size=_turned(first.height, first.width, rotation),
         )
 
-    def read(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
-        indices = np.asarray(indices, np.int64)
-        for start in range(0, len(indices), DECODE_GROUP):
-            group = indices[start : start + DECODE_GROUP].tolist()
-            try:
-                batch = self._reader.get_batch(group).asnumpy()  # (g, H, W, 3) upright
-                times = self._reader.get_frame_timestamp(group)[:, 0]  # (g,) float32 seconds
-            except _DECORD_ERRORS as e:
-                raise DecoderError(
-                    self.name,
-                    f"{self.path} could not be decoded by decord at frames {group}: it may be "
-                    f"truncated or corrupt ({_quote(e)})",
-                ) from e
-            if batch.shape[1:3] != self.info.size:
-                raise DecoderError(
-                    self.name,
-                    f"decord returned {batch.shape[1]}x{batch.shape[2]} frames for {self.path}, "
-                    f"whose upright size is {self.info.size[0]}x{self.info.size[1]}",
-                )
-            yield from zip(batch, times.astype(np.float64).tolist(), strict=True)
+    def _open(self, path: str) -> tuple[int, float, float]:
+        """Open the file; (frames, average fps, seconds from the first frame to the end)."""
+        raise NotImplementedError
 
-    def close(self) -> None:
-        self._reader = None  # decord frees its decoder when the reader is collected
-
-
-class TorchCodecSource:
-    """torchcodec backend: exact seeking from a scan of the packets, the sampled frames in one call.
-
-    torchcodec applies the display matrix itself. PyAV reads the header first (:func:`_probe`), as
-    for decord; only torchcodec's own errors become :class:`DecoderError`. Frames are decoded in
-    groups of DECODE_GROUP, so memory is bounded by the sampled frames.
-    """
-
-    name = "torchcodec"
-
-    def __init__(self, path: str):
-        assert TorchCodecDecoder is not None, "torchcodec is not installed"
-        self.path = path
-        first, rotation = _probe(path, self.name)
-        try:
-            self._decoder = TorchCodecDecoder(
-                path, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=0
-            )  # 0: FFmpeg picks the thread count, as decord's num_threads=0 and PyAV's AUTO
-            meta = self._decoder.metadata
-            total, fps = int(meta.num_frames or 0), float(meta.average_fps or 0.0)
-            self._start = float(meta.begin_stream_seconds or 0.0)
-            end = float(meta.end_stream_seconds or 0.0) - self._start
-        except _TORCHCODEC_ERRORS as e:
-            raise DecoderError(
-                self.name, f"{path} could not be opened by torchcodec ({_quote(e)})"
-            ) from e
-        if total == 0 or not fps > 0:
-            raise DecoderError(self.name, f"{path} has {total} frames at {fps} fps for torchcodec")
-        _check_header(path, first.height, first.width, end)
-        self.info = StreamInfo(
-            fps=fps,
-            total_frames=total,
-            duration_s=end,
-            rotation=rotation,
-            size=_turned(first.height, first.width, rotation),
-        )
+    def _group(self, group: list[int]) -> tuple[np.ndarray, list[float]]:
+        """(g, H, W, 3) upright frames and their seconds from the stream start."""
+        raise NotImplementedError
 
     def read(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
         indices = np.asarray(indices, np.int64)
         for start in range(0, len(indices), DECODE_GROUP):
             group = indices[start : start + DECODE_GROUP].tolist()
             try:
-                batch = self._decoder.get_frames_at(group)
-            except _TORCHCODEC_ERRORS as e:
+                frames, times = self._group(group)
+            except self.errors as e:
                 raise DecoderError(
                     self.name,
-                    f"{self.path} could not be decoded by torchcodec at frames {group}: it may be "
+                    f"{self.path} could not be decoded by {self.name} at frames {group}: it may be "
                     f"truncated or corrupt ({_quote(e)})",
                 ) from e
-            frames = batch.data.numpy()  # (g, H, W, 3) upright
             if frames.shape[1:3] != self.info.size:
                 raise DecoderError(
                     self.name,
-                    f"torchcodec returned {frames.shape[1]}x{frames.shape[2]} frames for "
+                    f"{self.name} returned {frames.shape[1]}x{frames.shape[2]} frames for "
                     f"{self.path}, whose upright size is {self.info.size[0]}x{self.info.size[1]}",
                 )
-            times = (batch.pts_seconds.numpy() - self._start).tolist()  # (g,) seconds
             yield from zip(frames, times, strict=True)
 
     def close(self) -> None:
-        self._decoder = None  # torchcodec frees its decoder when it is collected
+        self._reader = None  # the library frees its decoder when the reader is collected
+
+
+class DecordSource(_IndexSeekingSource):
+    """decord backend: ``get_batch`` per group."""
+
+    name = "decord"
+    errors = _DECORD_ERRORS
+
+    def _open(self, path: str) -> tuple[int, float, float]:
+        assert decord is not None, "decord is not installed"
+        self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
+        total = len(self._reader)
+        fps = float(self._reader.get_avg_fps())
+        end = float(self._reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
+        return total, fps, end
+
+    def _group(self, group: list[int]) -> tuple[np.ndarray, list[float]]:
+        batch = self._reader.get_batch(group).asnumpy()  # (g, H, W, 3) upright
+        times = self._reader.get_frame_timestamp(group)[:, 0]  # (g,) float32 seconds
+        return batch, times.astype(np.float64).tolist()
+
+
+class TorchCodecSource(_IndexSeekingSource):
+    """torchcodec backend: exact seeking from a scan of the packets, ``get_frames_at`` per group."""
+
+    name = "torchcodec"
+    errors = _TORCHCODEC_ERRORS
+
+    def _open(self, path: str) -> tuple[int, float, float]:
+        assert TorchCodecDecoder is not None, "torchcodec is not installed"
+        self._reader = TorchCodecDecoder(
+            path, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=0
+        )  # 0: FFmpeg picks the thread count, as decord's num_threads=0 and PyAV's AUTO
+        meta = self._reader.metadata
+        self._start = float(meta.begin_stream_seconds or 0.0)
+        end = float(meta.end_stream_seconds or 0.0) - self._start
+        return int(meta.num_frames or 0), float(meta.average_fps or 0.0), end
+
+    def _group(self, group: list[int]) -> tuple[np.ndarray, list[float]]:
+        batch = self._reader.get_frames_at(group)
+        frames = batch.data.numpy()  # (g, H, W, 3) upright
+        return frames, (batch.pts_seconds.numpy() - self._start).tolist()
 
 
 VIDEO_BACKENDS: dict[str, Callable[[str], VideoSource]] = (

@@ -1,4 +1,4 @@
-"""The decoder registry's order, timeout and fallbacks: torchcodec first, a hanging backend bounded.
+"""The decoder registry's order, timeout and fallbacks: the measured order, a hung backend bounded.
 
 Real H.264 files from tests.media; a test backend registered for one test sleeps in its decode
 until the test ends, so the timeout, not the backend, returns control.
@@ -29,6 +29,12 @@ def clip(tmp_path_factory):
 
 
 @pytest.fixture
+def torchcodec_first(monkeypatch):
+    """torchcodec → decord → PyAV: the fallbacks out of torchcodec (PyAV is first by default)."""
+    monkeypatch.setattr(video_module, "BACKEND_ORDER", ("torchcodec", "decord", "pyav"))
+
+
+@pytest.fixture
 def sleepy(monkeypatch):
     """Register ``sleepy``: opens like PyAV, then hangs in read() until the test is over."""
     release = threading.Event()
@@ -45,14 +51,15 @@ def sleepy(monkeypatch):
     release.set()
 
 
-def test_torchcodec_is_registered_and_first(clip, caplog):
-    assert "torchcodec" in video_module.VIDEO_BACKENDS
-    assert video_module.BACKEND_ORDER[0] == "torchcodec"
+def test_the_measured_order_and_torchcodec_registered(clip, caplog):
+    assert video_module.BACKEND_ORDER == ("pyav", "torchcodec", "decord")
+    assert set(video_module.BACKEND_ORDER) <= set(video_module.VIDEO_BACKENDS)
     with caplog.at_level(logging.INFO, logger="resadapt.video"):
         video = load_video(clip, geometry=GEOMETRY, num_frames=6)
-    assert video.backend == "torchcodec"
-    assert [frame_index(f) for f in video.frames] == video.indices.tolist()
-    np.testing.assert_allclose(video.timestamps, video.indices / 10.0, atol=1e-6)
+    assert video.backend == "pyav" and not caplog.records[:-1]  # one line: who served
+    forced = load_video(clip, geometry=GEOMETRY, num_frames=6, backend="torchcodec")
+    assert [frame_index(f) for f in forced.frames] == forced.indices.tolist()
+    np.testing.assert_allclose(forced.timestamps, forced.indices / 10.0, atol=1e-6)
 
 
 def test_a_hanging_backend_gives_way_to_the_next_within_the_timeout(
@@ -74,7 +81,7 @@ def test_a_forced_hanging_backend_is_one_video_error(clip, sleepy):
         load_video(clip, geometry=GEOMETRY, num_frames=4, backend="sleepy", timeout_s=TIMEOUT_S)
 
 
-def test_torchcodec_errors_fall_back_to_decord(clip, monkeypatch, caplog):
+def test_torchcodec_errors_fall_back_to_decord(clip, monkeypatch, caplog, torchcodec_first):
     def fail(self, indices):
         raise RuntimeError("boom from torchcodec")
 
@@ -86,7 +93,7 @@ def test_torchcodec_errors_fall_back_to_decord(clip, monkeypatch, caplog):
     assert "boom from torchcodec" in warning and "trying decord" in warning
 
 
-def test_torchcodec_fallback_is_narrow(clip, monkeypatch):
+def test_torchcodec_fallback_is_narrow(clip, monkeypatch, torchcodec_first):
     def bug(self, indices):
         raise KeyError("a bug, not a decoder error")
 
@@ -95,7 +102,7 @@ def test_torchcodec_fallback_is_narrow(clip, monkeypatch):
         load_video(clip, geometry=GEOMETRY, num_frames=4)
 
 
-def test_mpegts_skips_torchcodec_and_decord(tmp_path, caplog):
+def test_mpegts_skips_torchcodec_and_decord(tmp_path, caplog, torchcodec_first):
     path = write_video(tmp_path / "clip.ts", num_frames=20)
     with caplog.at_level(logging.INFO, logger="resadapt.video"):
         video = load_video(path, geometry=GEOMETRY, num_frames=6)

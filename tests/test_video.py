@@ -40,7 +40,7 @@ BACKENDS = ["torchcodec", "decord", "pyav"]
 
 @pytest.fixture
 def decord_first(monkeypatch):
-    """The decord → PyAV fallback on its own (torchcodec, first by default, left out)."""
+    """The decord → PyAV fallback on its own (PyAV is first by default; torchcodec left out)."""
     monkeypatch.setattr(video_module, "BACKEND_ORDER", ("decord", "pyav"))
 
 
@@ -232,7 +232,7 @@ def test_short_video_pads_with_its_last_frame(tmp_path):
     assert len(video.frames) % GEOMETRY.frames_per_chunk == 0
 
 
-def test_mpegts_with_b_frames_is_served_exactly_by_pyav(tmp_path, caplog):
+def test_mpegts_with_b_frames_is_served_exactly_by_pyav(tmp_path, caplog, decord_first):
     path = write_video(tmp_path / "clip.ts", num_frames=30)
     with caplog.at_level(logging.INFO, logger="resadapt.video"):
         video = load_video(path, geometry=GEOMETRY, num_frames=6)
