@@ -34,14 +34,14 @@ MAX_GALLERY_FRAMES = 64
 """Most frames the gallery shows (evenly spaced when more were sampled)."""
 CANVAS_GREY = 24
 """Grey level of the base-size canvas a downscaled frame is centred on in the gallery."""
-POLICY_CHOICES = ("learned", "content", "uniform", "vanilla")
+POLICY_CHOICES = ("learned", "attention", "content", "uniform", "vanilla")
 """Policies the app offers, in the order shown."""
 DEFAULT_RETENTION = 0.15
 """Retention the app starts with: the share of the full-resolution visual tokens the bundled
 allocator was trained for."""
 COMPARE_COLUMNS = (
-    "policy", "answer", "visual tokens", "vanilla tokens", "retention", "allocator s",
-    "backbone s", "total s",
+    "policy", "answer", "visual tokens", "probe tokens", "vanilla tokens", "retention",
+    "allocator s", "backbone s", "total s",
 )  # fmt: skip
 """Columns of :func:`compare_table`."""
 
@@ -104,6 +104,7 @@ def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
         "learned": "learned (allocator)"
         if pipeline.learned is not None
         else "learned — unavailable: no allocator checkpoint",
+        "attention": "attention (training-free, query-aware probe)",
         "content": "content (training-free)",
         "uniform": "uniform (one scale)",
         "vanilla": "vanilla (full resolution)",
@@ -112,7 +113,7 @@ def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
 
 
 def compare_policies(pipeline: Pipeline) -> tuple[str, ...]:
-    """learned (or content while no allocator exists), uniform and vanilla."""
+    """learned (or attention while no allocator is loaded), uniform and vanilla."""
     return (pipeline.default_policy, "uniform", "vanilla")
 
 
@@ -137,6 +138,8 @@ def status_markdown(pipeline: Pipeline) -> str:
         )
     if pipeline.learned is not None:
         lines.append(f"**Allocator:** `{pipeline.learned.path}` (policy *learned*).")
+        if pipeline.learned.warning:
+            lines[-1] += f" ⚠️ {pipeline.learned.warning}."
         if is_bundled(pipeline.learned.path):
             lines[-1] += (
                 " It learned where to look from the tiny backbone's attention, and that backbone's"
@@ -145,8 +148,10 @@ def status_markdown(pipeline: Pipeline) -> str:
             )
     else:
         lines.append(
-            "**Allocator:** none — the *learned* policy is unavailable (set `RESADAPT_ALLOCATOR`"
-            " or `--allocator`); the default policy is *content*."
+            "**Allocator:** none trained against this backbone — the *learned* policy is"
+            " unavailable (set `RESADAPT_ALLOCATOR` or `--allocator`); the default policy is"
+            " *attention*: a cheap low-resolution pass of the backbone itself, whose attention from"
+            " the question to each chunk sets the scales (its tokens are reported)."
         )
     return "  \n".join(lines)
 
@@ -334,6 +339,14 @@ def summary_markdown(result: dict, done: bool = False) -> str:
         f"**{result['retention']:.1%}**, {full - spent} saved. Policy *{result['policy']}*, "
         f"{t} frames in {k} chunks.",
     ]
+    probe = result["probe_visual_tokens"]
+    if probe:
+        lines[0] += (
+            f" Its probe pass read {probe} more visual tokens (with them, "
+            f"{(spent + probe) / full:.1%} of full resolution)."
+        )
+    if result["allocator_warning"]:
+        lines[0] += f" ⚠️ {result['allocator_warning']}."
     timings = result["timings"]
     if done:
         lines += [
@@ -361,6 +374,7 @@ def compare_table(comparison: dict) -> pd.DataFrame:
             r["policy"],
             r["answer"] or "(empty)",
             r["visual_tokens"],
+            r["probe_visual_tokens"],
             r["vanilla_visual_tokens"],
             f"{r['retention']:.1%}",
             round(t["allocate_s"], 3),
