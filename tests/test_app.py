@@ -76,13 +76,13 @@ def test_endpoints_take_video_and_question_then_defaults(client):
         assert [p["parameter_name"] for p in params[:2]] == ["video", "question"]
         assert all(p["parameter_has_default"] for p in params[2:]), name
         defaults = {p["parameter_name"]: p["parameter_default"] for p in params[2:]}
-        assert defaults["policy"] == "content" and defaults["budget"] == ui.DEFAULT_RETENTION
+        assert defaults["policy"] == "attention" and defaults["budget"] == ui.DEFAULT_RETENTION
 
 
 def test_answer_returns_the_ask_json_object(client, example, capsys):
     got = client.predict(handle_file(example["video"]), example["question"], api_name="/answer")
     argv = [example["video"], example["question"], "--json", "--backbone", BACKBONE]
-    assert ask.main([*argv, "--policy", "content", "--budget", str(ui.DEFAULT_RETENTION)]) == 0
+    assert ask.main([*argv, "--policy", "attention", "--budget", str(ui.DEFAULT_RETENTION)]) == 0
     want = json.loads(capsys.readouterr().out)
     assert got.keys() == want.keys()
     assert got["timings"].keys() == want["timings"].keys()
@@ -95,10 +95,11 @@ def test_compare_runs_each_policy_at_one_budget(client, example):
         handle_file(example["video"]), example["question"], budget=0.4, api_name="/compare"
     )
     results = {r["policy"]: r for r in out["results"]}
-    assert list(results) == ["content", "uniform", "vanilla"]
+    assert list(results) == ["attention", "uniform", "vanilla"]
     vanilla = results["vanilla"]["vanilla_visual_tokens"]
     assert out["visual_token_cap"] == int(0.4 * vanilla)
-    for name in ("content", "uniform"):
+    assert results["attention"]["probe_visual_tokens"] > 0
+    for name in ("attention", "uniform"):
         assert results[name]["visual_tokens"] <= out["visual_token_cap"]
     assert results["vanilla"]["visual_tokens"] == vanilla
     assert len({r["timings"]["decode_s"] for r in out["results"]}) == 1  # decoded once
