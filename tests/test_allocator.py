@@ -21,14 +21,8 @@ from allocator import (
 
 B, K, L = 2, 5, 7  # videos, chunks, query tokens
 
-SMALL = dict(
-    hidden_dim=64,
-    num_layers=1,
-    num_heads=2,
-    vocab_size=500,
-    query_embed_dim=16,
-    query_id_folding=True,
-)
+SMALL = dict(hidden_dim=64, num_layers=1, num_heads=2, vocab_size=500, query_embed_dim=16)
+SMALL["query_id_folding"] = True  # make_inputs draws Qwen-sized ids: fold them, explicitly
 
 
 def make_inputs(config: AllocatorConfig, seed: int = 0) -> dict[str, torch.Tensor]:

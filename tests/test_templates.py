@@ -11,7 +11,11 @@ from resadapt.relevance import chunk_attention, query_rows
 from resadapt.tiny import TINY_BACKBONES
 from tests.media import write_video
 from tests.templates import with_real_template
-from tests.test_backbone import QUESTION, chunked, clip, native_inputs
+from tests.test_backbone import QUESTION, chunked, clip
+from tests.test_backbone import test_chunked_equals_native_at_uniform_scale as chunked_equals_native
+from tests.test_backbone import (
+    test_predicted_tokens_equal_processor_tokens as chunk_tokens_equal_geometry,
+)
 
 
 @pytest.fixture(scope="module", params=TINY_BACKBONES)
@@ -28,24 +32,11 @@ def test_the_video_comes_before_the_question(backbone):
 
 
 def test_chunked_equals_native_at_uniform_scale(backbone):
-    frames, timestamps, metadata = clip(backbone, seed=3)
-    native = native_inputs(backbone, frames, metadata)
-    ours = backbone.prepare([chunked(frames, timestamps)], [QUESTION])
-    assert torch.equal(native["input_ids"], ours["input_ids"])
-    with torch.no_grad():
-        ref = backbone.model(**native).logits
-        got = backbone.model(**ours).logits
-    assert (ref - got).abs().max().item() <= 1e-4
+    chunked_equals_native(backbone)
 
 
 def test_chunk_tokens_equal_the_geometry(backbone):
-    g = backbone.geometry
-    frames, timestamps, _ = clip(backbone, size=(360, 640))
-    sizes = [g.scaled_size(*frames.shape[1:3], s) for s in (1.0, 0.3, 0.55, 0.8)]
-    inputs = backbone.prepare([chunked(frames, timestamps, sizes)], [QUESTION])
-    assert backbone.chunk_tokens(inputs) == [g.tokens(*hw) for hw in sizes]
-    video_id = backbone.model.config.video_token_id
-    assert int((inputs["input_ids"] == video_id).sum()) == sum(g.tokens(*hw) for hw in sizes)
+    chunk_tokens_equal_geometry(backbone)
 
 
 def test_after_video_queries_are_the_question_and_the_cue(backbone):
