@@ -11,19 +11,21 @@ Prints parameter counts, median seconds and the ratio allocator / prefill.
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from allocator import Allocator, AllocatorConfig
+from resadapt import cli
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.policies import AllocationContext, allocator_inputs
-from resadapt.tiny import build_tiny_qwen2_5_vl
 from resadapt.video import thumbnails
+from resadapt.world.tiny import build_tiny_qwen2_5_vl
 
 QUESTION = "Which way do the stripes on the green card run?"
 
@@ -67,13 +69,35 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--chunks", type=int, default=32, help="temporal chunks (2 frames each)")
-    p.add_argument("--backbone", choices=("tiny", "qwen2.5-vl-3b"), default="tiny")
-    p.add_argument("--side", type=int, default=168, help="frame side at full size, pixels")
-    p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args(argv)
+@dataclass
+class CostConfig:
+    """What the benchmark measures."""
+
+    chunks: int = cli.option("temporal chunks (2 frames each)", 32)
+    backbone: str = cli.option(
+        "backbone: the tiny random one, or the Qwen2.5-VL-3B architecture with random weights",
+        "tiny",
+        choices=("tiny", "qwen2.5-vl-3b"),
+    )
+    side: int = cli.option("frame side at full size, pixels", 168)
+    repeats: int = cli.option("timed runs per measurement (the median is printed)", 3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> None:
+        args = cli.parse(
+            argv,
+            CostConfig,
+            prog="python -m benchmarks.allocator_cost",
+            description=__doc__.splitlines()[0],
+        )
+        measure(cli.make(CostConfig, args))
+
+    return cli.run(body)
+
+
+def measure(args: CostConfig) -> None:
+    """Build the models, time both forwards and print the table."""
     torch.manual_seed(0)
 
     model, processor = build_tiny_qwen2_5_vl(max_pixels=args.side * args.side)
@@ -118,4 +142,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

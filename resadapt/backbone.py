@@ -35,7 +35,7 @@ from transformers.video_utils import VideoMetadata
 
 from resadapt.errors import BackboneError
 from resadapt.geometry import Geometry
-from resadapt.tiny import TINY_BACKBONES, build_tiny
+from resadapt.registry import backbone_builder
 from resadapt.video import resize_frames
 
 logger = logging.getLogger(__name__)
@@ -194,13 +194,15 @@ class Backbone:
         max_pixels: int | None = None,
         min_tokens: int = DEFAULT_MIN_TOKENS,
     ) -> Backbone:
-        """Load a tiny random backbone by name, or a checkpoint from a local folder or hub id.
+        """Load a backbone registered by name (:mod:`resadapt.registry`), else a checkpoint from
+        a local folder or hub id.
 
         ``max_pixels`` sets the per-frame pixel cap (the base, full-resolution size); by default it
         is the processor's, at most ``MAX_FRAME_TOKENS`` tokens' worth.
         """
-        if name_or_path in TINY_BACKBONES:
-            model, processor = build_tiny(name_or_path)
+        build = backbone_builder(name_or_path)
+        if build is not None:
+            model, processor = build()
         else:
             local = os.path.isdir(name_or_path)
             try:
@@ -303,10 +305,6 @@ class Backbone:
 
     # ------------------------------------------------------------------ running
     @torch.no_grad()
-    def logits(self, inputs: BatchFeature) -> torch.Tensor:
-        """Next-token logits for every position: (B, L, V)."""
-        return self.model(**inputs).logits
-
     def _generate_kwargs(
         self, inputs: BatchFeature, max_new_tokens: int, temperature: float | None = None
     ) -> dict:

@@ -1,9 +1,11 @@
 """CAPO, the allocator's training objective: cost-aware advantages, clipped loss, regularisers.
 
-Owns the arithmetic of CAPO.md as small pure tensor functions with named steps. Knows nothing about
-models, videos, backbones or graders: it sees accuracies, costs, log-densities and features.
+Owns the arithmetic of CAPO.md as small pure tensor functions with named steps, and the weighted
+sum that is the trainer's loss. Knows nothing about models, videos, backbones, graders or
+processes: it sees accuracies, costs, log-densities, scales and features.
 
-Shape legend: M allocations in one prompt group, N allocations in a batch, K chunks, D features.
+Shape legend: B prompts, M allocations in one prompt group, N allocations in a batch, K chunks,
+D features.
 
 Decisions CAPO.md leaves open:
   * ``group_zscore`` uses the population std (``unbiased=False``). trl and verl use torch's default
@@ -24,6 +26,10 @@ ZSCORE_MIN_STD = 1e-4
 """Below this group std the accuracy term is 0: no accuracy signal in the group."""
 MAX_LOG_RATIO = 20.0
 """|log π_new − log π_old| is clamped to this before exponentiating."""
+CLIP_LOW, CLIP_HIGH = 0.2, 0.28
+"""PPO clip range of the ratio: [1 − CLIP_LOW, 1 + CLIP_HIGH] (CAPO.md)."""
+DUAL_CLIP = 10.0
+"""For negative advantages the per-chunk loss is capped at −A · DUAL_CLIP (CAPO.md)."""
 SIMILARITY_WEIGHT = 1e-3
 """Weight of ``similarity_loss`` in the total loss (CAPO.md)."""
 CONCENTRATION_WEIGHT = 5e-4
@@ -177,9 +183,9 @@ def ppo_clip_loss(
     log_prob_old: torch.Tensor,
     advantages: torch.Tensor,
     chunk_mask: torch.Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    dual_clip: float = 10.0,
+    eps_low: float = CLIP_LOW,
+    eps_high: float = CLIP_HIGH,
+    dual_clip: float = DUAL_CLIP,
 ) -> torch.Tensor:
     """Clipped policy-gradient loss on the Beta log-densities of stored actions → scalar.
 
@@ -196,6 +202,27 @@ def ppo_clip_loss(
     loss = torch.maximum(unclipped, clipped)  # (N, K)
     loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)  # (N, K)
     return _masked_mean(loss, chunk_mask)
+
+
+def group_ppo_clip_loss(
+    log_prob_new: torch.Tensor,
+    log_prob_old: torch.Tensor,
+    advantages: torch.Tensor,
+    chunk_mask: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`ppo_clip_loss` over B prompt groups of M allocations each → scalar.
+
+    log_prob_new, log_prob_old (B, M, K); advantages (B, M); chunk_mask (B, K), shared by the M
+    allocations of a prompt. Mean over all valid chunks of all B · M allocations.
+    """
+    b, m, k = log_prob_new.shape
+    mask = chunk_mask[:, None].expand(b, m, k).reshape(b * m, k)  # (B·M, K)
+    return ppo_clip_loss(
+        log_prob_new.reshape(b * m, k),
+        log_prob_old.reshape(b * m, k),
+        advantages.reshape(b * m),
+        mask,
+    )
 
 
 def similarity_loss(
@@ -229,3 +256,21 @@ def concentration_loss(
     alpha, beta, chunk_mask (N, K).
     """
     return _masked_mean(alpha + beta, chunk_mask)
+
+
+def total_loss(
+    pg: torch.Tensor,
+    sim: torch.Tensor,
+    con: torch.Tensor,
+    attention: torch.Tensor,
+    *,
+    sim_weight: float,
+    con_weight: float,
+    attention_weight: float,
+) -> torch.Tensor:
+    """L = L_pg + sim_weight · L_sim + con_weight · L_con + attention_weight · L_attention → scalar.
+
+    No KL to a reference policy and no entropy bonus (CAPO.md). The attention term is ours (the
+    distillation of :mod:`resadapt.relevance`); its weight 0 gives CAPO's loss.
+    """
+    return pg + sim_weight * sim + con_weight * con + attention_weight * attention

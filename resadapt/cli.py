@@ -196,7 +196,7 @@ def build_parser(
             default = f.default
         required = default is MISSING
         text = f.metadata["help"]
-        if not required and "default:" not in text:
+        if not required and default != "" and "default:" not in text:  # "": no value
             text += f" (default: {_show(default)})"
         if f.metadata["positional"]:
             parser.add_argument(f.name, type=_Converter(f, kind), help=text)
@@ -267,7 +267,7 @@ def parse(
     ``extra`` adds arguments that belong to the entry point, not to a config (e.g. ``--json``).
     Raises :class:`UsageError` / :class:`ResAdaptError`; :func:`run` turns them into exit code 2.
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = Parser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     defaults = read_config_file(known.config, *classes, exclude=exclude) if known.config else {}

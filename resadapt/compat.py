@@ -18,6 +18,7 @@ from allocator import AllocatorConfig
 from allocator.config import SIGNATURE_FIELDS
 from resadapt.backbone import Backbone
 from resadapt.errors import PolicyError
+from resadapt.policies import check_fit
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,8 @@ def stamp(config: AllocatorConfig, backbone: Backbone) -> AllocatorConfig:
     Raises PolicyError when the allocator's chunks hold another number of frames than the
     backbone's (that is architecture, not metadata).
     """
-    signature = backbone_signature(backbone)
-    if config.frames_per_chunk != signature["frames_per_chunk"]:
-        raise PolicyError(
-            f"the allocator reads chunks of {config.frames_per_chunk} frames but backbone "
-            f"{backbone.name} makes chunks of {signature['frames_per_chunk']}"
-        )
-    return dataclasses.replace(config, **signature)
+    check_fit(config, backbone.geometry.frames_per_chunk, "the allocator")
+    return dataclasses.replace(config, **backbone_signature(backbone))
 
 
 def mismatches(config: AllocatorConfig, backbone: Backbone) -> list[str] | None:

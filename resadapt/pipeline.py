@@ -18,7 +18,6 @@ import numpy as np
 
 from allocator import AllocatorConfig
 from resadapt import compat
-from resadapt.assets import ALLOCATOR_ENV, BACKBONE_ENV
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.cli import option
 from resadapt.errors import BudgetError, PolicyError, validate_question
@@ -122,11 +121,11 @@ class ModelConfig:
 
     backbone: str | None = option(
         "tiny-random-qwen2.5-vl, tiny-random-qwen3-vl, a local checkpoint folder or a hub id "
-        f"(default: ${BACKBONE_ENV}, else the bundled backbone)",
+        "(default: $RESADAPT_BACKBONE, else the bundled backbone)",
         None,
     )
     allocator: str | None = option(
-        f"allocator folder or hub id of --policy learned (default: ${ALLOCATOR_ENV}, else the "
+        "allocator folder or hub id of --policy learned (default: $RESADAPT_ALLOCATOR, else the "
         "bundled allocator when the backbone is the one it was trained against, else none)",
         None,
     )
@@ -216,7 +215,7 @@ def load_allocator(path: str, backbone: Backbone, *, allow_mismatched: bool = Fa
 def default_allocator_for(config: ModelConfig, backbone: Backbone) -> str | None:
     """The allocator a pipeline loads: ``--allocator``, else $RESADAPT_ALLOCATOR (both explicit:
     a mismatch is refused), else the bundled allocator only when it records this backbone."""
-    from resadapt.assets import BUNDLED_ALLOCATOR
+    from resadapt.assets import ALLOCATOR_ENV, BUNDLED_ALLOCATOR
 
     explicit = config.allocator or os.environ.get(ALLOCATOR_ENV)
     if explicit:

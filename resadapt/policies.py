@@ -318,12 +318,7 @@ class Learned:
 
     def check_fit(self, frames_per_chunk: int) -> None:
         """Refuse a backbone whose chunks hold another number of frames than the allocator's."""
-        mine = self.allocator.config.frames_per_chunk
-        if mine != frames_per_chunk:
-            raise PolicyError(
-                f"allocator {self.path or '(in memory)'} reads chunks of {mine} frames but the "
-                f"backbone makes chunks of {frames_per_chunk}"
-            )
+        check_fit(self.allocator.config, frames_per_chunk, f"allocator {self.path or '(unsaved)'}")
 
     @torch.no_grad()
     def scales(self, ctx: AllocationContext) -> np.ndarray:
@@ -342,6 +337,16 @@ def check_allocator_path(path: str) -> None:
             raise PolicyError(f"no allocator checkpoint at {path} (config.json is missing)")
     elif not HUB_ID.match(path):
         raise PolicyError(f"no allocator checkpoint at {path} (no such folder, and not a hub id)")
+
+
+def check_fit(config: AllocatorConfig, frames_per_chunk: int, what: str) -> None:
+    """Raise PolicyError when an allocator (``what``) reads chunks of another size than the
+    backbone makes."""
+    if config.frames_per_chunk != frames_per_chunk:
+        raise PolicyError(
+            f"{what} reads chunks of {config.frames_per_chunk} frames but the backbone makes "
+            f"chunks of {frames_per_chunk}"
+        )
 
 
 def make_policy(

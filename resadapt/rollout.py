@@ -175,7 +175,8 @@ def score_allocations(
 
 
 def _contexts(pipeline: Pipeline, prompts: list[Prompt], allocator) -> dict[str, torch.Tensor]:
-    ctxs = [pipeline.context(p.video, p.request.question) for p in prompts]
+    side = allocator.config.thumb_side
+    ctxs = [pipeline.context(p.video, p.request.question, side) for p in prompts]
     device = next(allocator.parameters()).device
     return allocator_inputs(
         ctxs, pipeline.backbone.tokenizer, allocator.config.max_query_tokens, device

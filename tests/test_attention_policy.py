@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from resadapt import ask, compat, synth, ui
+from resadapt import ask, compat, ui
 from resadapt import eval as evaluator
 from resadapt.backbone import Backbone
 from resadapt.errors import BudgetError, PolicyError
@@ -21,7 +21,7 @@ from resadapt.policies import (
     make_policy,
 )
 from resadapt.relevance import query_rows, recording, stop_after, text_layers
-from resadapt.tiny import TINY_BACKBONES
+from resadapt.world import TINY_BACKBONES, synth
 from tests.media import write_video
 from tests.test_backbone import QUESTION, chunked, clip
 from tests.test_relevance import two_videos

@@ -1,5 +1,8 @@
 """The chunked backbone path on tiny random Qwen2.5-VL and Qwen3-VL (real transformers classes)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from transformers.video_utils import VideoMetadata
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.errors import BackboneError
 from resadapt.geometry import Geometry
-from resadapt.tiny import TINY_BACKBONES
+from resadapt.world import TINY_BACKBONES
 
 QUESTION = "What is the stripe direction on the green card?"
 
@@ -201,3 +204,26 @@ def test_max_pixels_caps_the_base_size():
     assert bb.geometry.max_pixels == 84 * 84 and bb.geometry.base_size(720, 720) == (84, 84)
     wide = Backbone.load("tiny-random-qwen3-vl")
     assert wide.geometry.max_pixels <= 768 * 32 * 32
+
+
+CORE = "geometry video backbone policies pipeline relevance capo data grading errors cli registry"
+
+
+def test_core_imports_nothing_from_the_world():
+    modules = ", ".join(f"resadapt.{m}" for m in CORE.split())
+    code = (
+        f"import sys, {modules}; "
+        "bad = sorted(m for m in sys.modules if m.startswith('resadapt.world')); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_assets_registers_the_tiny_backbones_without_loading_transformers():
+    code = (
+        "import sys, resadapt.assets; from resadapt.registry import registered_backbones; "
+        "from resadapt.world import TINY_BACKBONES; "
+        "assert set(TINY_BACKBONES) <= set(registered_backbones()), registered_backbones(); "
+        "assert 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -18,11 +18,13 @@ from resadapt.capo import (
     concentration_loss,
     cost_pivot,
     efficiency_signal,
+    group_ppo_clip_loss,
     group_zscore,
     ppo_clip_loss,
     scale_cost,
     similarity_loss,
     token_cost,
+    total_loss,
 )
 
 
@@ -199,6 +201,29 @@ def test_clipped_chunks_get_no_gradient_and_huge_log_ratios_stay_finite():
         torch.ones(1, 2, dtype=torch.bool),
     )
     close(loss, 0.0)
+
+
+def test_group_loss_shares_each_prompts_chunk_mask_among_its_allocations():
+    # B = 2 prompts, M = 2 allocations, K = 2 chunks; prompt 1's second chunk is padding.
+    old = torch.zeros(2, 2, 2)
+    new = torch.full((2, 2, 2), 50.0)  # log-ratio clamped to 20: only the advantage sign matters
+    new[0] = 0.0  # prompt 0 at ratio 1: loss −A per chunk
+    adv = torch.tensor([[1.0, -1.0], [-2.0, 3.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    # prompt 0: −1, −1, +1, +1; prompt 1 (ρ = e^20): A = −2 → dual clip 20; A = 3 → clip −3·1.28
+    # valid chunks 4 + 2 → (0 + 20 − 3.84) / 6 = 2.6933333
+    close(group_ppo_clip_loss(new, old, adv, mask), 2.6933333, atol=1e-5)
+    flat = ppo_clip_loss(
+        new.reshape(4, 2), old.reshape(4, 2), adv.reshape(4), mask.repeat_interleave(2, 0)
+    )
+    close(group_ppo_clip_loss(new, old, adv, mask), float(flat))
+
+
+def test_total_loss_weights_each_term():
+    # 1 + 0.5 · 2 + 0.25 · 4 + 2 · 0.5 = 4
+    terms = [torch.tensor(v) for v in (1.0, 2.0, 4.0, 0.5)]
+    close(total_loss(*terms, sim_weight=0.5, con_weight=0.25, attention_weight=2.0), 4.0)
+    close(total_loss(*terms, sim_weight=0.0, con_weight=0.0, attention_weight=0.0), 1.0)
 
 
 # --- regularisers -------------------------------------------------------------------------------

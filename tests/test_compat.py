@@ -15,7 +15,7 @@ from resadapt.assets import BUNDLED_ALLOCATOR, BUNDLED_BACKBONE
 from resadapt.backbone import Backbone
 from resadapt.errors import PolicyError
 from resadapt.pipeline import ModelConfig, Pipeline, Request, load_allocator, load_pipeline
-from resadapt.tiny import TINY_BACKBONES
+from resadapt.world import TINY_BACKBONES
 from tests.media import write_video
 from tests.templates import with_real_template
 

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 from allocator import Allocator, AllocatorConfig
-from resadapt import compat, synth
+from resadapt import compat
 from resadapt import eval as evaluator
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline
-from resadapt.tiny import build_tokenizer
+from resadapt.world import synth
+from resadapt.world.tiny import build_tokenizer
 from tests.media import write_text_as_video
 
 BACKBONE = "tiny-random-qwen2.5-vl"

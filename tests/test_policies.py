@@ -7,7 +7,7 @@ import torch
 from allocator import Allocator, AllocatorConfig
 from resadapt.errors import BudgetError, PolicyError
 from resadapt.policies import AllocationContext, Content, Learned, make_policy
-from resadapt.tiny import build_tokenizer
+from resadapt.world.tiny import build_tokenizer
 
 
 def context(thumbs, question="What is on the green card?"):

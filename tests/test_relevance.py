@@ -9,7 +9,7 @@ import torch
 
 from resadapt.backbone import Backbone
 from resadapt.relevance import chunk_attention, distillation_loss, pad_targets, recording
-from resadapt.tiny import TINY_BACKBONES
+from resadapt.world import TINY_BACKBONES
 from tests.test_backbone import QUESTION, chunked, clip
 
 

@@ -8,7 +8,7 @@ import torch
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline, Request
 from resadapt.relevance import chunk_attention, query_rows
-from resadapt.tiny import TINY_BACKBONES
+from resadapt.world import TINY_BACKBONES
 from tests.media import write_video
 from tests.templates import with_real_template
 from tests.test_backbone import QUESTION, chunked, clip

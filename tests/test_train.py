@@ -20,25 +20,14 @@ import safetensors.torch
 import torch
 
 from allocator import Allocator, AllocatorConfig, mean_scale
-from resadapt import synth
 from resadapt.backbone import Backbone
+from resadapt.checkpoint import CONFIG_FILE, FINAL, METRICS_FILE, TRAINING_STATE, find_resume
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import Pipeline, Request
 from resadapt.policies import Learned, allocator_inputs
-from resadapt.train import (
-    CONFIG_FILE,
-    FINAL,
-    METRICS_FILE,
-    TRAINING_STATE,
-    TrainConfig,
-    epoch_order,
-    find_resume,
-    main,
-    parse_config,
-    resolve_allocator_config,
-    step_positions,
-    train,
-)
+from resadapt.train import TrainConfig, main, parse_config, train
+from resadapt.trainer import epoch_order, resolve_allocator_config, step_positions
+from resadapt.world import synth
 from tests.media import write_text_as_video
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,8 +198,12 @@ def test_two_process_ddp_run_matches_one_process(data, smoke, tmp_path):
     assert [r["world_size"] for r in lines] == [2, 2]
     for a, b in zip(single, lines, strict=True):
         assert b["prompts"] == a["prompts"]  # both processes' prompts reached the all-reduce
-        for key in ("reward", "retention", "visual_tokens", "scale_spread", "skipped_videos"):
+        for key in ("reward", "retention", "visual_tokens", "skipped_videos"):
             assert a[key] == b[key], key
+        # After the first update the weights differ in the last bits (DDP averages the gradient
+        # of two processes, one process sums it in one backward), so the sampled scales' spread
+        # agrees to float32 precision rather than bit for bit.
+        assert b["scale_spread"] == pytest.approx(a["scale_spread"], rel=1e-6)
         for key in ("loss", "grad_norm", "advantage_std"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
 
@@ -247,7 +240,7 @@ def test_attention_distillation_needs_the_query_detector(data, tmp_path, capsys)
     config.write_text(json.dumps({**SMALL_ALLOCATOR, "query_match": False}))
     argv = ["--data", str(data["train"]), "--backbone", BACKBONE, "--out-dir", str(tmp_path)]
     argv += ["--allocator-config", str(config), "--attention-weight", "1"]
-    assert exit_code(argv) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error: --attention-weight needs the allocator's query detector" in err
 
@@ -263,13 +256,6 @@ def test_budget_fits_every_sampled_allocation(data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ boundaries
-def exit_code(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:  # argparse's own errors
-        return e.code
-
-
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -284,19 +270,19 @@ def exit_code(argv: list[str]) -> int:
     ],
 )
 def test_bad_command_lines_exit_2_with_one_error_line(data, extra, message, capsys):
-    assert exit_code(["--data", str(data["train"]), *extra]) == 2
+    assert main(["--data", str(data["train"]), *extra]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and message in err and "Traceback" not in err
 
 
 def test_missing_inputs_exit_2(data, tmp_path, capsys):
-    assert exit_code(["--steps", "1"]) == 2
+    assert main(["--steps", "1"]) == 2
     assert "--data is required" in capsys.readouterr().err
-    assert exit_code(["--data", str(tmp_path / "none.jsonl"), "--out-dir", str(tmp_path)]) == 2
+    assert main(["--data", str(tmp_path / "none.jsonl"), "--out-dir", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
     bad = tmp_path / "c.yaml"
     bad.write_text("steps: 3\nnum_rolouts: 4\n")
-    assert exit_code(["--config", str(bad), "--data", str(data["train"])]) == 2
+    assert main(["--config", str(bad), "--data", str(data["train"])]) == 2
     assert "unknown fields: num_rolouts" in capsys.readouterr().err
 
 
@@ -313,12 +299,12 @@ def test_resume_rules(data, smoke, tmp_path):
     out, _, _ = smoke
     config = parse_config(run_args(data, out, steps=4))
     with pytest.raises(ResAdaptError, match="--resume auto"):
-        find_resume(config)  # an existing run is never overwritten unasked
+        find_resume(config.out_dir, config.resume)  # an existing run is never overwritten unasked
     config.resume = "auto"
-    found = find_resume(config)
+    found = find_resume(config.out_dir, config.resume)
     assert found is not None and found.name in ("checkpoint-4", FINAL)
     config.out_dir, config.resume = str(tmp_path / "fresh"), "auto"
-    assert find_resume(config) is None
+    assert find_resume(config.out_dir, config.resume) is None
 
 
 # ------------------------------------------------------------------------------- fast invariants

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from resadapt import train_backbone
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline, Request
-from resadapt.synth import write_dataset
+from resadapt.world import recipe
+from resadapt.world.synth import write_dataset
 
 SMALL = [
     "--hidden", "32", "--text-layers", "1", "--vision-depth", "1", "--heads", "2",
@@ -24,7 +24,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bb")
     out, work = root / "final", root / "work"
     argv = [*SMALL, "--out-dir", str(out), "--work-dir", str(work), "--checkpoint-every", "3"]
-    assert train_backbone.main(argv) == 0
+    assert recipe.main(argv) == 0
     return root, out, work, argv
 
 
@@ -51,21 +51,21 @@ def test_resume_continues_to_the_same_weights(run, tmp_path):
     resumed = tmp_path / "final"
     # the run checkpointed at step 3; resuming replays steps 4-5 from that state
     args = [*SMALL, "--out-dir", str(resumed), "--work-dir", str(work), "--resume"]
-    assert train_backbone.main(args) == 0
+    assert recipe.main(args) == 0
     a = Backbone.load(str(out)).model.state_dict()
     b = Backbone.load(str(resumed)).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_schedule_is_one_error_line(capsys):
-    assert train_backbone.main(["--schedule", "2x3:5"]) == 2
+    assert recipe.main(["--schedule", "2x3:5"]) == 2
     assert capsys.readouterr().err.startswith("error: --schedule needs 1 <= cards <= chunks")
 
 
 def test_clip_targets_follow_the_sampled_frames():
-    cfg = train_backbone.BackboneTrainConfig(long_mix=1.0)
+    cfg = recipe.BackboneTrainConfig(long_mix=1.0)
     rng = np.random.default_rng(0)
-    clip = train_backbone.make_clip(5, cfg, 4, 3, rng, 28, 168)
+    clip = recipe.make_clip(5, cfg, 4, 3, rng, 28, 168)
     assert clip.frames.shape == (8, 168, 168, 3) and clip.scales.shape == (4,)
     # sampled from 16 source frames, every card still shows in some sampled frame (two cards can
     # share a sampled chunk)

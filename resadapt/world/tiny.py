@@ -1,15 +1,21 @@
 """Tiny Qwen2.5-VL / Qwen3-VL backbones built in code: the real transformers classes, small configs.
 
-Owns the tiny configs, the locally trained byte-level tokenizer and the chat template, so tests and
-smoke runs need no network. Knows nothing about allocation, budgets or training loops.
+Owns the tiny configs (one code path; the two families differ only in the rows of ``FAMILIES``),
+the locally trained byte-level tokenizer and the chat template, so tests and smoke runs need no
+network. Knows nothing about allocation, budgets or training loops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
@@ -21,7 +27,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 
-TINY_BACKBONES = ("tiny-random-qwen2.5-vl", "tiny-random-qwen3-vl")
+from resadapt.world import TINY_BACKBONES
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -35,9 +41,8 @@ SPECIAL_TOKENS = [
 
 # The Qwen-VL chat layout without the default system turn (short prompts keep tiny models fast),
 # with one difference: a turn's text comes before its images and videos, so that under causal
-# attention every visual token can already see the question (which card it asks about). Measured
-# on the two-card stage of train_backbone: 44 % held-out accuracy at step 400 against 39 % with
-# the video first. Real checkpoints keep their own templates.
+# attention every visual token can already see the question (which card it asks about). Real
+# checkpoints keep their own templates.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -94,6 +99,62 @@ def _mrope(head_dim: int) -> list[int]:
     return [head_dim // 2 - 2 * hw, hw, hw]
 
 
+SPATIAL_MERGE = 2
+"""Patches merged per token side, in both families."""
+TEMPORAL_PATCH = 2
+"""Frames per temporal patch, in both families."""
+DEFAULT_SIDE_TOKENS = 6
+"""Default frame side in tokens: the processors' max_pixels is (6 · patch · merge)²."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the tiny Qwen2.5-VL and Qwen3-VL; the rest is one code path."""
+
+    config: type
+    model: type
+    processor: type
+    video_processor: type
+    patch_size: int
+    """Pixels per patch side: a token covers patch_size × SPATIAL_MERGE pixels on a side."""
+    text: Callable[[int], dict]
+    """Family-only text-config entries, given the head dimension."""
+    rope: dict
+    """Family-only rope parameters."""
+    vision: Callable[[int], dict]
+    """Family-only vision-config entries, given the vision depth."""
+
+
+QWEN2_5_VL, QWEN3_VL = TINY_BACKBONES
+FAMILIES: dict[str, Family] = {
+    QWEN2_5_VL: Family(
+        config=Qwen2_5_VLConfig,
+        model=Qwen2_5_VLForConditionalGeneration,
+        processor=Qwen2_5_VLProcessor,
+        video_processor=Qwen2VLVideoProcessor,
+        patch_size=14,
+        text=lambda head_dim: {},
+        rope={},
+        vision=lambda depth: {
+            "window_size": 56,
+            "fullatt_block_indexes": [depth - 1],
+            "tokens_per_second": 2,
+        },
+    ),
+    QWEN3_VL: Family(
+        config=Qwen3VLConfig,
+        model=Qwen3VLForConditionalGeneration,
+        processor=Qwen3VLProcessor,
+        video_processor=Qwen3VLVideoProcessor,
+        patch_size=16,
+        text=lambda head_dim: {"head_dim": head_dim},
+        rope={"mrope_interleaved": True},
+        vision=lambda depth: {"num_position_embeddings": 144, "deepstack_visual_indexes": [0]},
+    ),
+}
+"""The tiny families by backbone name (keys: :data:`resadapt.world.TINY_BACKBONES`)."""
+
+
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return {
@@ -104,20 +165,35 @@ def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     }
 
 
-def build_tiny_qwen2_5_vl(
+def build_tiny(
+    name: str,
     seed: int = 0,
     *,
     hidden: int = 64,
     layers: int = 2,
     vision_depth: int = 2,
     heads: int = 4,
-    max_pixels: int = 168 * 168,
-    min_pixels: int = 28 * 28,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
     tokenizer: PreTrainedTokenizerFast | None = None,
-) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """A random tiny Qwen2.5-VL (patch 14 × merge 2 = 28-px tokens) and its processor."""
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A random tiny backbone of the family ``name`` (in :data:`FAMILIES`) and its processor.
+
+    Tokens are patch × merge pixels on a side (28 for Qwen2.5-VL, 32 for Qwen3-VL); the
+    processor's pixel bounds default to one token (``min_pixels``) and a square of
+    ``DEFAULT_SIDE_TOKENS`` tokens on a side (``max_pixels``).
+    """
+    if name not in FAMILIES:
+        raise KeyError(f"unknown tiny backbone {name!r}; choose one of {', '.join(FAMILIES)}")
+    family = FAMILIES[name]
+    factor = family.patch_size * SPATIAL_MERGE
+    if max_pixels is None:
+        max_pixels = (DEFAULT_SIDE_TOKENS * factor) ** 2
+    if min_pixels is None:
+        min_pixels = factor * factor
     tokenizer = tokenizer or build_tokenizer()
-    config = Qwen2_5_VLConfig(
+    head_dim = hidden // heads
+    config = family.config(
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": hidden,
@@ -125,68 +201,12 @@ def build_tiny_qwen2_5_vl(
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "num_key_value_heads": max(1, heads // 2),
-            "max_position_embeddings": 8192,
-            "rope_parameters": {"rope_type": "default", "mrope_section": _mrope(hidden // heads)},
-            "bos_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={
-            "depth": vision_depth,
-            "hidden_size": hidden,
-            "intermediate_size": hidden * 2,
-            "num_heads": heads,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "out_hidden_size": hidden,
-            "fullatt_block_indexes": [vision_depth - 1],
-            "tokens_per_second": 2,
-        },
-        tie_word_embeddings=True,
-        **_token_ids(tokenizer),
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    kw = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2, "size": size}
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**kw),
-        video_processor=Qwen2VLVideoProcessor(**kw),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
-    return model, processor
-
-
-def build_tiny_qwen3_vl(
-    seed: int = 0,
-    *,
-    hidden: int = 64,
-    layers: int = 2,
-    vision_depth: int = 2,
-    heads: int = 4,
-    max_pixels: int = 192 * 192,
-    min_pixels: int = 32 * 32,
-    tokenizer: PreTrainedTokenizerFast | None = None,
-) -> tuple[Qwen3VLForConditionalGeneration, Qwen3VLProcessor]:
-    """A random tiny Qwen3-VL (patch 16 × merge 2 = 32-px tokens) and its processor."""
-    tokenizer = tokenizer or build_tokenizer()
-    config = Qwen3VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden,
-            "intermediate_size": hidden * 2,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": max(1, heads // 2),
-            "head_dim": hidden // heads,
+            **family.text(head_dim),
             "max_position_embeddings": 8192,
             "rope_parameters": {
                 "rope_type": "default",
-                "mrope_section": _mrope(hidden // heads),
-                "mrope_interleaved": True,
+                "mrope_section": _mrope(head_dim),
+                **family.rope,
             },
             "bos_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
@@ -197,33 +217,38 @@ def build_tiny_qwen3_vl(
             "hidden_size": hidden,
             "intermediate_size": hidden * 2,
             "num_heads": heads,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
+            "patch_size": family.patch_size,
+            "spatial_merge_size": SPATIAL_MERGE,
+            "temporal_patch_size": TEMPORAL_PATCH,
             "out_hidden_size": hidden,
-            "num_position_embeddings": 144,
-            "deepstack_visual_indexes": [0],
+            **family.vision(vision_depth),
         },
         tie_word_embeddings=True,
         **_token_ids(tokenizer),
     )
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config).eval()
+    model = family.model(config).eval()
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    kw = {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2, "size": size}
-    processor = Qwen3VLProcessor(
+    kw = {
+        "patch_size": family.patch_size,
+        "merge_size": SPATIAL_MERGE,
+        "temporal_patch_size": TEMPORAL_PATCH,
+        "size": size,
+    }
+    processor = family.processor(
         image_processor=Qwen2VLImageProcessor(**kw),
-        video_processor=Qwen3VLVideoProcessor(**kw),
+        video_processor=family.video_processor(**kw),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
     return model, processor
 
 
-def build_tiny(name: str, seed: int = 0):
-    """Build a tiny random backbone by its name in :data:`TINY_BACKBONES`: (model, processor)."""
-    if name == "tiny-random-qwen2.5-vl":
-        return build_tiny_qwen2_5_vl(seed)
-    if name == "tiny-random-qwen3-vl":
-        return build_tiny_qwen3_vl(seed)
-    raise KeyError(f"unknown tiny backbone {name!r}; choose one of {', '.join(TINY_BACKBONES)}")
+def build_tiny_qwen2_5_vl(seed: int = 0, **kwargs) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A random tiny Qwen2.5-VL (patch 14 × merge 2 = 28-px tokens): :func:`build_tiny`."""
+    return build_tiny(QWEN2_5_VL, seed, **kwargs)
+
+
+def build_tiny_qwen3_vl(seed: int = 0, **kwargs) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A random tiny Qwen3-VL (patch 16 × merge 2 = 32-px tokens): :func:`build_tiny`."""
+    return build_tiny(QWEN3_VL, seed, **kwargs)

@@ -1,0 +1,602 @@
+"""The allocator's CAPO training run: data order and sharding, the clipped update, validation,
+checkpoints, metrics and trackers (the contract and commands: :mod:`resadapt.train`).
+
+Owns one run of a resolved config. Knows nothing about the command line; rollouts and rewards are
+:mod:`resadapt.rollout`, the objective's arithmetic :mod:`resadapt.capo`, the run folder and resume
+:mod:`resadapt.checkpoint`.
+
+Shape legend: B prompts, M allocations (rollouts) per prompt, K chunks, D features.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import shutil
+import time
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import is_tensorboard_available, is_wandb_available, set_seed
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from allocator import Allocator, AllocatorConfig, log_prob, mean_scale
+from resadapt.assets import is_random_backbone
+from resadapt.backbone import Backbone
+from resadapt.capo import (
+    concentration_loss,
+    group_ppo_clip_loss,
+    similarity_loss,
+    total_loss,
+)
+from resadapt.checkpoint import (
+    FINAL,
+    METRICS_FILE,
+    append_metrics,
+    checkpoints,
+    find_resume,
+    load_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    truncate_metrics,
+    warn_config_changes,
+)
+from resadapt.data import Example, load_examples
+from resadapt.errors import ResAdaptError, VideoError
+from resadapt.pipeline import Pipeline, Request
+from resadapt.policies import check_fit
+from resadapt.relevance import chunk_attention, distillation_loss, pad_targets
+from resadapt.rollout import (
+    ROLLOUT_STATS,
+    VALIDATION_STATS,
+    DecodeCache,
+    Prompt,
+    RolloutBatch,
+    collect_rollouts,
+    mean_or_nan,
+    validate,
+)
+
+if TYPE_CHECKING:
+    from resadapt.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+ALLOCATOR_KNOBS = ("hidden_dim", "num_layers", "num_heads", "query_encoder", "dropout")
+"""TrainConfig fields that override the allocator's architecture (None: keep the default)."""
+RESUME_NEUTRAL = frozenset(
+    {"steps", "resume", "out_dir", "log_with", "val_data", "val_size", "val_every"}
+    | {"checkpoint_every", "keep_checkpoints", "decode_cache_mb"}
+)
+"""Fields a resumed run may change without leaving the trajectory of the interrupted one."""
+TRAIN_LOG = (
+    "step %(step)d/%(steps)d reward %(reward).3f acc %(accuracy).3f retention %(retention).3f "
+    "tokens/video %(visual_tokens).1f spread %(scale_spread).3f adv_std %(advantage_std).3f "
+    "loss %(loss).4f attention %(attention_loss).3f (agree %(attention_agreement).2f) "
+    "%(seconds).1fs"
+)
+"""Log line of a training step, formatted from its metrics record (and ``steps``)."""
+VAL_LOG = (
+    "val step %(step)d acc %(accuracy).3f retention %(retention).3f tokens/video "
+    "%(visual_tokens).1f spread %(scale_spread).3f (%(videos)d videos) %(seconds).1fs"
+)
+"""Log line of a validation, formatted from its metrics record."""
+
+
+# ---------------------------------------------------------------------------------------- data
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """(num_examples,) example indices in the order epoch ``epoch`` visits them."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def step_positions(step: int, prompts_per_step: int, rank: int, world_size: int) -> list[int]:
+    """Stream positions of this process's prompts in 0-based ``step``: slot % world == rank."""
+    first = step * prompts_per_step
+    return [first + j for j in range(prompts_per_step) if j % world_size == rank]
+
+
+def _request(config: TrainConfig, example: Example) -> Request:
+    return Request(
+        question=example.prompt(),
+        num_frames=config.num_frames,
+        fps=config.fps,
+        budget=config.budget,
+        max_new_tokens=config.max_new_tokens,
+    )
+
+
+def decode_prompts(
+    pairs: list[tuple[int, Example]], cache: DecodeCache, config: TrainConfig
+) -> tuple[list[Prompt], int]:
+    """Decoded prompts for (position, example) pairs, and how many were skipped (unreadable)."""
+    prompts, skipped = [], 0
+    for position, example in pairs:
+        request = _request(config, example)
+        try:
+            video = cache.get(example.video, request)
+        except VideoError:
+            skipped += 1
+            continue
+        prompts.append(Prompt(example=example, request=request, video=video, position=position))
+    return prompts, skipped
+
+
+# ------------------------------------------------------------------------------------ allocator
+def resolve_allocator_config(config: TrainConfig, backbone) -> AllocatorConfig:
+    """The architecture: allocator_config JSON, then the knobs, fitted to the backbone."""
+    values: dict = {}
+    if config.allocator_config:
+        path = Path(config.allocator_config)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ResAdaptError(f"--allocator-config {path} cannot be read as JSON: {e}") from e
+        if not isinstance(values, dict):
+            raise ResAdaptError(f"--allocator-config {path} must hold a JSON object")
+    values.update(
+        {k: getattr(config, k) for k in ALLOCATOR_KNOBS if getattr(config, k) is not None}
+    )
+    values.setdefault("frames_per_chunk", backbone.geometry.frames_per_chunk)
+    if values.get("query_encoder") == "backbone":
+        values["query_embed_dim"] = int(backbone.model.get_input_embeddings().weight.shape[1])
+    try:
+        resolved = AllocatorConfig.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise ResAdaptError(f"invalid allocator architecture: {e}") from e
+    check_fit(resolved, backbone.geometry.frames_per_chunk, "the allocator config")
+    return resolved
+
+
+def load_allocator(path: str | Path, backbone) -> Allocator:
+    """An allocator folder (checkpoint, final or warm start), wired to the backbone if needed."""
+    try:
+        allocator = Allocator.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise ResAdaptError(f"cannot load an allocator from {path}: {e}") from e
+    check_fit(allocator.config, backbone.geometry.frames_per_chunk, f"allocator {path}")
+    return allocator
+
+
+def build_allocator(config: TrainConfig, backbone, resume: Path | None) -> Allocator:
+    """The allocator to train: from the resumed checkpoint, the warm start, or a fresh init."""
+    if resume is not None:
+        allocator = load_allocator(resume, backbone)
+    elif config.init_allocator is not None:
+        allocator = load_allocator(config.init_allocator, backbone)
+    else:
+        allocator = Allocator(resolve_allocator_config(config, backbone))
+    if allocator.config.query_encoder == "backbone":
+        allocator.set_query_embeddings(backbone.model.get_input_embeddings().weight)
+    return allocator.train()
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases, norms and other 1-D parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Learning-rate factor of update ``step`` (0-based): linear up to 1 over warmup_steps."""
+    return 1.0 if warmup_steps == 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def idle_inputs(cfg: AllocatorConfig, device) -> dict[str, torch.Tensor]:
+    """A one-chunk dummy batch for a process without prompts: DDP needs every process's backward."""
+    f, s = cfg.frames_per_chunk, cfg.thumb_side
+    return {
+        "thumbs": torch.zeros(1, 1, f, 3, s, s, device=device),  # (B, K, F, 3, S, S)
+        "query_ids": torch.zeros(1, 1, dtype=torch.long, device=device),  # (B, L)
+        "query_mask": torch.ones(1, 1, dtype=torch.bool, device=device),  # (B, L)
+        "chunk_mask": torch.ones(1, 1, dtype=torch.bool, device=device),  # (B, K)
+        "chunk_times": torch.zeros(1, 1, device=device),  # (B, K)
+    }
+
+
+def _trackers(log_with: str) -> list[str]:
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    wanted = list(available) if log_with == "all" else [] if log_with == "none" else [log_with]
+    for name in wanted:
+        if not available[name]:
+            logger.warning("%s is not installed; metrics go to %s only", name, METRICS_FILE)
+    return [name for name in wanted if available[name]]
+
+
+# ----------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """One training run: the loaded backbone, the prepared allocator and the run's bookkeeping."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.out_dir = Path(config.out_dir)
+        trackers = _trackers(config.log_with)
+        self.accelerator = Accelerator(
+            cpu=config.cpu,
+            log_with=trackers or None,
+            project_dir=config.out_dir,
+            step_scheduler_with_optimizer=False,
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        self.examples, self.skipped_rows = load_examples(config.data)
+        self.val_examples = (
+            load_examples(config.val_data, config.val_size)[0] if config.val_data else []
+        )
+        resume = find_resume(config.out_dir, config.resume)
+        self.backbone = Backbone.load(
+            config.backbone,
+            dtype=config.dtype,
+            device=str(acc.device),
+            max_pixels=config.max_pixels,
+        )
+        if is_random_backbone(config.backbone):
+            logger.warning("%s has random weights: its rewards carry no signal", config.backbone)
+        self.pipeline = Pipeline(self.backbone)
+        self.cache = DecodeCache(self.pipeline, config.decode_cache_mb * 2**20)
+        set_seed(config.seed)  # after the backbone: the tiny builders reseed torch
+        allocator = build_allocator(config, self.backbone, resume)
+        if config.attention_weight and not allocator.config.query_match:
+            raise ResAdaptError(
+                "--attention-weight needs the allocator's query detector (query_match); set "
+                "--attention-weight 0 or use an allocator config with query_match true"
+            )
+        self.attention_targets: dict[tuple[str, str], torch.Tensor] = {}
+        """Full-resolution attention shares per (video, question): the backbone is frozen."""
+        optimizer = torch.optim.AdamW(
+            parameter_groups(allocator, config.weight_decay), lr=config.lr
+        )
+        warmup = functools.partial(warmup_factor, warmup_steps=config.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+        # The scheduler steps once per training step (not once per process, accelerate's default).
+        # DDP must not broadcast buffers every forward (the "backbone" query encoder holds the
+        # backbone's embedding matrix as one); torch's replacement flag is not in accelerate yet.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*broadcast_buffers.*deprecated", FutureWarning)
+            self.model, self.optimizer, self.scheduler = acc.prepare(
+                allocator, optimizer, scheduler
+            )
+        self.start_step = 0
+        self.skipped_videos = 0
+        if resume is not None:
+            state = load_training_state(resume)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.start_step = int(state["step"])
+            self.skipped_videos = int(state.get("skipped_videos", 0))
+            warn_config_changes(resume, asdict(config), RESUME_NEUTRAL)
+            logger.info("resumed from %s at step %d", resume, self.start_step)
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            truncate_metrics(self.out_dir / METRICS_FILE, self.start_step)
+        acc.wait_for_everyone()
+        tracker_config = {k: ("" if v is None else v) for k, v in asdict(config).items()}
+        acc.init_trackers("resadapt-train", config=tracker_config)
+        if config.prompts_per_step < acc.num_processes:
+            logger.warning(
+                "%d prompts per step for %d processes: some processes idle every step",
+                config.prompts_per_step,
+                acc.num_processes,
+            )
+        n_params = sum(p.numel() for p in allocator.parameters() if p.requires_grad)
+        logger.info(
+            "training a %.2fM-parameter allocator on %d rows (%d processes) against %s",
+            n_params / 1e6,
+            len(self.examples),
+            acc.num_processes,
+            config.backbone,
+        )
+
+    @property
+    def allocator(self) -> Allocator:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ one step
+    def _prompts(self, step: int) -> tuple[list[Prompt], int, int]:
+        """This process's decoded prompts of ``step``, skipped prompts, and the step's epoch."""
+        acc, n = self.accelerator, len(self.examples)
+        positions = step_positions(
+            step, self.config.prompts_per_step, acc.process_index, acc.num_processes
+        )
+        orders: dict[int, np.ndarray] = {}
+        pairs = []
+        for position in positions:
+            epoch = position // n
+            if epoch not in orders:
+                orders[epoch] = epoch_order(n, self.config.seed, epoch)
+            pairs.append((position, self.examples[int(orders[epoch][position % n])]))
+        prompts, skipped = decode_prompts(pairs, self.cache, self.config)
+        return prompts, skipped, step * self.config.prompts_per_step // n
+
+    def _targets(self, prompts: list[Prompt], k_max: int) -> torch.Tensor:
+        """(B, K) the backbone's full-resolution attention shares of the prompts' chunks.
+
+        One video per backbone forward: batched, the shares change in the last bits with the batch's
+        other rows, and a resumed or multi-process run would not repeat the uninterrupted one.
+        """
+        memo = self.attention_targets
+        for p in prompts:
+            key = (p.example.video, p.request.question)
+            if key not in memo:  # the vanilla policy: every chunk at scale 1, never budget-fitted
+                full = self.pipeline.allocate(p.video, replace(p.request, policy="vanilla"))
+                video = self.pipeline.chunked(p.video, full)
+                (memo[key],) = chunk_attention(self.backbone, [video], [p.request.question])
+        shares = [memo[(p.example.video, p.request.question)] for p in prompts]
+        targets = pad_targets(shares, k_max, self.config.attention_temperature)
+        return targets.to(self.accelerator.device)
+
+    def _loss(
+        self,
+        out,
+        batch: RolloutBatch,
+        chunk_share: float,
+        pair_share: float,
+        video_share: float,
+        targets: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """CAPO's terms on the stored actions, each scaled by this process's share, and the loss.
+
+        ``chunk_share`` = local / global valid chunks × world size (1 in one process), likewise
+        ``pair_share`` for adjacent chunk pairs and ``video_share`` for videos; DDP's average of the
+        gradients is then the gradient of the global means. ``targets`` (B, K): the backbone's
+        attention shares the query detector is distilled toward (``--attention-weight``).
+        """
+        config, cfg = self.config, self.allocator.config
+        b, m, k = batch.actions.shape
+        alpha = out.alpha[:, None].expand(b, m, k)  # (B, M, K)
+        beta = out.beta[:, None].expand(b, m, k)  # (B, M, K)
+        new = log_prob(alpha, beta, batch.actions)  # (B, M, K)
+        pg = group_ppo_clip_loss(new, batch.log_prob, batch.advantages, batch.chunk_mask)
+        scales = mean_scale(out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max)
+        sim = similarity_loss(out.features, scales, batch.chunk_mask)  # features (B, K, D)
+        con = concentration_loss(out.alpha, out.beta, batch.chunk_mask)
+        parts = {
+            "pg_loss": chunk_share * pg,
+            "sim_loss": pair_share * sim,
+            "con_loss": chunk_share * con,
+            "attention_loss": pg.new_zeros(()),
+        }
+        if targets is not None:
+            distil = distillation_loss(out.match_log_share, targets, batch.chunk_mask)
+            parts["attention_loss"] = video_share * distil
+        parts["loss"] = total_loss(
+            parts["pg_loss"],
+            parts["sim_loss"],
+            parts["con_loss"],
+            parts["attention_loss"],
+            sim_weight=config.sim_weight,
+            con_weight=config.con_weight,
+            attention_weight=config.attention_weight,
+        )
+        return parts
+
+    def _reduce(self, values: list[float], reduction: str = "sum") -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(t, reduction=reduction).tolist()
+
+    def train_step(self, step: int) -> dict:
+        """Rollouts, then ``ppo_epochs`` clipped updates; returns the step's metrics record."""
+        config, acc = self.config, self.accelerator
+        start = time.perf_counter()
+        prompts, skipped, epoch = self._prompts(step)
+        batch = None
+        if prompts:
+            batch = collect_rollouts(
+                self.pipeline,
+                self.allocator,
+                prompts,
+                num_rollouts=config.num_rollouts,
+                answers_per_rollout=config.answers_per_rollout,
+                reward=config.reward,
+                cost=config.cost,
+                advantage=config.advantage,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                seed=config.seed,
+            )
+        chunks = float(batch.chunk_mask.sum()) if batch is not None else 0.0
+        pairs = (
+            0.0
+            if batch is None
+            else float((batch.chunk_mask[:, 1:] & batch.chunk_mask[:, :-1]).sum())
+        )
+        videos = float(len(prompts)) if batch is not None else 0.0
+        g_chunks, g_pairs, g_videos = self._reduce([chunks, pairs, videos])
+        world = acc.num_processes
+        chunk_share = chunks / g_chunks * world if g_chunks else 0.0
+        pair_share = pairs / g_pairs * world if g_pairs else 0.0
+        video_share = videos / g_videos * world if g_videos else 0.0
+        targets = None
+        if batch is not None and config.attention_weight:
+            targets = self._targets(prompts, batch.chunk_mask.shape[1])  # (B, K)
+        lr = self.scheduler.get_last_lr()[0]
+        sums = dict.fromkeys(("loss", "pg_loss", "sim_loss", "con_loss", "attention_loss"), 0.0)
+        agree = 0.0  # prompts whose detector and backbone attention pick the same chunk
+        grad_norm = math.nan
+        if g_chunks:
+            self.model.train()
+            for _ in range(config.ppo_epochs):
+                self.optimizer.zero_grad(set_to_none=True)
+                if batch is not None:
+                    out = self.model(**batch.inputs)
+                    parts = self._loss(out, batch, chunk_share, pair_share, video_share, targets)
+                    if targets is not None:
+                        picks = out.match_log_share.detach().masked_fill(
+                            ~batch.chunk_mask, -math.inf
+                        )
+                        same = picks.argmax(dim=1) == targets.argmax(dim=1)
+                        agree = float(same.sum())
+                else:
+                    out = self.model(**idle_inputs(self.allocator.config, acc.device))
+                    zero = 0.0 * (out.alpha.sum() + out.beta.sum() + out.features.sum())
+                    if out.match_log_share is not None:
+                        zero = zero + 0.0 * out.match_log_share.sum()
+                    parts = dict.fromkeys(sums, zero)
+                acc.backward(parts["loss"])
+                grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), config.grad_clip))
+                self.optimizer.step()
+                for k in sums:
+                    sums[k] += float(parts[k].detach()) / config.ppo_epochs
+        else:
+            logger.warning("step %d: no readable video in the whole step; no update", step + 1)
+        self.scheduler.step()
+        losses = dict(zip(sums, self._reduce(list(sums.values()), "mean"), strict=True))
+        stats = batch.stats if batch is not None else dict.fromkeys(ROLLOUT_STATS, 0.0)
+        totals = dict(
+            zip(ROLLOUT_STATS, self._reduce([stats[k] for k in ROLLOUT_STATS]), strict=True)
+        )
+        skipped_step, g_agree = self._reduce([float(skipped), agree])
+        self.skipped_videos += int(skipped_step)
+        n = totals["rollouts"]
+        adv_mean = mean_or_nan(totals["advantage"], n)
+        adv_var = mean_or_nan(totals["advantage_sq"], n) - adv_mean**2
+        if not g_chunks:
+            losses = dict.fromkeys(losses, math.nan)
+        return {
+            "split": "train",
+            "step": step + 1,
+            "epoch": epoch,
+            "reward": mean_or_nan(totals["reward"], n),
+            "accuracy": mean_or_nan(totals["correct"], n),
+            "retention": mean_or_nan(totals["retention"], n),
+            "visual_tokens": mean_or_nan(totals["visual_tokens"], n),
+            "scale_spread": mean_or_nan(totals["scale_spread"], n),
+            "policy_spread": mean_or_nan(totals["policy_spread"], totals["prompts"]),
+            "attention_agreement": (
+                mean_or_nan(g_agree, totals["prompts"]) if config.attention_weight else math.nan
+            ),
+            "advantage_mean": adv_mean,
+            "advantage_std": math.sqrt(max(adv_var, 0.0)) if n else math.nan,
+            **losses,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "prompts": int(totals["prompts"]),
+            "rollouts": int(n),
+            "skipped_videos": int(skipped_step),
+            "skipped_videos_total": self.skipped_videos,
+            "skipped_rows": sum(self.skipped_rows.values()),
+            "world_size": world,
+            "seconds": time.perf_counter() - start,
+        }
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, step: int) -> dict:
+        """Deterministic policy on this process's share of the validation rows; global means."""
+        acc, config = self.accelerator, self.config
+        start = time.perf_counter()
+        pairs = [
+            (i, ex)
+            for i, ex in enumerate(self.val_examples)
+            if i % acc.num_processes == acc.process_index
+        ]
+        prompts, skipped = decode_prompts(pairs, self.cache, config)
+        stats = dict.fromkeys(VALIDATION_STATS, 0.0)
+        if prompts:
+            stats = validate(
+                self.pipeline,
+                self.allocator,
+                prompts,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.prompts_per_step,
+            )
+        totals = dict(
+            zip(VALIDATION_STATS, self._reduce([stats[k] for k in VALIDATION_STATS]), strict=True)
+        )
+        (skipped_total,) = self._reduce([float(skipped)])
+        n = totals["videos"]
+        return {
+            "split": "val",
+            "step": step,
+            "accuracy": mean_or_nan(totals["accuracy"], n),
+            "retention": mean_or_nan(totals["retention"], n),
+            "visual_tokens": mean_or_nan(totals["visual_tokens"], n),
+            "scale_spread": mean_or_nan(totals["scale_spread"], n),
+            "videos": int(n),
+            "skipped_videos": int(skipped_total),
+            "seconds": time.perf_counter() - start,
+        }
+
+    # ------------------------------------------------------------------ output
+    def _record(self, record: dict) -> None:
+        """Main process: one metrics.jsonl line and the trackers; every process: nothing else."""
+        if self.is_main:
+            append_metrics(self.out_dir / METRICS_FILE, record)
+        split = record["split"]
+        numbers = {
+            f"{split}/{k}": v
+            for k, v in record.items()
+            if isinstance(v, int | float) and k != "step" and math.isfinite(v)
+        }
+        self.accelerator.log(numbers, step=record["step"])
+
+    def save(self, name: str, step: int) -> None:
+        """Main process writes out_dir/<name>; the others wait for it."""
+        if self.is_main:
+            state = {
+                "step": step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+                "skipped_videos": self.skipped_videos,
+                "world_size": self.accelerator.num_processes,
+            }
+            save_checkpoint(self.out_dir / name, self.allocator, state, asdict(self.config))
+            keep = self.config.keep_checkpoints
+            if keep and name != FINAL:
+                for _, old in checkpoints(self.out_dir)[:-keep]:
+                    shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+
+    def run(self) -> Allocator:
+        """Train from the start (or resumed) step to ``steps``; returns the trained allocator."""
+        config = self.config
+        progress = tqdm(
+            total=config.steps,
+            initial=self.start_step,
+            disable=not self.is_main,
+            desc="train",
+            dynamic_ncols=True,
+        )
+        with logging_redirect_tqdm():
+            for step in range(self.start_step, config.steps):
+                record = self.train_step(step)
+                self._record(record)
+                progress.update(1)
+                logger.info(TRAIN_LOG, {**record, "steps": config.steps})
+                done = step + 1
+                if config.checkpoint_every and done % config.checkpoint_every == 0:
+                    self.save(f"checkpoint-{done}", done)
+                every = config.val_every
+                if self.val_examples and ((every and done % every == 0) or done == config.steps):
+                    val = self.validate(done)
+                    self._record(val)
+                    logger.info(VAL_LOG, val)
+        progress.close()
+        self.save(FINAL, max(self.start_step, config.steps))
+        self.accelerator.end_training()
+        logger.info(
+            "done: %s (skipped %d invalid rows and %d prompts with an unreadable video)",
+            self.out_dir / FINAL,
+            sum(self.skipped_rows.values()),
+            self.skipped_videos,
+        )
+        return self.allocator
+
+
+def train(config: TrainConfig) -> Allocator:
+    """Run CAPO training as configured; returns the trained allocator (every process)."""
+    return Trainer(config).run()
