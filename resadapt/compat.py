@@ -58,13 +58,26 @@ def backbone_signature(backbone: Backbone) -> dict[str, Any]:
 
 
 def stamp(config: AllocatorConfig, backbone: Backbone) -> AllocatorConfig:
-    """``config`` with ``backbone``'s signature recorded (the trainer stamps before saving).
+    """``config`` with ``backbone``'s signature recorded (the trainer stamps before training).
 
     Raises PolicyError when the allocator's chunks hold another number of frames than the
-    backbone's (that is architecture, not metadata).
+    backbone's, or when its learned query table has fewer rows than the backbone's vocabulary and
+    folding was not chosen (query_id_folding): those are architecture, not metadata.
     """
     check_fit(config, backbone.geometry.frames_per_chunk, "the allocator")
-    return dataclasses.replace(config, **backbone_signature(backbone))
+    signature = backbone_signature(backbone)
+    vocab = signature["backbone_vocab_size"]
+    if (
+        config.query_encoder == "learned"
+        and config.vocab_size < vocab
+        and not config.query_id_folding
+    ):
+        raise PolicyError(
+            f"the allocator's query table has {config.vocab_size:,} rows but backbone "
+            f"{backbone.name}'s tokenizer has {vocab:,} tokens; set vocab_size to at least {vocab} "
+            "or query_id_folding to true (hash ids into the table)"
+        )
+    return dataclasses.replace(config, **signature)
 
 
 def mismatches(config: AllocatorConfig, backbone: Backbone) -> list[str] | None:

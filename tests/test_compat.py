@@ -3,6 +3,7 @@ sentence, the explicit override, and which allocator a pipeline loads by default
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -104,8 +105,8 @@ def test_an_unstamped_allocator_is_refused_unless_allowed(qwen25, tmp_path):
 
 
 def test_the_override_runs_loudly_and_never_folds_silently(qwen25, qwen3, tmp_path, caplog):
-    config = compat.stamp(AllocatorConfig(**SMALL, vocab_size=64), qwen25)
-    path = save(tmp_path / "a", config)
+    config = compat.stamp(AllocatorConfig(**SMALL), qwen25)  # one table row per token
+    path = save(tmp_path / "a", dataclasses.replace(config, vocab_size=64))
     video = str(write_video(tmp_path / "clip.mp4", num_frames=16, fps=8, height=96, width=128))
     with caplog.at_level("WARNING", logger="resadapt.compat"):
         learned = load_allocator(path, qwen3, allow_mismatched=True)
@@ -117,6 +118,13 @@ def test_the_override_runs_loudly_and_never_folds_silently(qwen25, qwen3, tmp_pa
         video, Request(question=QUESTION, policy="uniform", num_frames=4)
     )
     assert other.allocator_warning is None
+
+
+def test_stamping_refuses_a_table_smaller_than_the_vocabulary(qwen25):
+    with pytest.raises(PolicyError, match="query table has 64 rows"):
+        compat.stamp(AllocatorConfig(**SMALL, vocab_size=64), qwen25)
+    folded = compat.stamp(AllocatorConfig(**SMALL, vocab_size=64, query_id_folding=True), qwen25)
+    assert folded.query_id_folding and compat.matches(folded, qwen25)
 
 
 def test_query_ids_beyond_the_table_are_refused_without_folding():
