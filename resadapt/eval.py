@@ -433,7 +433,7 @@ class Evaluator:
                 "retention": tokens / vanilla,
                 "probe_visual_tokens": probe_tokens,
                 "retention_with_probe": (tokens + probe_tokens) / vanilla,
-                "probe_s": Pipeline.probe_seconds(r.allocation),
+                "probe_s": r.allocation.probe_s,
                 "latency_s": r.record["allocate_s"] + backbone_s,
                 "backbone_s": backbone_s,
                 "scales": [round(float(s), 4) for s in r.allocation.scales],

@@ -263,6 +263,11 @@ class Allocation:
         """Visual tokens of the policy's probe pass (0 without one)."""
         return self.probe.visual_tokens if self.probe is not None else 0
 
+    @property
+    def probe_s(self) -> float:
+        """Seconds of the policy's probe pass (part of the allocation time; 0 without one)."""
+        return self.probe.seconds if self.probe is not None else 0.0
+
 
 @dataclass
 class Result:
@@ -405,11 +410,6 @@ class Pipeline:
         timings = {"decode_s": t1 - t0, "allocate_s": time.perf_counter() - t1}
         yield from self.answer_stream(video, allocation, request, timings)
 
-    @staticmethod
-    def probe_seconds(allocation: Allocation) -> float:
-        """Seconds of the allocation's probe pass (part of its allocate_s; 0 without one)."""
-        return allocation.probe.seconds if allocation.probe is not None else 0.0
-
     def answer_stream(
         self, video: SampledVideo, allocation: Allocation, request: Request, timings: dict
     ) -> Iterator[Result]:
@@ -427,7 +427,7 @@ class Pipeline:
         result = self._result(video, allocation, request, "")
         result.timings = {
             **timings,
-            "probe_s": self.probe_seconds(allocation),
+            "probe_s": allocation.probe_s,
             "backbone_s": 0.0,
             "total_s": 0.0,
         }

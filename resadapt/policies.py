@@ -43,9 +43,10 @@ ATTENTION_QUERIES = "after_video"
 """Query positions the attention policy averages: every position after the video (with a real
 Qwen template the question and the assistant cue; see resadapt.relevance.query_rows)."""
 ATTENTION_SHARPNESS = 4.0
-"""Exponent γ of the attention policy's map s_k = max(MIN_SCALE, (share_k / max share)^γ): a
-layer-and-head mean keeps a diffuse floor on every chunk (shares within a factor of two), so the
-ratios are sharpened as the allocator's distillation target is (share^(1/T), T = 0.25)."""
+"""Exponent γ of the attention policy's map s_k = max(MIN_SCALE, (share_k / max share)^γ). A
+layer-and-head mean keeps a diffuse floor on every chunk (why the trainer sharpens its attention
+targets to share^(1/T)), so the ratios are sharpened the same way: γ = 1/T at the trainer's
+default T = 0.25. Not tuned on real checkpoints."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 """A Hugging Face hub id (owner/name)."""
 
