@@ -115,3 +115,12 @@ def test_registered_through_the_entry_point():
     else:
         registry.register_manifest(manifest())
     assert registry.get_model_class(MODEL_ID) is ResAdaptLMM
+
+
+def test_the_attention_policy_at_a_budget(model):
+    args = "backbone=tiny-random-qwen2.5-vl,policy=attention,budget=0.15,frames=4,max_new_tokens=2"
+    attention = ResAdaptLMM.create_from_arg_string(args, {"device": "cpu"})
+    attention.task_dict = model.task_dict
+    request = instance("generate_until", ("What?", {}, doc_to_visual, 0, TASK, SPLIT))
+    (answer,) = attention.generate_until([request])
+    assert isinstance(answer, str) and attention.settings["policy"] == "attention"
