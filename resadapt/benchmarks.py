@@ -264,6 +264,8 @@ def read_benchmark(name: str, data: str | Path, video_root: str | Path) -> tuple
                 skipped[FRAME_FOLDER] += 1
             else:
                 rows.append(row | {"video": str(found[0])})
+    except DataError:
+        raise
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise DataError(
             f"{path} does not look like {name}: a row lacks or mangles {e} "

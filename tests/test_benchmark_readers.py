@@ -132,6 +132,8 @@ def test_bad_inputs_are_one_sentence(root, tmp_path):
     wrong = write_parquet(tmp_path / "wrong.parquet", [{"video": "a.mp4", "q": "?"}])
     with pytest.raises(DataError, match="does not look like videomme"):
         load_examples(wrong, benchmark="videomme", video_root=root)
+    with pytest.raises(DataError, match=r"holds no \*\.json files"):
+        load_examples(tmp_path, benchmark="mvbench", video_root=root)
 
 
 def test_breakdown_mlvu_is_the_mean_of_task_accuracies():
@@ -195,7 +197,7 @@ def test_trainer_reads_a_benchmark(root, tmp_path):
     argv += ["--video-root", str(root), "--backbone", BACKBONE, "--out-dir", str(tmp_path)]
     argv += ["--steps", "1", "--num-frames", "4", "--prompts-per-step", "2", "--num-rollouts"]
     argv += ["2", "--max-new-tokens", "2", "--checkpoint-every", "0", "--hidden-dim", "32"]
-    argv += ["--num-layers", "1", "--num-heads", "2"]
+    argv += ["--num-layers", "1", "--num-heads", "2", "--attention-weight", "0"]
     assert main(argv) == 0
     config = json.loads((tmp_path / "final" / "train_config.json").read_text())
     assert config["benchmark"] == "videomme" and config["video_root"] == str(root)
