@@ -10,8 +10,8 @@ reader scales the per-stage times linearly to 28 / 36 language layers and 32 / 2
 One run measures, for each family, ``--rows`` questions about one generated ``--frames``-frame
 ``--side``² clip under
   * ``vanilla`` (every chunk at full resolution) and ``fixed`` (a learned-style, peaked scale vector
-    fitted to ``--budget`` retention; any other policy of ``resadapt.policies.POLICY_NAMES`` — e.g.
-    ``attention`` once it exists — can be named in ``--policies``), and
+    fitted to ``--budget`` retention; any other policy of ``resadapt.policies.POLICY_NAMES``, e.g.
+    ``attention`` (its probe pass counts in ``allocate``), can be named in ``--policies``), and
   * one prefill for all rows (``batched``) against micro-batches under ``--max-batch-tokens``
     (``budgeted``),
 each in a fresh child process: peak resident memory (VmHWM), the resident memory of the built model,
@@ -264,7 +264,6 @@ def measure(config: RealSizeConfig, family: str, policy: str, batching: str, vid
     )
     pipeline = Pipeline(backbone)
     weights_rss = psutil.Process().memory_info().rss
-    clock = StageClock(model)
     t0 = time.perf_counter()
     request = Request(
         question=QUESTION,
@@ -277,7 +276,8 @@ def measure(config: RealSizeConfig, family: str, policy: str, batching: str, vid
     t1 = time.perf_counter()
     k = len(sampled.frames) // backbone.geometry.frames_per_chunk
     scales = fixed_scales(k) if policy == "fixed" else None
-    allocation = pipeline.allocate(sampled, request, scales=scales)
+    allocation = pipeline.allocate(sampled, request, scales=scales)  # with a policy's own probe
+    clock = StageClock(model)  # from here: answering only
     t2 = time.perf_counter()
     chunked = pipeline.chunked(sampled, allocation)
     questions = [f"{QUESTION} ({i + 1})" for i in range(config.rows)]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from resadapt import eval as evaluator
+from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline
 from resadapt.world import synth
 from tests.allocators import write_tiny_allocator
@@ -53,7 +54,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def allocator_dir(tmp_path_factory):
-    return write_tiny_allocator(tmp_path_factory.mktemp("allocator"))
+    return write_tiny_allocator(tmp_path_factory.mktemp("allocator"), Backbone.load(BACKBONE))
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,8 @@ def test_printed_table_lists_every_row(run):
     _, stdout, _ = run
     lines = stdout.splitlines()
     assert lines[0].split() == [
-        "policy", "budget", "frames", "n", "accuracy", "retention", "tokens", "spread", "latency",
+        "policy", "budget", "frames", "n", "accuracy", "retention", "+probe", "tokens", "spread",
+        "latency",
     ]  # fmt: skip
     table = lines[2 : 2 + GRID * len(FRAMES)]
     assert [line.split()[0] for line in table[:GRID]] == ["vanilla"] + [

@@ -25,13 +25,14 @@ MAX_CHUNKS = 2
 
 
 @pytest.fixture(scope="module")
-def allocator_dir(tmp_path_factory):
-    return write_tiny_allocator(tmp_path_factory.mktemp("allocator"), max_chunks=MAX_CHUNKS)
+def backbone():
+    return Backbone.load("tiny-random-qwen2.5-vl")
 
 
 @pytest.fixture(scope="module")
-def backbone():
-    return Backbone.load("tiny-random-qwen2.5-vl")
+def allocator_dir(tmp_path_factory, backbone):
+    path = tmp_path_factory.mktemp("allocator")
+    return write_tiny_allocator(path, backbone, max_chunks=MAX_CHUNKS)
 
 
 def test_more_chunks_than_the_allocator_reads_is_one_sentence(backbone, allocator_dir, tmp_path):

@@ -31,12 +31,13 @@ def test_one_measurement_at_tiny_widths(clip, family):
     config = real_size.RealSizeConfig(
         tiny=True, frames=4, side=128, budget=0.5, rows=2, max_batch_tokens=1, max_new_tokens=2
     )
-    for policy, batching in (("fixed", "budgeted"), ("vanilla", "batched")):
+    runs = [("fixed", "budgeted"), ("vanilla", "batched"), ("attention", "budgeted")]
+    for policy, batching in runs:
         result = real_size.measure(config, family, policy, batching, str(clip))
         assert result["micro_batches"] == (2 if batching == "budgeted" else 1)
         assert result["peak_gib"] >= result["weights_gib"] > 0
         for stage in ("decode_s", "allocate_s", "prepare_s", "vision_s", "prefill_s"):
             assert result[stage] > 0, stage
-        if policy == "fixed":
+        if policy != "vanilla":
             assert result["visual_tokens_per_row"] <= 0.5 * result["vanilla_tokens_per_row"]
     assert "| " + family in real_size.table([result])
