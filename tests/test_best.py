@@ -9,6 +9,7 @@ import math
 import shutil
 
 import safetensors.torch
+import pytest
 import torch
 
 from resadapt.checkpoint import BEST, FINAL, METRICS_FILE, TRAINING_STATE, better_validation
@@ -38,6 +39,7 @@ def best_of(lines: list[dict]) -> dict:
     return best
 
 
+@pytest.mark.slow  # two 3-step runs with a validation every step: ~7 s, more on busy cores
 def test_best_checkpoint_is_the_best_validation_and_survives_resume(data, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     val = ["--val-data", str(data["val"]), "--val-size", "2", "--val-every", "1"]
