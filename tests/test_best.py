@@ -8,8 +8,8 @@ import json
 import math
 import shutil
 
-import safetensors.torch
 import pytest
+import safetensors.torch
 import torch
 
 from resadapt.checkpoint import BEST, FINAL, METRICS_FILE, TRAINING_STATE, better_validation
