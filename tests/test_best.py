@@ -1,6 +1,7 @@
 """A run keeps its best: ``best/`` by validation accuracy at the training budget (ties to the
 lower retention), written atomically, and the best-so-far value in the training state, so that a
-resumed run keeps choosing against it. Per-step α + β statistics are in the metrics."""
+resumed run keeps choosing against it. Per-step α + β statistics are in the metrics; the runs use
+``--advantage capo_chunk`` and ``--max-concentration``, so both paths run end to end."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_best_checkpoint_is_the_best_validation_and_survives_resume(data, tmp_pa
     out = tmp_path / "run"
     val = ["--val-data", str(data["val"]), "--val-size", "2", "--val-every", "1"]
     argv = run_args(data, out, steps=3) + val + ["--checkpoint-every", "1", "--lr", "3e-2"]
-    argv += ["--max-concentration", "3"]
+    argv += ["--max-concentration", "3", "--advantage", "capo_chunk"]  # the cap fires: α + β ≈ 4
     assert main(argv) == 0
     lines = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
     want = best_of(lines)
@@ -55,15 +56,17 @@ def test_best_checkpoint_is_the_best_validation_and_survives_resume(data, tmp_pa
     chosen, at = weights(out / BEST), weights(out / f"checkpoint-{want['step']}")
     assert all(torch.equal(chosen[k], at[k]) for k in chosen)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert lines[0]["concentration_max"] > 3  # step 1: α + β ≈ 4 at init
     for r in lines:
         if r["split"] == "train":
             assert 2 <= r["concentration_mean"] <= r["concentration_max"], r
-            assert r["cap_loss"] >= 0
+            assert (r["cap_loss"] > 0) == (r["concentration_max"] > 3), r
 
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(out / "checkpoint-1", resumed / "checkpoint-1")
     argv = run_args(data, resumed, steps=3) + val + ["--checkpoint-every", "1", "--lr", "3e-2"]
-    assert main(argv + ["--max-concentration", "3", "--resume", "auto"]) == 0
+    argv += ["--max-concentration", "3", "--advantage", "capo_chunk", "--resume", "auto"]
+    assert main(argv) == 0
     again = torch.load(resumed / FINAL / TRAINING_STATE, weights_only=True)
     assert again["best"] == want
