@@ -103,7 +103,10 @@ DESCRIPTION = "Train the resolution allocator with CAPO against a frozen Qwen-VL
 TRACKERS = ("none", "tensorboard", "wandb", "all")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MAX_CONCENTRATION = None
-"""Default of ``--max-concentration`` (see readme: measured on a healthy and a collapsed run)."""
+"""Default of ``--max-concentration``: off. Measured: the bundled allocator (96.5 % at 15 %) ends
+with α + β ≈ 55–60 on the validation clips (p50 58.8, max 59.6), at least as sharp as the
+collapsed T = 0.1 run (≈ 50); bandit-only runs stay at 13–17. No cap separates the healthy run
+from the collapse, so none is imposed by default."""
 MAX_NEW_TOKENS = 1024
 """Longest answer the backbone may generate during training."""
 
