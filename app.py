@@ -104,7 +104,7 @@ def compare(
     max_new_tokens: float,
     progress=gr.Progress(),  # noqa: B008
 ) -> dict:
-    """The same question at the same budget through learned (or content), uniform and vanilla."""
+    """The same question at the same budget through learned (or attention), uniform and vanilla."""
     form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
     try:
         return ui.compare(PIPELINE, video, form, report=progress)

@@ -15,6 +15,15 @@ SCALE_MAX = 1.0
 """Largest scale: frames are decoded at the backbone's pixel cap, so s > 1 adds nothing."""
 
 QUERY_ENCODERS = ("learned", "backbone")
+SIGNATURE_FIELDS = (
+    "backbone_model_type",
+    "backbone_patch_factor",
+    "frames_per_chunk",
+    "backbone_vocab_size",
+    "backbone_vocab_sha256",
+    "backbone_chat_template_sha256",
+)
+"""Config fields an allocator and a backbone must agree on (the backbone's side: its signature)."""
 THUMB_ENCODERS = ("conv", "pretrained")
 
 
@@ -38,9 +47,13 @@ class AllocatorConfig:
     """Most chunks K per video. Chunk times are normalised to [0, max_chunks - 1] positions for
     the sinusoidal time embedding; longer inputs are refused."""
     vocab_size: int = 16384
-    """Rows of the learned query-embedding table (query_encoder="learned"). Token ids from the
-    backbone tokenizer at or above it are folded in as ``id % vocab_size`` (hashing), so a small
-    table serves a 150k-token tokenizer; set it to the tokenizer's size for one row per token."""
+    """Rows of the learned query-embedding table (query_encoder="learned"). Set it to at least the
+    backbone tokenizer's size for one row per token; token ids at or above it are refused unless
+    query_id_folding is set."""
+    query_id_folding: bool = False
+    """Fold token ids at or above vocab_size into the table as ``id % vocab_size`` (hashing, so a
+    small table serves a 150k-token tokenizer). Off: such an id is an error, never folded
+    silently."""
     max_query_tokens: int = 64
     """Longest question, in backbone tokens (size of the learned query position embedding)."""
     query_layers: int = 1
@@ -92,6 +105,23 @@ class AllocatorConfig:
     detector ranks the chunks, the gain turns its log share ratios into a prior on the Beta means
     that the policy gradient refines. It starts large because AdamW moves a scalar by about lr
     per step."""
+
+    # What the allocator was trained against (written when it is saved by the trainer; None in
+    # files saved before these fields existed). Loading it against a backbone whose signature
+    # differs is refused; frames_per_chunk and thumb_side above are part of the same contract.
+    backbone: str | None = None
+    """Name, local path or hub id of the backbone the allocator was trained against (shown to
+    people; matching uses the fields below)."""
+    backbone_model_type: str | None = None
+    """That backbone's model type (``qwen2_5_vl``, ``qwen3_vl``)."""
+    backbone_patch_factor: int | None = None
+    """Its pixels per visual-token side (patch size × spatial merge: 28 or 32)."""
+    backbone_vocab_size: int | None = None
+    """Entries in its tokenizer's vocabulary (added tokens included)."""
+    backbone_vocab_sha256: str | None = None
+    """sha256 of its tokenizer's vocabulary (the sorted (token, id) pairs as JSON)."""
+    backbone_chat_template_sha256: str | None = None
+    """sha256 of its processor's chat template."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -164,6 +194,18 @@ class AllocatorConfig:
             raise ValueError(f"match_stage must be 1, 2, 3 or 4, got {self.match_stage!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("backbone_patch_factor", "backbone_vocab_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+
+    @property
+    def signature(self) -> dict[str, Any] | None:
+        """The recorded backbone fields that must match (see resadapt.compat), or None when the
+        allocator records no backbone."""
+        if self.backbone_model_type is None:
+            return None
+        return {name: getattr(self, name) for name in SIGNATURE_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able values."""

@@ -10,16 +10,18 @@ D hidden width, E query-embedding width, H pretrained-tower width.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
 from torch import nn
 
 from allocator.config import AllocatorConfig
@@ -215,6 +217,10 @@ class QueryEncoder(nn.Module):
         self.mode = config.query_encoder
         self.embed_dim = config.query_embed_dim
         self.vocab_size = config.vocab_size
+        self.fold_ids = config.query_id_folding
+        """Fold ids at or above vocab_size as ``id % vocab_size``; off: refuse them (see
+        AllocatorConfig.query_id_folding; resadapt may turn it on, loudly, for a mismatched
+        backbone)."""
         if self.mode == "learned":
             self.table = nn.Embedding(config.vocab_size, config.query_embed_dim)
         # "backbone": the frozen (V, E) input-embedding matrix, set at run time, never saved.
@@ -247,6 +253,12 @@ class QueryEncoder(nn.Module):
         """query_ids (B, L), query_mask (B, L) → tokens (B, 1+L, D), keep mask (B, 1+L)."""
         ids = query_ids.masked_fill(~query_mask, 0)  # (B, L) padding ids may be anything
         if self.mode == "learned":
+            if not self.fold_ids and ids.numel() and int(ids.max()) >= self.vocab_size:
+                raise ValueError(
+                    f"query token id {int(ids.max())} is outside the allocator's "
+                    f"{self.vocab_size}-row query table; use the tokenizer it was trained with, or "
+                    "set query_id_folding to fold ids (hashing)"
+                )
             emb = self.table(ids % self.vocab_size)  # (B, L, E)
         else:
             if self.backbone_embeddings is None:
@@ -361,11 +373,49 @@ class BetaHead(nn.Module):
         return ab[..., 0], ab[..., 1]
 
 
+MODEL_CARD = (
+    "---\n{{ card_data }}\n---\n\n"
+    "# ResAdapt allocator\n\n"
+    "A query-aware resolution allocator: for every {{ config.frames_per_chunk }}-frame chunk of a "
+    "video it reads {{ config.thumb_side }}-pixel thumbnails and the question and picks the scale "
+    "in [{{ config.scale_min }}, {{ config.scale_max }}] at which the frozen vision-language "
+    "backbone encodes that chunk, before the backbone sees any pixel.\n\n"
+    "## Backbone\n\n"
+    "It only fits the backbone it was trained against; ResAdapt refuses to load it with any "
+    "other.\n\n"
+    "| | |\n|---|---|\n"
+    '| backbone | {{ config.backbone or "not recorded" }} |\n'
+    '| model type | {{ config.backbone_model_type or "not recorded" }} |\n'
+    "| patch factor (pixels per visual token side) | "
+    '{{ config.backbone_patch_factor or "not recorded" }} |\n'
+    "| frames per chunk | {{ config.frames_per_chunk }} |\n"
+    "| thumbnail side | {{ config.thumb_side }} px |\n"
+    "| tokenizer vocabulary | {% if config.backbone_vocab_size %}"
+    "{{ config.backbone_vocab_size }} tokens, sha256 `{{ config.backbone_vocab_sha256 }}`"
+    "{% else %}not recorded{% endif %} |\n"
+    "| chat template sha256 | {% if config.backbone_chat_template_sha256 %}"
+    "`{{ config.backbone_chat_template_sha256 }}`{% else %}not recorded{% endif %} |\n"
+    "{% if train_command %}\n## Training\n\n```bash\n{{ train_command }}\n```\n{% endif %}"
+    "{% if validation %}\n## Validation\n\n| | |\n|---|---|\n"
+    "{% for name, value in validation.items() %}| {{ name }} | {{ value }} |\n{% endfor %}"
+    "{% endif %}\n"
+    "## Use\n\n```bash\n"
+    'python -m resadapt.ask VIDEO "QUESTION" --backbone {{ config.backbone or "BACKBONE" }} '
+    "--allocator THIS_FOLDER --budget 0.15\n```\n\n"
+    "`config.json` holds the architecture and the backbone signature above; `model.safetensors` "
+    "the weights.\n"
+)
+"""The allocator's model card (``README.md`` next to its weights, the Hugging Face convention);
+Jinja with ``config`` (the AllocatorConfig) and, when given, ``train_command`` (str) and
+``validation`` (name → figure)."""
+
+
 class Allocator(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="resadapt",
     tags=["video-qa", "resolution-allocation"],
+    model_card_template=MODEL_CARD,
 ):
     """Query-aware allocator: per chunk, a Beta over the action a ∈ (0, 1) (scale = s_min + a Δs).
 
@@ -508,8 +558,18 @@ class Allocator(
             )
 
     def _save_pretrained(self, save_directory) -> None:
+        """Weights, and ``config.json`` from ``self.config`` (so a config stamped after
+        construction is what is saved); the mixin then writes the model card
+        (:meth:`generate_model_card`)."""
         path = os.path.join(save_directory, constants.SAFETENSORS_SINGLE_FILE)
         safetensors.torch.save_file(self.trainable_state_dict(), path, metadata={"format": "pt"})
+        config = json.dumps(self.config.to_dict(), sort_keys=True, indent=2)
+        Path(save_directory, constants.CONFIG_NAME).write_text(config)
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        """The model card: :data:`MODEL_CARD` filled from the config; ``save_pretrained(folder,
+        model_card_kwargs={"train_command": ..., "validation": {...}})`` adds those sections."""
+        return super().generate_model_card(*args, config=self.config, **kwargs)
 
     @classmethod
     def _from_pretrained(

@@ -40,9 +40,13 @@ def format_table(result: dict) -> str:
         f"visual tokens {result['visual_tokens']} of {result['vanilla_visual_tokens']} at full "
         f"resolution (retention {result['retention']:.1%}); policy {result['policy']}, "
         f"backbone {result['backbone']}",
-        f"time: decode {t['decode_s']:.2f}s, allocate {t['allocate_s']:.3f}s, "
-        f"backbone {t['backbone_s']:.2f}s, total {t['total_s']:.2f}s",
+        f"time: decode {t['decode_s']:.2f}s, allocate {t['allocate_s']:.3f}s (probe "
+        f"{t['probe_s']:.3f}s), backbone {t['backbone_s']:.2f}s, total {t['total_s']:.2f}s",
     ]
+    if result["probe_visual_tokens"]:
+        lines.insert(-1, f"probe pass: {result['probe_visual_tokens']} visual tokens")
+    if result["allocator_warning"]:
+        lines.append(f"warning: {result['allocator_warning']}")
     return "\n".join(lines)
 
 

@@ -56,8 +56,23 @@ def is_bundled(path: str | None) -> bool:
     return resolved in (BUNDLED_BACKBONE, BUNDLED_ALLOCATOR)
 
 
+def provenance(name_or_path: str) -> str:
+    """Where a backbone or allocator comes from, in words: the bundled tiny world, a model built
+    in code by name, a local folder, or a hub id."""
+    from resadapt.registry import backbone_builder
+
+    if is_bundled(name_or_path):
+        return "bundled tiny world"
+    if backbone_builder(name_or_path) is not None:
+        return "built in code by name, random weights"
+    if Path(name_or_path).is_dir():
+        return "local folder"
+    return "hub id"
+
+
 def examples() -> list[dict]:
-    """Bundled example clips: ``{"video": absolute path, "question": prompt, "answer": gold}``.
+    """Bundled example clips: ``{"video": absolute path, "question": prompt, "answer": gold,
+    "problem_type", "num_options"}``.
 
     ``assets/examples/data.jsonl`` is written by ``python -m resadapt.synth`` (see the README); the
     question is the prompt the backbone sees (multiple-choice options listed with their letters).
@@ -68,4 +83,13 @@ def examples() -> list[dict]:
     if not index.is_file():
         return []
     rows, _ = read_examples(index)
-    return [{"video": e.video, "question": e.prompt(), "answer": e.gold()} for e in rows]
+    return [
+        {
+            "video": e.video,
+            "question": e.prompt(),
+            "answer": e.gold(),
+            "problem_type": e.problem_type,
+            "num_options": len(e.options or []),
+        }
+        for e in rows
+    ]

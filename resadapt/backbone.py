@@ -36,6 +36,7 @@ from transformers.video_utils import VideoMetadata
 from resadapt.errors import BackboneError
 from resadapt.geometry import Geometry
 from resadapt.registry import backbone_builder
+from resadapt.video import resize_frames
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,25 @@ class ChunkedVideo:
     def __post_init__(self) -> None:
         assert len(self.chunks) == len(self.timestamps) > 0
         assert self.sample_fps > 0, self.sample_fps
+
+    @classmethod
+    def from_frames(
+        cls,
+        frames: np.ndarray,
+        timestamps: np.ndarray,
+        sample_fps: float,
+        sizes: list[tuple[int, int]],
+        frames_per_chunk: int,
+    ) -> ChunkedVideo:
+        """Chunk k = frames [k F, (k + 1) F) of ``frames`` (T, H, W, 3) resized to ``sizes[k]``;
+        timestamps (T,) seconds. Frames past the K = len(sizes) whole chunks are left out."""
+        f = frames_per_chunk
+        chunks = [
+            resize_frames(frames[k * f : (k + 1) * f], size)  # (F, h_k, w_k, 3)
+            for k, size in enumerate(sizes)
+        ]
+        times = np.asarray(timestamps)[: len(chunks) * f].reshape(len(chunks), f)  # (K, F)
+        return cls(chunks=chunks, timestamps=times, sample_fps=sample_fps)
 
 
 def chunked_position_ids(

@@ -98,19 +98,24 @@ def set_rng_state(state: dict) -> None:
 
 
 # ------------------------------------------------------------------------- allocator run folders
-def _write_checkpoint(tmp: Path, model, training_state: dict, config: dict) -> None:
-    model.save_pretrained(tmp)
+def _write_checkpoint(
+    tmp: Path, model, training_state: dict, config: dict, card: dict | None
+) -> None:
+    model.save_pretrained(tmp, **({"model_card_kwargs": card} if card else {}))
     torch.save(training_state, tmp / TRAINING_STATE)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def save_checkpoint(folder: str | Path, model, training_state: dict, config: dict) -> None:
+def save_checkpoint(
+    folder: str | Path, model, training_state: dict, config: dict, card: dict | None = None
+) -> None:
     """Write ``folder`` atomically: ``model.save_pretrained`` files, TRAINING_STATE, CONFIG_FILE.
 
-    ``config`` is the run's resolved config as a JSON-able dict.
+    ``config`` is the run's resolved config as a JSON-able dict; ``card`` the model card's
+    extra fields (``save_pretrained(model_card_kwargs=...)``), if any.
     """
     write = functools.partial(
-        _write_checkpoint, model=model, training_state=training_state, config=config
+        _write_checkpoint, model=model, training_state=training_state, config=config, card=card
     )
     save_folder_atomic(folder, write)
 

@@ -91,9 +91,21 @@ def _validate(row: object, root: Path) -> tuple[Example | None, str]:
     )
 
 
-def read_examples(path: str | Path) -> tuple[list[Example], Counter]:
-    """Read a .jsonl or .parquet file; returns the valid examples and skip reasons with counts."""
+def read_examples(
+    path: str | Path, benchmark: str | None = None, video_root: str | Path | None = None
+) -> tuple[list[Example], Counter]:
+    """Read a .jsonl or .parquet file; returns the valid examples and skip reasons with counts.
+
+    With ``benchmark`` the file (or folder) is that benchmark's own (:mod:`resadapt.benchmarks`),
+    its videos under ``video_root`` (default: the data's folder).
+    """
     path = Path(path)
+    if benchmark is not None:
+        from resadapt.benchmarks import read_benchmark
+
+        root = Path(video_root) if video_root is not None else path.parent
+        rows, skipped = read_benchmark(benchmark, path, root)
+        return _examples(rows, root, skipped, path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     skipped: Counter = Counter()
@@ -120,9 +132,16 @@ def read_examples(path: str | Path) -> tuple[list[Example], Counter]:
                 logger.warning("%s:%d: invalid JSON, skipped", path, n)
     else:
         raise DataError(f"{path} is neither .jsonl nor .parquet")
+    return _examples(rows, path.parent, skipped, path)
+
+
+def _examples(
+    rows: list[object], root: Path, skipped: Counter, path: Path
+) -> tuple[list[Example], Counter]:
+    """The valid examples of ``rows`` (relative videos under ``root``); skips counted."""
     examples = []
     for row in rows:
-        example, reason = _validate(row, path.parent)
+        example, reason = _validate(row, root)
         if example is None:
             skipped[reason] += 1
         else:
@@ -134,13 +153,18 @@ def read_examples(path: str | Path) -> tuple[list[Example], Counter]:
     return examples, skipped
 
 
-def load_examples(path: str | Path, limit: int | None = None) -> tuple[list[Example], Counter]:
+def load_examples(
+    path: str | Path,
+    limit: int | None = None,
+    benchmark: str | None = None,
+    video_root: str | Path | None = None,
+) -> tuple[list[Example], Counter]:
     """The usable rows of a data file (the first ``limit``), with skipped rows counted by reason.
 
     A row is usable when it is valid (:func:`read_examples`) and the pipeline accepts its prompt
     (:func:`resadapt.errors.validate_question`); the trainer and the evaluator both load this way.
     """
-    examples, skipped = read_examples(path)
+    examples, skipped = read_examples(path, benchmark, video_root)
     kept = []
     for example in examples:
         try:

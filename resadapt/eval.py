@@ -14,15 +14,23 @@ Contract:
     ``over_budget`` and left out of that row (this depends on the video and frame count, not on the
     policy, so all policies at one budget see the same examples). Unreadable videos are recorded
     as ``unreadable``, logged and counted; they never stop the run.
-  * Latency of an example = its allocation time + its share of the backbone time, where the
-    backbone time (resizing the chunks, the processor, prefill and greedy generation) of a batch of
-    ``--batch-size`` examples is divided evenly among them. Decoding is excluded (shared by all).
+  * Latency of an example = its allocation time (which includes the attention policy's probe
+    pass) + its share of the backbone time, where the backbone time (resizing the chunks, the
+    processor, prefill and greedy generation) of a batch of ``--batch-size`` examples is divided
+    evenly among them. Decoding is excluded (shared by all).
+  * A policy that runs its own probe pass of the backbone (``attention``) reports its visual tokens
+    as ``probe_visual_tokens``; ``retention_with_probe`` = (visual_tokens + probe_visual_tokens) /
+    vanilla, the cost of the answer including the probe (= retention for every other policy).
   * Accuracy = mean grade (resadapt.grading: 0/1, or temporal IoU) over the row's examples.
 
 Outputs in ``--out``: ``records.jsonl`` (one line per example × policy × budget × frame count:
-video, question, gold, response, correct, status, visual_tokens, retention, latency_s, scales,
-chunk_tokens, ...), ``results.json`` (config, skip counts, rows), ``results.csv`` (the rows) and
-``frontier.png`` (accuracy against mean retention, one line per policy, one panel per frame count).
+video, question, gold, response, correct, status, visual_tokens, retention, probe_visual_tokens,
+retention_with_probe, latency_s, probe_s, scales, chunk_tokens, ...), ``results.json`` (config,
+skip counts, rows), ``results.csv`` (the rows) and ``frontier.png`` (accuracy against mean
+retention, one line per policy, one panel per frame count). With ``--benchmark`` (``--data`` is
+then that benchmark's own file, its videos under ``--video-root``) every row also carries
+``benchmark``: the benchmark's headline ``score`` and the categories it reports
+(resadapt.benchmarks.Breakdown), as extra columns of results.csv and a second printed table.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from resadapt import cli
+from resadapt.benchmarks import BENCHMARK_NAMES, Breakdown, format_breakdown
 from resadapt.cli import default_of, option
 from resadapt.data import Example, load_examples
 from resadapt.errors import (
@@ -49,8 +58,16 @@ from resadapt.errors import (
     VideoError,
 )
 from resadapt.grading import grade
-from resadapt.pipeline import Allocation, ModelConfig, Pipeline, Request, load_backbone
-from resadapt.policies import POLICY_NAMES, Learned, Policy, make_policy
+from resadapt.pipeline import (
+    Allocation,
+    ModelConfig,
+    Pipeline,
+    Request,
+    default_allocator_for,
+    load_allocator,
+    load_backbone,
+)
+from resadapt.policies import POLICY_NAMES, Learned, Policy, check_allocator_path, make_policy
 from resadapt.video import MAX_SAMPLED_FRAMES, SampledVideo
 
 logger = logging.getLogger("resadapt.eval")
@@ -69,13 +86,16 @@ ROW_COLUMNS = (
     "unreadable",
     "accuracy",
     "mean_retention",
+    "mean_probe_visual_tokens",
+    "mean_retention_with_probe",
     "mean_visual_tokens",
     "mean_scale_spread",
     "mean_latency_s",
 )
 """Columns of results.csv (and keys of every row in results.json); means are empty (null) when
 no example of the row fits its budget. The scale spread is the within-video standard deviation of
-the fitted chunk scales (0: every chunk the same size)."""
+the fitted chunk scales (0: every chunk the same size); the probe columns are 0 and equal to the
+retention for policies without a probe pass."""
 MARKERS = "osD^vPX"
 """Marker of each policy's line in frontier.png (vanilla is a star)."""
 
@@ -151,11 +171,24 @@ def _unique(values: tuple) -> tuple:
 class EvalConfig(ModelConfig):
     """The evaluation grid and run settings, and the models (every field is a CLI flag)."""
 
-    data: str = option("dataset: .jsonl or .parquet rows (see resadapt.data)")
+    data: str = option(
+        "dataset: .jsonl or .parquet rows (see resadapt.data), or the --benchmark's own file "
+        "(MVBench: its json folder)"
+    )
+    benchmark: str | None = option(
+        "read --data as this benchmark's published file and report its categories "
+        "(see resadapt.benchmarks)",
+        None,
+        choices=BENCHMARK_NAMES,
+    )
+    video_root: str | None = option(
+        "folder of the --benchmark's videos (default: the folder of --data)", None
+    )
     out: str = option("output folder for results.json/.csv, records.jsonl and frontier.png")
     policies: tuple[PolicySpec, ...] = option(
-        "comma list of vanilla, uniform, content, random, learned[:PATH] (learned without a "
-        "path uses --allocator: $RESADAPT_ALLOCATOR, else the bundled allocator)",
+        "comma list of vanilla, uniform, content, random, attention, learned[:PATH] (learned "
+        "without a path uses --allocator: $RESADAPT_ALLOCATOR, else the bundled allocator when it "
+        "matches the backbone)",
         parse_policies("vanilla,uniform,content,random"),
         parse=parse_policies,
     )
@@ -186,6 +219,15 @@ class EvalConfig(ModelConfig):
     scale: float = option(
         "scale of the uniform policy before budget fitting", default_of(Request, "scale")
     )
+    probe_budget: float = option(
+        "visual tokens of the attention policy's probe pass, as a share of the full-resolution "
+        "tokens",
+        default_of(Request, "probe_budget"),
+    )
+    probe_layers: int | None = option(
+        "language-model layers of the attention policy's probe pass (none: all)",
+        default_of(Request, "probe_layers"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -205,6 +247,8 @@ class EvalConfig(ModelConfig):
                 raise BudgetError(
                     f"--frames: a count must be in [1, {MAX_SAMPLED_FRAMES}], got {n}"
                 )
+        if self.video_root is not None and self.benchmark is None:
+            raise ResAdaptError(f"--video-root {self.video_root} needs --benchmark")
         if self.limit is not None and self.limit < 1:
             raise BudgetError(f"--limit must be at least 1, got {self.limit}")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -213,12 +257,18 @@ class EvalConfig(ModelConfig):
             )
         # fps, max_new_tokens and scale are checked where they are used (Request, make_policy);
         # building one request here turns a bad value into an error before anything loads.
-        Request(question="?", fps=self.fps, max_new_tokens=self.max_new_tokens)
+        Request(
+            question="?",
+            fps=self.fps,
+            max_new_tokens=self.max_new_tokens,
+            probe_budget=self.probe_budget,
+            probe_layers=self.probe_layers,
+        )
         if not 0 < self.scale <= 1:
             raise BudgetError(f"--scale must be in (0, 1], got {self.scale}")
         for spec in self.policies:
-            if spec.allocator and not (Path(spec.allocator) / "config.json").is_file():
-                raise PolicyError(f"no allocator checkpoint at {spec.allocator} (no config.json)")
+            if spec.allocator:
+                check_allocator_path(spec.allocator)
 
     @property
     def budget_points(self) -> tuple[Budget, ...]:
@@ -282,7 +332,12 @@ class Evaluator:
         """The policy for example ``index``; ``random`` draws from (seed, index)."""
         seed = int(np.random.SeedSequence([self.config.seed, index]).generate_state(1)[0])
         return make_policy(
-            spec.name, scale=self.config.scale, seed=seed, learned=self.learned.get(spec.label)
+            spec.name,
+            scale=self.config.scale,
+            seed=seed,
+            learned=self.learned.get(spec.label),
+            probe_budget=self.config.probe_budget,
+            probe_layers=self.config.probe_layers,
         )
 
     def run(self, examples: list[Example]) -> Iterator[dict]:
@@ -324,6 +379,8 @@ class Evaluator:
             fps=self.config.fps,
             max_new_tokens=self.config.max_new_tokens,
             seed=self.config.seed,
+            probe_budget=self.config.probe_budget,
+            probe_layers=self.config.probe_layers,
         )
 
     def _decode(self, e: Example, frames: int | None) -> SampledVideo | str:
@@ -355,6 +412,7 @@ class Evaluator:
                 "question": e.question,
                 "problem_type": e.problem_type,
                 "gold": e.gold(),
+                "category": e.extra.get("category"),
             }
             video = cache[e.video]
             if isinstance(video, str):
@@ -382,6 +440,8 @@ class Evaluator:
         for r, response in zip(ready, responses, strict=True):
             e = r.example
             tokens = int(sum(r.allocation.tokens))
+            probe_tokens = r.allocation.probe_visual_tokens
+            vanilla = r.allocation.vanilla_tokens
             yield r.record | {
                 "status": "ok",
                 "response": response,
@@ -389,7 +449,10 @@ class Evaluator:
                 "num_frames": len(r.video.frames),
                 "visual_tokens": tokens,
                 "vanilla_visual_tokens": int(r.allocation.vanilla_tokens),
-                "retention": tokens / r.allocation.vanilla_tokens,
+                "retention": tokens / vanilla,
+                "probe_visual_tokens": probe_tokens,
+                "retention_with_probe": (tokens + probe_tokens) / vanilla,
+                "probe_s": r.allocation.probe_s,
                 "latency_s": r.record["allocate_s"] + backbone_s,
                 "backbone_s": backbone_s,
                 "scales": [round(float(s), 4) for s in r.allocation.scales],
@@ -404,19 +467,27 @@ class Summary:
     def __init__(self, config: EvalConfig):
         self.config = config
         self.cells: dict[tuple, Counter] = {}
+        self.breakdowns: dict[tuple, Breakdown] = {}
+        """Per-category totals of each cell when --benchmark is given."""
         for frames in config.frame_counts:
             for spec, budget in config.settings():
                 label = config.frames_label(frames)
                 key = (label, spec.label, budget.retention, budget.max_visual_tokens)
                 self.cells[key] = Counter()
+                if config.benchmark is not None:
+                    self.breakdowns[key] = Breakdown(config.benchmark)
 
     def add(self, record: dict) -> None:
         key = (record["frames"], record["policy"], record["budget"], record["max_visual_tokens"])
         cell = self.cells[key]
+        if key in self.breakdowns:
+            self.breakdowns[key].add(record)
         cell[record["status"]] += 1
         if record["status"] == "ok":
             cell["correct"] += record["correct"]
             cell["retention"] += record["retention"]
+            cell["probe_visual_tokens"] += record["probe_visual_tokens"]
+            cell["retention_with_probe"] += record["retention_with_probe"]
             cell["visual_tokens"] += record["visual_tokens"]
             cell["scale_spread"] += float(np.std(record["scales"]))
             cell["latency_s"] += record["latency_s"]
@@ -440,11 +511,15 @@ class Summary:
                     "unreadable": cell["unreadable"],
                     "accuracy": mean("correct"),
                     "mean_retention": mean("retention"),
+                    "mean_probe_visual_tokens": mean("probe_visual_tokens"),
+                    "mean_retention_with_probe": mean("retention_with_probe"),
                     "mean_visual_tokens": mean("visual_tokens"),
                     "mean_scale_spread": mean("scale_spread"),
                     "mean_latency_s": mean("latency_s"),
                 }
             )
+            if self.breakdowns:
+                rows[-1]["benchmark"] = self.breakdowns[(frames, policy, budget, cap)].columns()
         return rows
 
 
@@ -452,7 +527,7 @@ def format_table(rows: list[dict]) -> str:
     """The rows as a compact fixed-width table (one line per policy × budget × frame count)."""
     head = (
         f"{'policy':<12} {'budget':>10} {'frames':>6} {'n':>4} {'accuracy':>8} "
-        f"{'retention':>9} {'tokens':>8} {'spread':>6} {'latency':>8}"
+        f"{'retention':>9} {'+probe':>7} {'tokens':>8} {'spread':>6} {'latency':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -461,12 +536,13 @@ def format_table(rows: list[dict]) -> str:
         if r["examples"]:
             line += (
                 f"{r['accuracy']:>8.3f} {r['mean_retention']:>9.3f} "
-                f"{r['mean_visual_tokens']:>8.1f} {r['mean_scale_spread']:>6.3f} "
-                f"{r['mean_latency_s']:>7.3f}s"
+                f"{r['mean_retention_with_probe']:>7.3f} {r['mean_visual_tokens']:>8.1f} "
+                f"{r['mean_scale_spread']:>6.3f} {r['mean_latency_s']:>7.3f}s"
             )
         else:
-            line += f"{'-':>8} {'-':>9} {'-':>8} {'-':>6} {'-':>8}"
+            line += f"{'-':>8} {'-':>9} {'-':>7} {'-':>8} {'-':>6} {'-':>8}"
         lines.append(line)
+    lines.append("+probe: retention counting the attention policy's probe pass")
     if any(not r["examples"] for r in rows):
         lines.append("n = 0: no example fits that budget even at the smallest size per chunk")
     return "\n".join(lines)
@@ -513,34 +589,38 @@ def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict]
     """results.json, results.csv and frontier.png in ``out``."""
     meta = {"backbone": backbone, "config": config.to_json(), "skipped_rows": dict(skipped)}
     (out / "results.json").write_text(json.dumps(meta | {"rows": rows}, indent=2) + "\n")
+    flat = [{k: v for k, v in r.items() if k != "benchmark"} | r.get("benchmark", {}) for r in rows]
     with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(flat)
     plot_frontier(rows, out / "frontier.png", f"{Path(backbone).name}")
 
 
 # ---------------------------------------------------------------------------------------- entry
 def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
     """Load the backbone once and every allocator the policies name; returns the backbone name."""
-    from resadapt.assets import default_allocator
-
     backbone = load_backbone(config)
     learned = {}
     for spec in config.policies:
         if spec.name != "learned":
             continue
-        path = spec.allocator or config.allocator or default_allocator()
+        path = spec.allocator or default_allocator_for(config, backbone)
         if path is None:
-            raise PolicyError("learned needs an allocator: write learned:PATH in --policies")
-        learned[spec.label] = Learned.load(path, backbone.tokenizer, backbone.model)
-        learned[spec.label].allocator.to(backbone.device)
+            raise PolicyError(
+                f"learned needs an allocator trained against {backbone.name}: write learned:PATH "
+                "in --policies"
+            )
+        allow = config.allow_mismatched_allocator
+        learned[spec.label] = load_allocator(path, backbone, allow_mismatched=allow)
     return Pipeline(backbone), learned, backbone.name
 
 
 def evaluate(config: EvalConfig) -> list[dict]:
     """Run the whole evaluation and write every output; returns the summary rows."""
-    examples, skipped = load_examples(config.data, config.limit)
+    examples, skipped = load_examples(
+        config.data, config.limit, config.benchmark, config.video_root
+    )
     out = Path(config.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -584,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
         config = cli.make(EvalConfig, args)
         rows = evaluate(config)
         print(format_table(rows))
+        if config.benchmark is not None:
+            print(f"\n{config.benchmark}: score and reported categories per row")
+            print(format_breakdown(rows))
         print(f"\nwrote results.json, results.csv, records.jsonl and frontier.png to {config.out}")
 
     return cli.run(body)

@@ -216,3 +216,14 @@ def fit_budget(
             levels[i] = nxt
             changed = True
     return np.array([ladder[level].scale for level in levels])
+
+
+def uniform_step(
+    geometry: Geometry, base_height: int, base_width: int, num_chunks: int, max_tokens: int
+) -> Step:
+    """The largest rung at which all ``num_chunks`` chunks fit ``max_tokens`` together at one size,
+    or the smallest rung when none does (a probe always runs; its cost is reported, not capped)."""
+    assert num_chunks >= 1, num_chunks
+    ladder = size_ladder(geometry, base_height, base_width)
+    fitting = [step for step in ladder if step.tokens * num_chunks <= max_tokens]
+    return fitting[-1] if fitting else ladder[0]

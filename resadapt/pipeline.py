@@ -6,6 +6,7 @@ Owns the request/result records (the JSON contract of ``resadapt.ask --json`` an
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -15,19 +16,23 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from allocator import AllocatorConfig
+from resadapt import compat
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.cli import option
 from resadapt.errors import BudgetError, PolicyError, validate_question
 from resadapt.geometry import fit_budget
 from resadapt.policies import (
     POLICY_NAMES,
+    PROBE_BUDGET,
     THUMB_SIDE,
     AllocationContext,
     Learned,
     Policy,
+    ProbeCost,
     make_policy,
 )
-from resadapt.video import SampledVideo, load_video, resize_frames
+from resadapt.video import SampledVideo, load_video
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +55,7 @@ class Request:
 
     question: str = option("the question to answer", positional=True)
     policy: str | None = option(
-        "allocation policy (default: learned when an allocator is loaded, else content)",
+        "allocation policy (default: learned when an allocator is loaded, else attention)",
         None,
         choices=POLICY_NAMES,
     )
@@ -70,9 +75,20 @@ class Request:
     fps: float = option("frames sampled per second when --frames is not given", 2.0)
     max_new_tokens: int = option("longest answer, in tokens", 32)
     seed: int = option("seed of --policy random", 0)
+    probe_budget: float = option(
+        "--policy attention: visual tokens of its probe pass (every chunk at one low size), as a "
+        "share in (0, 1] of the full-resolution tokens; reported as probe_visual_tokens",
+        PROBE_BUDGET,
+    )
+    probe_layers: int | None = option(
+        "--policy attention: run the probe through only the first N language-model layers "
+        "(FlexSelect-style truncation); none: all layers",
+        None,
+    )
 
     def __post_init__(self) -> None:
         self.question = validate_question(self.question)
+        validate_probe(self.probe_budget, self.probe_layers)
         if self.policy is not None and self.policy not in POLICY_NAMES:
             raise PolicyError(
                 f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}"
@@ -91,6 +107,14 @@ class Request:
             )
 
 
+def validate_probe(probe_budget: float, probe_layers: int | None) -> None:
+    """Raise BudgetError for a probe budget outside (0, 1] or a layer count below 1."""
+    if not 0 < probe_budget <= 1:
+        raise BudgetError(f"the probe budget must be in (0, 1], got {probe_budget}")
+    if probe_layers is not None and probe_layers < 1:
+        raise BudgetError(f"probe layers must be at least 1 (or none for all), got {probe_layers}")
+
+
 @dataclass
 class ModelConfig:
     """Which backbone and allocator a pipeline loads, and where (ask, eval and the app share it)."""
@@ -101,9 +125,14 @@ class ModelConfig:
         None,
     )
     allocator: str | None = option(
-        "allocator folder of --policy learned (default: $RESADAPT_ALLOCATOR, else the bundled "
-        "allocator if any)",
+        "allocator folder or hub id of --policy learned (default: $RESADAPT_ALLOCATOR, else the "
+        "bundled allocator when the backbone is the one it was trained against, else none)",
         None,
+    )
+    allow_mismatched_allocator: bool = option(
+        "run an allocator against a backbone it was not trained against (or that it records "
+        "nothing about): logged, and shown as allocator_warning in every result",
+        False,
     )
     dtype: str | None = option(
         "backbone dtype: float32, bfloat16, float16 or auto (the checkpoint's) (default: float32 "
@@ -158,15 +187,59 @@ def load_backbone(config: ModelConfig) -> Backbone:
     return backbone
 
 
-def load_pipeline(config: ModelConfig) -> Pipeline:
-    """Load the backbone and the allocator (the configured one, else the default if any) once."""
-    from resadapt.assets import default_allocator
+def load_allocator(path: str, backbone: Backbone, *, allow_mismatched: bool = False) -> Learned:
+    """Load the allocator at ``path`` (folder or hub id) for ``backbone``, on its device.
 
+    An allocator that does not record this backbone is refused (PolicyError, one sentence naming
+    both), unless ``allow_mismatched``: then it runs with ``Learned.warning`` set (logged), and
+    query token ids beyond its table are folded into it.
+    """
+    warnings = []
+
+    def check(config) -> None:
+        warnings.append(compat.check(config, backbone, path, allow_mismatched=allow_mismatched))
+
+    learned = Learned.load(path, backbone.tokenizer, backbone.model, check=check)
+    learned.warning = warnings[0]
+    query = learned.allocator.query_encoder
+    if learned.warning and query.mode == "learned" and len(backbone.tokenizer) > query.vocab_size:
+        query.fold_ids = True
+        learned.warning += (
+            f"; query token ids at or above {query.vocab_size:,} are folded into its table"
+        )
+    learned.check_fit(backbone.geometry.frames_per_chunk)
+    learned.allocator.to(backbone.device)
+    return learned
+
+
+def default_allocator_for(config: ModelConfig, backbone: Backbone) -> str | None:
+    """The allocator a pipeline loads: ``--allocator``, else $RESADAPT_ALLOCATOR (both explicit:
+    a mismatch is refused), else the bundled allocator only when it records this backbone."""
+    from resadapt.assets import ALLOCATOR_ENV, BUNDLED_ALLOCATOR
+
+    explicit = config.allocator or os.environ.get(ALLOCATOR_ENV)
+    if explicit:
+        return explicit
+    config_file = BUNDLED_ALLOCATOR / "config.json"
+    if not config_file.is_file():
+        return None
+    recorded = AllocatorConfig.from_dict(json.loads(config_file.read_text()))
+    if compat.matches(recorded, backbone):
+        return str(BUNDLED_ALLOCATOR)
+    logger.info(
+        "the bundled allocator was trained against %s, not %s: no allocator is loaded",
+        recorded.backbone,
+        backbone.name,
+    )
+    return None
+
+
+def load_pipeline(config: ModelConfig) -> Pipeline:
+    """Load the backbone and the allocator (see :func:`default_allocator_for`) once."""
     backbone = load_backbone(config)
-    path = config.allocator or default_allocator()
-    learned = Learned.load(path, backbone.tokenizer, backbone.model) if path else None
-    if learned is not None:
-        learned.allocator.to(backbone.device)
+    path = default_allocator_for(config, backbone)
+    allow = config.allow_mismatched_allocator
+    learned = load_allocator(path, backbone, allow_mismatched=allow) if path else None
     return Pipeline(backbone, learned)
 
 
@@ -182,6 +255,18 @@ class Allocation:
     """K visual-token counts."""
     vanilla_tokens: int
     """Tokens of the same frames at scale 1.0."""
+    probe: ProbeCost | None = None
+    """What the policy's own backbone pass cost (attention policy), else None."""
+
+    @property
+    def probe_visual_tokens(self) -> int:
+        """Visual tokens of the policy's probe pass (0 without one)."""
+        return self.probe.visual_tokens if self.probe is not None else 0
+
+    @property
+    def probe_s(self) -> float:
+        """Seconds of the policy's probe pass (part of the allocation time; 0 without one)."""
+        return self.probe.seconds if self.probe is not None else 0.0
 
 
 @dataclass
@@ -196,7 +281,13 @@ class Result:
     visual_tokens: int
     vanilla_visual_tokens: int
     retention: float
+    probe_visual_tokens: int = 0
+    """Visual tokens the policy's probe pass encoded (attention policy; 0 for the others): the
+    full cost of the answer is visual_tokens + probe_visual_tokens."""
+    allocator_warning: str | None = None
+    """Set when the learned policy ran an allocator against a backbone it does not match."""
     timings: dict[str, float] = field(default_factory=dict)
+    """decode_s, allocate_s (which includes probe_s), probe_s, backbone_s, total_s."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -213,8 +304,8 @@ class Pipeline:
 
     @property
     def default_policy(self) -> str:
-        """learned when an allocator is loaded, else content."""
-        return "learned" if self.learned is not None else "content"
+        """learned when an allocator is loaded, else attention (query-aware, any checkpoint)."""
+        return "learned" if self.learned is not None else "attention"
 
     def policy_name(self, request: Request) -> str:
         """The request's policy, or the pipeline's default when it names none."""
@@ -236,11 +327,18 @@ class Pipeline:
             timestamps=video.timestamps,
             question=question,
             frames_per_chunk=self.backbone.geometry.frames_per_chunk,
+            video=video,
+            backbone=self.backbone,
         )
 
     def policy(self, request: Request) -> Policy:
         return make_policy(
-            self.policy_name(request), scale=request.scale, seed=request.seed, learned=self.learned
+            self.policy_name(request),
+            scale=request.scale,
+            seed=request.seed,
+            learned=self.learned,
+            probe_budget=request.probe_budget,
+            probe_layers=request.probe_layers,
         )
 
     def allocate(
@@ -255,9 +353,12 @@ class Pipeline:
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
         vanilla = self.vanilla_tokens(video)
+        probe = None
         if scales is None:
             policy = policy or self.policy(request)
-            scales = policy.scales(self.context(video, request.question, policy.thumb_side))
+            ctx = self.context(video, request.question, policy.thumb_side)
+            scales = policy.scales(ctx)
+            probe = ctx.probe
         scales = np.clip(np.asarray(scales, dtype=np.float64), 1e-6, 1.0)  # (K,)
         assert scales.shape == (k,), (scales.shape, k)
         cap = self.token_cap(request, vanilla)
@@ -265,7 +366,9 @@ class Pipeline:
             scales = fit_budget(scales, geometry, base_h, base_w, cap)
         sizes = [geometry.scaled_size(base_h, base_w, s) for s in scales]
         tokens = [geometry.tokens(h, w) for h, w in sizes]
-        return Allocation(scales=scales, sizes=sizes, tokens=tokens, vanilla_tokens=vanilla)
+        return Allocation(
+            scales=scales, sizes=sizes, tokens=tokens, vanilla_tokens=vanilla, probe=probe
+        )
 
     def vanilla_tokens(self, video: SampledVideo) -> int:
         """Visual tokens of every chunk of ``video`` at scale 1.0 (the full-resolution baseline)."""
@@ -284,13 +387,13 @@ class Pipeline:
 
     def chunked(self, video: SampledVideo, allocation: Allocation) -> ChunkedVideo:
         """Resize every chunk's frames to its allocated size."""
-        f = self.backbone.geometry.frames_per_chunk
-        chunks = [
-            resize_frames(video.frames[k * f : (k + 1) * f], size)  # (F, h_k, w_k, 3)
-            for k, size in enumerate(allocation.sizes)
-        ]
-        times = video.timestamps[: len(chunks) * f].reshape(len(chunks), f)  # (K, F)
-        return ChunkedVideo(chunks=chunks, timestamps=times, sample_fps=video.sample_fps)
+        return ChunkedVideo.from_frames(
+            video.frames,
+            video.timestamps,
+            video.sample_fps,
+            allocation.sizes,
+            self.backbone.geometry.frames_per_chunk,
+        )
 
     # ------------------------------------------------------------------ whole questions
     def ask(self, path: str, request: Request) -> Result:
@@ -312,8 +415,9 @@ class Pipeline:
     ) -> Iterator[Result]:
         """Encode the allocated chunks and stream the answer into a growing Result.
 
-        ``timings`` holds the stages already spent (decode_s, allocate_s); backbone_s and total_s
-        are added here (backbone_s covers resizing, the processor, prefill and generation).
+        ``timings`` holds the stages already spent (decode_s, allocate_s); probe_s (the part of
+        allocate_s the policy's probe pass took), backbone_s and total_s are added here (backbone_s
+        covers resizing, the processor, prefill and generation).
         """
         t3 = time.perf_counter()
         chunked = self.chunked(video, allocation)
@@ -321,7 +425,12 @@ class Pipeline:
         produced = self.backbone.chunk_tokens(inputs)
         assert produced == allocation.tokens, (produced, allocation.tokens)
         result = self._result(video, allocation, request, "")
-        result.timings = {**timings, "backbone_s": 0.0, "total_s": 0.0}
+        result.timings = {
+            **timings,
+            "probe_s": allocation.probe_s,
+            "backbone_s": 0.0,
+            "total_s": 0.0,
+        }
         yield result
         pieces = []
         for piece in self.backbone.stream(inputs, request.max_new_tokens):
@@ -365,13 +474,17 @@ class Pipeline:
                 }
             )
         spent = int(sum(allocation.tokens))
+        policy = self.policy_name(request)
+        learned = self.learned if policy == "learned" else None
         return Result(
             answer=answer,
             backbone=self.backbone.name,
-            policy=self.policy_name(request),
+            policy=policy,
             frames=frames,
             chunks=chunks,
             visual_tokens=spent,
             vanilla_visual_tokens=int(allocation.vanilla_tokens),
             retention=round(spent / allocation.vanilla_tokens, 6),
+            probe_visual_tokens=allocation.probe_visual_tokens,
+            allocator_warning=learned.warning if learned is not None else None,
         )

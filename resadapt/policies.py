@@ -1,34 +1,70 @@
 """Allocation policies: one scale per temporal chunk, chosen before the backbone sees any pixel.
 
-Owns the policy interface, the registry (vanilla, uniform, random, content, learned) and the
-tensors the learned allocator reads. Knows nothing about budgets (see geometry.fit_budget) or
-about how the backbone encodes the chunks.
+Owns the policy interface, the registry (vanilla, uniform, random, content, learned, attention)
+and the tensors the learned allocator reads. Knows nothing about budgets (see geometry.fit_budget)
+or about how the backbone encodes the chunks (the attention policy asks resadapt.relevance).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 import torch
 
 from allocator import Allocator, AllocatorConfig, mean_scale
+from resadapt import relevance
+from resadapt.backbone import ChunkedVideo
 from resadapt.errors import BudgetError, PolicyError
+from resadapt.geometry import uniform_step
 
-POLICY_NAMES = ("vanilla", "uniform", "random", "content", "learned")
+if TYPE_CHECKING:
+    from resadapt.backbone import Backbone
+    from resadapt.video import SampledVideo
+
+POLICY_NAMES = ("vanilla", "uniform", "random", "content", "learned", "attention")
 THUMB_SIDE = AllocatorConfig.__dataclass_fields__["thumb_side"].default
 """Thumbnail side of the training-free policies: the allocator's default, so that one decoded
 video's thumbnails serve every policy; a loaded allocator reads its own (``Learned.thumb_side``)."""
 MIN_SCALE = 0.2
 """Lowest scale the training-free policies propose (the allocator's default s_min)."""
+PROBE_BUDGET = 0.1
+"""Default visual tokens of the attention policy's probe pass, as a share of the full-resolution
+tokens (every chunk at one size: the largest that fits, at least the smallest)."""
+ATTENTION_QUERIES = "after_video"
+"""Query positions the attention policy averages: every position after the video (with a real
+Qwen template the question and the assistant cue; see resadapt.relevance.query_rows)."""
+ATTENTION_SHARPNESS = 4.0
+"""Exponent γ of the attention policy's map s_k = max(MIN_SCALE, (share_k / max share)^γ). A
+layer-and-head mean keeps a diffuse floor on every chunk (why the trainer sharpens its attention
+targets to share^(1/T)), so the ratios are sharpened the same way: γ = 1/T at the trainer's
+default T = 0.25. Not tuned on real checkpoints."""
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+"""A Hugging Face hub id (owner/name)."""
+
+
+@dataclass
+class ProbeCost:
+    """What a policy's own pass of the backbone cost (reported with the result)."""
+
+    visual_tokens: int
+    """Visual tokens the probe pass encoded."""
+    seconds: float
+    """Wall time of the probe: resizing, the processor and the (truncated) prefill."""
 
 
 @dataclass
 class AllocationContext:
-    """What a policy may look at: cheap thumbnails of the sampled frames and the question."""
+    """What a policy may look at: cheap thumbnails of the sampled frames and the question; the
+    decoded frames and the backbone for a policy that runs the backbone itself (``attention``)."""
 
     thumbs: np.ndarray
     """(T, S, S, 3) uint8 RGB thumbnails of the sampled frames."""
@@ -36,6 +72,12 @@ class AllocationContext:
     """(T,) seconds."""
     question: str
     frames_per_chunk: int = 2
+    video: SampledVideo | None = None
+    """The decoded frames at the base size (the pipeline always gives them)."""
+    backbone: Backbone | None = None
+    """The frozen backbone (the pipeline always gives it)."""
+    probe: ProbeCost | None = None
+    """Set by a policy that ran a probe pass of the backbone; None otherwise."""
 
     @property
     def num_chunks(self) -> int:
@@ -131,6 +173,59 @@ class Content:
         return MIN_SCALE + (1 - MIN_SCALE) * score
 
 
+@dataclass
+class Attention:
+    """Training-free and query-aware, for any checkpoint: the backbone's own attention to each chunk
+    in a cheap first pass.
+
+    The probe encodes every chunk at one low size (the largest whose K copies fit ``probe_budget``
+    × the full-resolution tokens), through the first ``probe_layers`` layers of the language model
+    (None: all), and measures share_k: the attention from the positions after the video
+    (:data:`ATTENTION_QUERIES`) to chunk k's visual tokens over the attention to all visual tokens,
+    mean over those positions, layers and heads (resadapt.relevance.chunk_attention). Scales:
+    s_k = max(MIN_SCALE, (share_k / max_j share_j) ^ ATTENTION_SHARPNESS) — the most attended
+    chunk gets 1.0; the budget is fitted afterwards as for every policy. The probe's tokens and
+    time are reported in ``ctx.probe``.
+    """
+
+    thumb_side = THUMB_SIDE
+
+    probe_budget: float = PROBE_BUDGET
+    probe_layers: int | None = None
+    name: str = "attention"
+
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        if ctx.video is None or ctx.backbone is None:
+            raise PolicyError("the attention policy needs the decoded video and the backbone")
+        start = time.perf_counter()
+        backbone, video, k = ctx.backbone, ctx.video, ctx.num_chunks
+        vanilla = k * backbone.geometry.tokens(*video.base_size)
+        cap = math.floor(self.probe_budget * vanilla + 1e-9)
+        step = uniform_step(backbone.geometry, *video.base_size, k, cap)
+        probe_video = ChunkedVideo.from_frames(
+            video.frames,
+            video.timestamps,
+            video.sample_fps,
+            [(step.height, step.width)] * k,
+            ctx.frames_per_chunk,
+        )
+        (shares,) = relevance.chunk_attention(
+            backbone,
+            [probe_video],
+            [ctx.question],
+            queries=ATTENTION_QUERIES,
+            num_layers=self.probe_layers,
+        )
+        ctx.probe = ProbeCost(visual_tokens=k * step.tokens, seconds=time.perf_counter() - start)
+        return attention_scales(shares.double().numpy())
+
+
+def attention_scales(shares: np.ndarray) -> np.ndarray:
+    """(K,) shares → (K,) scales: max(MIN_SCALE, (share / max share) ^ ATTENTION_SHARPNESS)."""
+    ratio = shares / max(float(shares.max()), 1e-12)  # (K,) in [0, 1], 1 at the top chunk
+    return np.maximum(MIN_SCALE, ratio**ATTENTION_SHARPNESS)
+
+
 def _rank01(x: np.ndarray) -> np.ndarray:
     """Ranks scaled to [0, 1] (ties share their mean rank); all-equal input gives 0.5."""
     if len(x) == 1 or np.ptp(x) == 0:
@@ -187,14 +282,31 @@ class Learned:
         self.allocator = allocator.eval()
         self.tokenizer = tokenizer
         self.path = path
+        self.warning: str | None = None
+        """Set when the allocator runs against a backbone it does not match (shown with results)."""
 
     @classmethod
-    def load(cls, path: str | Path, tokenizer, backbone_model=None) -> Learned:
-        """Load an allocator folder (config.json + model.safetensors)."""
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise PolicyError(f"no allocator checkpoint at {path} (config.json is missing)")
-        alloc = Allocator.from_pretrained(str(path))
+    def load(
+        cls,
+        path: str | Path,
+        tokenizer,
+        backbone_model=None,
+        check: Callable[[AllocatorConfig], None] | None = None,
+    ) -> Learned:
+        """Load an allocator: a local folder (config.json + model.safetensors) or a hub id.
+
+        ``check`` sees the allocator's config before anything is wired to the backbone (e.g.
+        resadapt.compat's compatibility check) and may raise.
+        """
+        check_allocator_path(str(path))
+        try:
+            alloc = Allocator.from_pretrained(str(path))
+        except (OSError, ValueError) as e:
+            raise PolicyError(
+                f"cannot load allocator {path}: {str(e).splitlines()[0] if str(e) else e!r}"
+            ) from e
+        if check is not None:
+            check(alloc.config)
         if alloc.config.query_encoder == "backbone":
             if backbone_model is None:
                 raise PolicyError(f"allocator {path} needs the backbone's input embeddings")
@@ -219,6 +331,15 @@ class Learned:
         return scales[0].cpu().numpy()  # (K,)
 
 
+def check_allocator_path(path: str) -> None:
+    """Raise PolicyError unless ``path`` is an allocator folder (with config.json) or a hub id."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise PolicyError(f"no allocator checkpoint at {path} (config.json is missing)")
+    elif not HUB_ID.match(path):
+        raise PolicyError(f"no allocator checkpoint at {path} (no such folder, and not a hub id)")
+
+
 def check_fit(config: AllocatorConfig, frames_per_chunk: int, what: str) -> None:
     """Raise PolicyError when an allocator (``what``) reads chunks of another size than the
     backbone makes."""
@@ -230,7 +351,13 @@ def check_fit(config: AllocatorConfig, frames_per_chunk: int, what: str) -> None
 
 
 def make_policy(
-    name: str, *, scale: float = 0.5, seed: int = 0, learned: Learned | None = None
+    name: str,
+    *,
+    scale: float = 0.5,
+    seed: int = 0,
+    learned: Learned | None = None,
+    probe_budget: float = PROBE_BUDGET,
+    probe_layers: int | None = None,
 ) -> Policy:
     """A policy by name; ``learned`` needs a loaded :class:`Learned`."""
     if name == "vanilla":
@@ -247,4 +374,6 @@ def make_policy(
         if learned is None:
             raise PolicyError("the learned policy needs an allocator checkpoint (--allocator PATH)")
         return learned
+    if name == "attention":
+        return Attention(probe_budget, probe_layers)
     raise PolicyError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

@@ -7,11 +7,20 @@ question. The allocator's query detector is distilled toward these shares (``tra
 --attention-weight``): a dense, per-chunk signal that needs no evidence labels, which the bandit
 reward — one number per whole allocation — does not give.
 
-Only the last query row of every attention matrix is needed, so the probe registers its own
+Only the last Q query rows of every attention matrix are needed, so the probe registers its own
 attention function (transformers' ``AttentionInterface``): it runs SDPA for the layer's output and
-computes the last row's softmax from the same query and keys, O(L) per head. ``output_attentions``
+computes those rows' softmax from the same query and keys, O(Q·L) per head. ``output_attentions``
 would need the eager kernel and keep every L × L matrix, too much for a real checkpoint's
 thousands of visual tokens.
+
+Which rows: ``"last"``, the answer position (the prompt's last token, whatever the chat template
+puts before it), or ``"after_video"``, every position after the row's last visual token — found in
+the token layout, not assumed: with a real Qwen template (video, then question) they are the
+question and the assistant cue (FlexSelect's text queries); with the tiny world's template
+(question, then video) only the template tokens and the cue. The ``attention`` policy runs the same
+probe on a cheap low-resolution copy of the video, optionally through only the first N layers of
+the language model (:func:`stop_after`, a forward hook that ends the pass; FlexSelect's truncated
+pre-pass), and turns the shares into scales (resadapt.policies.Attention).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import Literal
 
 import torch
 from transformers import AttentionInterface
@@ -30,10 +40,15 @@ from resadapt.backbone import Backbone, ChunkedVideo
 
 PROBE = "resadapt_last_row_probe"
 """Name the probe's attention function is registered under."""
-_ROWS: ContextVar[list[torch.Tensor] | None] = ContextVar("resadapt_probe_rows", default=None)
+QUERY_ROWS = ("last", "after_video")
+"""Which query positions :func:`chunk_attention` averages (see the module docstring)."""
+_ROWS: ContextVar[tuple[list[torch.Tensor], int, bool] | None] = ContextVar(
+    "resadapt_probe_rows", default=None
+)
+"""While recording: (the list rows go to, Q query rows per layer, mean over heads or not)."""
 
 
-def _last_row_attention(
+def _last_rows_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -42,43 +57,55 @@ def _last_row_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """SDPA for the output; records the last query position's attention weights (B, H, L)."""
+    """SDPA for the output; records the last Q query positions' attention weights (B, H, Q, L),
+    or their mean over heads (B, Q, L)."""
     output = sdpa_attention_forward(
         module, query, key, value, attention_mask, scaling=scaling, **kwargs
     )
-    rows = _ROWS.get()
-    if rows is not None:
+    state = _ROWS.get()
+    if state is not None:
+        rows, q, mean_heads = state
+        length = key.shape[-2]
         heads = query.shape[1] // key.shape[1]  # grouped-query attention: heads per key head
         keys = key.repeat_interleave(heads, dim=1)  # (B, H, L, d)
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        logits = (query[:, :, -1:] @ keys.transpose(-1, -2)).squeeze(2).float() * scale  # (B, H, L)
+        logits = (query[:, :, -q:] @ keys.transpose(-1, -2)).float() * scale  # (B, H, Q, L)
         if attention_mask is not None:
-            mask = attention_mask[:, :, -1, : logits.shape[-1]]  # (B, 1, L)
+            mask = attention_mask[:, :, -q:, :length]  # (B, 1, Q, L)
             if mask.dtype == torch.bool:
                 logits = logits.masked_fill(~mask, -torch.inf)
             else:
                 logits = logits + mask.float()
-        rows.append(logits.softmax(dim=-1))
+        else:  # SDPA skipped the mask (no padding): causal among the Q query rows
+            rows_at = torch.arange(length - q, length, device=logits.device)  # (Q,)
+            future = torch.arange(length, device=logits.device)[None, :] > rows_at[:, None]
+            logits = logits.masked_fill(future, -torch.inf)  # (B, H, Q, L)
+        weights = logits.softmax(dim=-1).nan_to_num(0.0)  # a fully masked (padding) row gives 0
+        rows.append(weights.mean(dim=1) if mean_heads else weights)
     return output
 
 
 @functools.cache
 def _register() -> None:
     """Register the probe with transformers' attention registries, once, on first use."""
-    AttentionInterface.register(PROBE, _last_row_attention)
+    AttentionInterface.register(PROBE, _last_rows_attention)
     AttentionMaskInterface.register(PROBE, sdpa_mask)
 
 
 @contextlib.contextmanager
-def recording(model) -> Iterator[list[torch.Tensor]]:
-    """Within the block, the language model's attention layers append their last query row's
-    weights (B, H, L) to the yielded list, one per layer in order; the vision tower is untouched.
-    The model's own attention kernel is restored afterwards (the probe runs SDPA inside)."""
+def recording(
+    model, num_queries: int = 1, *, mean_heads: bool = False
+) -> Iterator[list[torch.Tensor]]:
+    """Within the block, the language model's attention layers append the attention weights of
+    their last ``num_queries`` query positions, (B, H, Q, L) or with ``mean_heads`` (B, Q, L), to
+    the yielded list, one per layer in order; the vision tower is untouched. The model's own
+    attention kernel is restored afterwards (the probe runs SDPA inside)."""
+    assert num_queries >= 1, num_queries
     text_config = model.config.text_config
     previous = text_config._attn_implementation
     _register()
     rows: list[torch.Tensor] = []
-    token = _ROWS.set(rows)
+    token = _ROWS.set((rows, num_queries, mean_heads))
     model.set_attn_implementation({"text_config": PROBE})
     try:
         yield rows
@@ -87,18 +114,82 @@ def recording(model) -> Iterator[list[torch.Tensor]]:
         _ROWS.reset(token)
 
 
+class _StopProbe(Exception):
+    """Raised by :func:`stop_after`'s hook to end a truncated pass."""
+
+
+def text_layers(model) -> torch.nn.ModuleList:
+    """The language model's decoder layers (Qwen2.5-VL and Qwen3-VL in transformers 5)."""
+    return model.model.language_model.layers
+
+
+@contextlib.contextmanager
+def stop_after(model, num_layers: int | None) -> Iterator[None]:
+    """Within the block, a forward pass of ``model`` ends after the language model's first
+    ``num_layers`` decoder layers (None, or at least the model's depth: the whole pass). A forward
+    hook on layer N raises an exception this block swallows: no layer list is changed, and the
+    hook is removed however the block ends. Only use it for passes whose output is not needed."""
+    layers = text_layers(model)
+    if num_layers is None or num_layers >= len(layers):
+        yield
+        return
+    assert num_layers >= 1, num_layers
+
+    def stop(module, args, output) -> None:
+        raise _StopProbe
+
+    handle = layers[num_layers - 1].register_forward_hook(stop)
+    try:
+        yield
+    except _StopProbe:
+        pass
+    finally:
+        handle.remove()
+
+
+def query_rows(is_video: torch.Tensor, real: torch.Tensor, mode: str) -> torch.Tensor:
+    """Which of each row's last Q positions are query positions: (B, Q) bool.
+
+    is_video, real: (B, L) bool (visual tokens; non-padding tokens; rows are left-padded so every
+    row ends at L - 1). ``"last"``: the last position (Q = 1). ``"after_video"``: the positions
+    after the row's last visual token (Q = the most of any row; fewer are True in other rows).
+    """
+    assert mode in QUERY_ROWS, mode
+    if mode == "last":
+        return torch.ones(len(is_video), 1, dtype=torch.bool)
+    length = is_video.shape[1]
+    position = torch.arange(length)  # (L,)
+    last_video = torch.where(is_video, position, -1).amax(dim=1)  # (B,)
+    assert bool((last_video >= 0).all()), "every row needs visual tokens"
+    after = length - 1 - last_video  # (B,) positions after the video, the answer cue among them
+    assert bool((after >= 1).all()), "the chat template must put the assistant cue after the video"
+    q = int(after.max())
+    tail = position[-q:]  # (Q,)
+    return (tail[None, :] > last_video[:, None]) & real[:, -q:]  # (B, Q)
+
+
 @torch.no_grad()
 def chunk_attention(
-    backbone: Backbone, videos: list[ChunkedVideo], questions: list[str]
+    backbone: Backbone,
+    videos: list[ChunkedVideo],
+    questions: list[str],
+    *,
+    queries: Literal["last", "after_video"] = "last",
+    num_layers: int | None = None,
 ) -> list[torch.Tensor]:
-    """Per chunk, the share of the answer position's attention to visual tokens that falls on the
-    chunk's tokens, mean over the language model's layers and heads: one (K_b,) tensor per row,
-    summing to 1 (float32, CPU). The videos are used as given (training passes full resolution)."""
+    """Per chunk, the share of the query positions' attention to visual tokens that falls on the
+    chunk's tokens, mean over the query positions (see :func:`query_rows`), the language model's
+    layers (the first ``num_layers``, or all) and heads: one (K_b,) tensor per row, summing to 1
+    (float32, CPU). The videos are used as given (training passes full resolution)."""
     inputs = backbone.prepare(videos, questions)
-    with recording(backbone.model) as rows:
-        backbone.model(**inputs, logits_to_keep=1)
-    weights = torch.stack(rows).mean(dim=(0, 2)).cpu()  # (B, L) mean over layers and heads
     is_video = (inputs["input_ids"] == backbone.model.config.video_token_id).cpu()  # (B, L)
+    chosen = query_rows(is_video, inputs["attention_mask"].bool().cpu(), queries)  # (B, Q)
+    with recording(backbone.model, chosen.shape[1], mean_heads=True) as rows:
+        with stop_after(backbone.model, num_layers):
+            backbone.model(**inputs, logits_to_keep=1)
+    per_query = torch.stack(rows).mean(dim=0).cpu()  # (B, Q, L) mean over layers and heads
+    w = chosen.float() / chosen.sum(dim=1, keepdim=True)  # (B, Q) mean over the query rows
+    weights = torch.einsum("bq,bql->bl", w, per_query)  # (B, L)
     tokens = backbone.chunk_tokens(inputs)  # sum over rows of K_b
     shares, first = [], 0
     for b, video in enumerate(videos):

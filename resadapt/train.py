@@ -92,6 +92,7 @@ from allocator import Allocator
 from allocator.config import QUERY_ENCODERS
 from resadapt import cli
 from resadapt.assets import default_backbone
+from resadapt.benchmarks import BENCHMARK_NAMES
 from resadapt.capo import ADVANTAGE_MODES, CONCENTRATION_WEIGHT, CREDIT_RIDGE, SIMILARITY_WEIGHT
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import Request
@@ -119,6 +120,14 @@ class TrainConfig:
     data: str = cli.option("training rows, .jsonl or .parquet (required)", "")
     val_data: str | None = cli.option(
         "validation rows, .jsonl or .parquet; none: no validation", None
+    )
+    benchmark: str | None = cli.option(
+        "read --data (and --val-data) as this benchmark's published file (resadapt.benchmarks)",
+        None,
+        choices=BENCHMARK_NAMES,
+    )
+    video_root: str | None = cli.option(
+        "folder of the --benchmark's videos (default: the folder of --data)", None
     )
     val_size: int = cli.option("validate on the first N valid val rows", 64)
     val_every: int = cli.option("validate every N steps and after the last; 0: after the last", 50)

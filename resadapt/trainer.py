@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from allocator import Allocator, AllocatorConfig, log_prob, mean_scale
+from resadapt import compat
 from resadapt.assets import is_random_backbone
 from resadapt.backbone import Backbone
 from resadapt.capo import (
@@ -40,6 +41,7 @@ from resadapt.capo import (
 )
 from resadapt.checkpoint import (
     BEST,
+    CONFIG_FILE,
     FINAL,
     METRICS_FILE,
     append_metrics,
@@ -78,7 +80,7 @@ logger = logging.getLogger(__name__)
 ALLOCATOR_KNOBS = ("hidden_dim", "num_layers", "num_heads", "query_encoder", "dropout")
 """TrainConfig fields that override the allocator's architecture (None: keep the default)."""
 RESUME_NEUTRAL = frozenset(
-    {"steps", "resume", "out_dir", "log_with", "val_data", "val_size", "val_every"}
+    {"steps", "resume", "out_dir", "log_with", "val_data", "val_size", "val_every", "video_root"}
     | {"checkpoint_every", "keep_checkpoints", "decode_cache_mb"}
 )
 """Fields a resumed run may change without leaving the trajectory of the interrupted one."""
@@ -180,6 +182,7 @@ def build_allocator(config: TrainConfig, backbone, resume: Path | None) -> Alloc
         allocator = Allocator(resolve_allocator_config(config, backbone))
     if allocator.config.query_encoder == "backbone":
         allocator.set_query_embeddings(backbone.model.get_input_embeddings().weight)
+    allocator.config = compat.stamp(allocator.config, backbone)  # what it is trained against
     return allocator.train()
 
 
@@ -259,9 +262,10 @@ class Trainer:
         )
         acc = self.accelerator
         self.is_main = acc.is_main_process
-        self.examples, self.skipped_rows = load_examples(config.data)
+        source = {"benchmark": config.benchmark, "video_root": config.video_root}
+        self.examples, self.skipped_rows = load_examples(config.data, **source)
         self.val_examples = (
-            load_examples(config.val_data, config.val_size)[0] if config.val_data else []
+            load_examples(config.val_data, config.val_size, **source)[0] if config.val_data else []
         )
         resume = find_resume(config.out_dir, config.resume)
         self.backbone = Backbone.load(
@@ -300,6 +304,8 @@ class Trainer:
         self.skipped_videos = 0
         self.best: dict | None = None
         """Best validation so far: step, accuracy, retention (in the training state)."""
+        self.last_validation: dict | None = None
+        """The latest validation record (for the model card)."""
         if resume is not None:
             state = load_training_state(resume)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -585,12 +591,23 @@ class Trainer:
         if self.is_main:
             append_metrics(self.out_dir / METRICS_FILE, record)
         split = record["split"]
+        if split == "val":
+            self.last_validation = record
         numbers = {
             f"{split}/{k}": v
             for k, v in record.items()
             if isinstance(v, int | float) and k != "step" and math.isfinite(v)
         }
         self.accelerator.log(numbers, step=record["step"])
+
+    def _card(self) -> dict:
+        """The model card's training command and latest validation figures."""
+        card = {"train_command": f"python -m resadapt.train --config {CONFIG_FILE}"}
+        if self.last_validation is not None:
+            card["validation"] = {
+                k: self.last_validation[k] for k in ("step", "accuracy", "retention", "videos")
+            }
+        return card
 
     def save(self, name: str, step: int) -> None:
         """Main process writes out_dir/<name>; the others wait for it."""
@@ -604,7 +621,9 @@ class Trainer:
                 "world_size": self.accelerator.num_processes,
                 "best": self.best,
             }
-            save_checkpoint(self.out_dir / name, self.allocator, state, asdict(self.config))
+            save_checkpoint(
+                self.out_dir / name, self.allocator, state, asdict(self.config), self._card()
+            )
             keep = self.config.keep_checkpoints
             if keep and name != FINAL:
                 for _, old in checkpoints(self.out_dir)[:-keep]:

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from resadapt.assets import examples, is_bundled, is_random_backbone
+from resadapt.assets import examples, is_bundled, is_random_backbone, provenance
 from resadapt.cli import default_of
 from resadapt.errors import BudgetError, PolicyError, VideoError
+from resadapt.grading import grade
 from resadapt.pipeline import Allocation, Pipeline, Request, Result
 from resadapt.video import SampledVideo, resize_frames
 
@@ -34,14 +35,14 @@ MAX_GALLERY_FRAMES = 64
 """Most frames the gallery shows (evenly spaced when more were sampled)."""
 CANVAS_GREY = 24
 """Grey level of the base-size canvas a downscaled frame is centred on in the gallery."""
-POLICY_CHOICES = ("learned", "content", "uniform", "vanilla")
+POLICY_CHOICES = ("learned", "attention", "content", "uniform", "vanilla")
 """Policies the app offers, in the order shown."""
 DEFAULT_RETENTION = 0.15
 """Retention the app starts with: the share of the full-resolution visual tokens the bundled
 allocator was trained for."""
 COMPARE_COLUMNS = (
-    "policy", "answer", "visual tokens", "vanilla tokens", "retention", "allocator s",
-    "backbone s", "total s",
+    "policy", "answer", "visual tokens", "probe tokens", "vanilla tokens", "retention",
+    "allocator s", "backbone s", "total s",
 )  # fmt: skip
 """Columns of :func:`compare_table`."""
 
@@ -104,6 +105,7 @@ def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
         "learned": "learned (allocator)"
         if pipeline.learned is not None
         else "learned — unavailable: no allocator checkpoint",
+        "attention": "attention (training-free, query-aware probe)",
         "content": "content (training-free)",
         "uniform": "uniform (one scale)",
         "vanilla": "vanilla (full resolution)",
@@ -112,7 +114,7 @@ def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
 
 
 def compare_policies(pipeline: Pipeline) -> tuple[str, ...]:
-    """learned (or content while no allocator exists), uniform and vanilla."""
+    """learned (or attention while no allocator is loaded), uniform and vanilla."""
     return (pipeline.default_policy, "uniform", "vanilla")
 
 
@@ -122,33 +124,58 @@ def example_rows() -> list[list[str]]:
 
 
 def status_markdown(pipeline: Pipeline) -> str:
-    """One paragraph on what is loaded, warning plainly when the answers are meaningless."""
+    """What runs: backbone and allocator with their provenance, the compatibility verdict and the
+    default policy with its reason; plain warnings where answers are meaningless."""
     name = pipeline.backbone.name
-    lines = [f"**Backbone:** `{name}`"]
+    lines = [f"**Backbone:** `{name}` ({provenance(name)})"]
     if is_random_backbone(name):
         lines[0] += (
-            " — ⚠️ **random weights: its answers are meaningless.** No trained backbone is bundled"
-            " yet; the budget, the chart and the frames are real, the text is not."
+            " — ⚠️ **random weights: its answers are meaningless.** The budget, the chart and the"
+            " frames are real, the text is not."
         )
     if is_bundled(name):
         lines[0] += (
             " — the bundled tiny Qwen2.5-VL, trained only on the synthetic card task: answers about"
             " any other video are meaningless (the budget, the chart and the frames are real)."
         )
-    if pipeline.learned is not None:
-        lines.append(f"**Allocator:** `{pipeline.learned.path}` (policy *learned*).")
-        if is_bundled(pipeline.learned.path):
+    learned = pipeline.learned
+    if learned is not None:
+        lines.append(f"**Allocator:** `{learned.path}` ({provenance(learned.path)})")
+        if learned.warning:
+            lines[-1] += f" — ⚠️ not trained against this backbone: {learned.warning}."
+        else:
+            lines[-1] += " — trained against this backbone (checked when it was loaded)."
+        if is_bundled(learned.path):
             lines[-1] += (
                 " It learned where to look from the tiny backbone's attention, and that backbone's"
                 " recipe trains one attention head to look at the queried card: a cleaner signal"
                 " than a real Qwen-VL's attention would give."
             )
+        reason = "an allocator is loaded for this backbone"
     else:
         lines.append(
-            "**Allocator:** none — the *learned* policy is unavailable (set `RESADAPT_ALLOCATOR`"
-            " or `--allocator`); the default policy is *content*."
+            "**Allocator:** none trained against this backbone — the *learned* policy is"
+            " unavailable (set `RESADAPT_ALLOCATOR` or `--allocator`)."
         )
+        reason = (
+            "no allocator is loaded; it needs no training: a cheap low-resolution pass of the"
+            " backbone itself, whose attention from the question to each chunk sets the scales"
+            " (its tokens are reported)"
+        )
+    lines.append(f"**Default policy:** *{pipeline.default_policy}* — {reason}.")
     return "  \n".join(lines)
+
+
+def bundled_example(path: str | None, question: str) -> dict | None:
+    """The bundled example (an :func:`resadapt.assets.examples` row) that ``path`` and
+    ``question`` are, matched by the video's file name since the app receives a copy; or None."""
+    if not path:
+        return None
+    name = Path(path).name
+    for row in examples():
+        if Path(row["video"]).name == name and row["question"].strip() == question.strip():
+            return row
+    return None
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -217,8 +244,11 @@ def answer_views(
             yield View(answer=result.answer)
     assert result is not None
     final = result.to_json()
+    example = bundled_example(path, form.question)
     yield View(
-        answer=display_answer(result), summary=summary_markdown(final, done=True), result=final
+        answer=display_answer(result),
+        summary=summary_markdown(final, done=True, example=example),
+        result=final,
     )
 
 
@@ -325,8 +355,9 @@ def gallery_items(
     return items
 
 
-def summary_markdown(result: dict, done: bool = False) -> str:
-    """Visual tokens against vanilla, retention, and (once done) the time per stage."""
+def summary_markdown(result: dict, done: bool = False, example: dict | None = None) -> str:
+    """Visual tokens against vanilla, retention, and (once done) the time per stage and, for a
+    bundled example, the expected answer next to the model's."""
     spent, full = result["visual_tokens"], result["vanilla_visual_tokens"]
     k, t = len(result["chunks"]), len(result["frames"])
     lines = [
@@ -334,13 +365,32 @@ def summary_markdown(result: dict, done: bool = False) -> str:
         f"**{result['retention']:.1%}**, {full - spent} saved. Policy *{result['policy']}*, "
         f"{t} frames in {k} chunks.",
     ]
+    probe = result["probe_visual_tokens"]
+    if probe:
+        lines[0] += (
+            f" Its probe pass read {probe} more visual tokens (with them, "
+            f"{(spent + probe) / full:.1%} of full resolution)."
+        )
+    if result["allocator_warning"]:
+        lines[0] += f" ⚠️ {result['allocator_warning']}."
     timings = result["timings"]
     if done:
+        if example is not None:
+            right = grade(
+                example["problem_type"], result["answer"], example["answer"], example["num_options"]
+            )
+            verdict = "right" if right == 1.0 else "wrong"
+            lines += [
+                "",
+                f"**Expected answer** (bundled example): `{example['answer']}` — the model "
+                f"answered `{result['answer'].strip() or '(nothing)'}`: {verdict}.",
+            ]
+        probe_s = timings.get("probe_s", 0.0)
         lines += [
             "",
-            "| decode | allocator | backbone | total |",
+            "| decode | allocator (probe) | backbone | total |",
             "|---:|---:|---:|---:|",
-            f"| {timings['decode_s']:.2f} s | {timings['allocate_s']:.3f} s | "
+            f"| {timings['decode_s']:.2f} s | {timings['allocate_s']:.3f} s ({probe_s:.3f} s) | "
             f"{timings['backbone_s']:.2f} s | {timings['total_s']:.2f} s |",
         ]
     else:
@@ -361,6 +411,7 @@ def compare_table(comparison: dict) -> pd.DataFrame:
             r["policy"],
             r["answer"] or "(empty)",
             r["visual_tokens"],
+            r["probe_visual_tokens"],
             r["vanilla_visual_tokens"],
             f"{r['retention']:.1%}",
             round(t["allocate_s"], 3),

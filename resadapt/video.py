@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ try:
     import decord
 except ImportError:  # decord ships no wheels for some platforms (e.g. macOS arm64): PyAV serves
     decord = None
+try:
+    from torchcodec.decoders import VideoDecoder as TorchCodecDecoder
+except (ImportError, RuntimeError, OSError):  # not installed, or FFmpeg's shared libraries missing
+    TorchCodecDecoder = None
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +39,15 @@ logger = logging.getLogger(__name__)
 # the sampled indices are decoded (by seeking), each straight into the preallocated (T, H, W, 3)
 # array at the base size; the whole file is never decoded.
 
-DEFAULT_BACKEND = "decord"
-"""Backend tried first when none is forced (fast batched seeking)."""
-FALLBACK_BACKEND = "pyav"
-"""Backend used when the default one fails on a file with its own decoder error."""
+BACKEND_ORDER = ("pyav", "torchcodec", "decord")
+"""Backends tried in turn when none is forced, fastest first as measured by ``python -m
+benchmarks.decode`` (same frames from all three; PyAV fastest and smallest on a 20 s 720p and a
+30 min 1080p clip, then torchcodec, then decord: the README's decode table). The next one takes
+over when a backend fails on a file with its own decoder error or times out (logged). PyAV's
+errors are final (it reads every container exactly; the others use the same FFmpeg)."""
+DECODE_TIMEOUT_S = 120.0
+"""Longest one backend may take to open a file and decode its sampled frames before the next one
+takes over (decord can hang without an error). A hung decoder thread is abandoned, not killed."""
 MAX_SAMPLED_FRAMES = 768
 """Most frames one video may be sampled to (qwen-vl-utils' FPS_MAX_FRAMES)."""
 MAX_SAMPLE_FPS = 120.0
@@ -50,9 +60,10 @@ DECODE_GROUP = 4
 """Frames decord decodes per call: bounds the full-resolution frames held at once."""
 MAX_SEEK_BACKOFF = 3
 """Earlier keyframes PyAV tries when a seek lands past its target (index and stream disagree)."""
-DECORD_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+INDEXED_CONTAINERS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
 """Containers (FFmpeg demuxer names) with a per-frame index, where decord 0.6 seeks exactly. On
-MPEG-TS and FLV with B-frames and on AVI it returns neighbouring frames, so PyAV serves those."""
+MPEG-TS and FLV with B-frames and on AVI it returns neighbouring frames (torchcodec fails on them),
+so PyAV serves those."""
 ERROR_CHARS = 160
 """Longest decoder message quoted in an error sentence."""
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -60,6 +71,7 @@ _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # decord's "[12:00:00] file.
 _DECORD_ERRORS: tuple[type[Exception], ...] = (
     (decord.DECORDError, RuntimeError) if decord is not None else ()
 )
+_TORCHCODEC_ERRORS = (RuntimeError, ValueError)  # what torchcodec's FFmpeg ops raise
 
 
 @dataclass
@@ -143,6 +155,10 @@ class DecoderError(VideoError):
         self.backend = backend
 
 
+class DecodeTimeout(DecoderError):
+    """A backend took longer than DECODE_TIMEOUT_S on one file (it hangs, or the file is huge)."""
+
+
 # ---------------------------------------------------------------------------------------- helpers
 def _quote(error: BaseException) -> str:
     """The useful part of a decoder's message: its last non-empty line, shortened."""
@@ -211,6 +227,25 @@ def _header_duration(container: av.container.InputContainer, stream) -> float | 
     if container.duration is not None:
         return container.duration / av.time_base
     return None
+
+
+def _probe(path: str, backend: str) -> tuple[av.VideoFrame, int]:
+    """PyAV reads the header for a backend that seeks by index: the limits hold before it decodes
+    anything, and the first frame gives the stored size and rotation (clockwise degrees). Raises
+    VideoError for a file no backend can read, DecoderError outside INDEXED_CONTAINERS."""
+    container = _open_container(path)
+    try:
+        stream = _video_stream(path, container)
+        _check_header(path, stream.height, stream.width, _header_duration(container, stream))
+        first = _first_frame(path, container, stream)
+        kind = container.format.name
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{path} could not be read as a video ({_quote(e)})") from e
+    finally:
+        container.close()
+    if kind not in INDEXED_CONTAINERS:
+        raise DecoderError(backend, f"{path} is a {kind} file, where {backend} misplaces frames")
+    return first, _clockwise(first.rotation)
 
 
 def _first_frame(path: str, container: av.container.InputContainer, stream) -> av.VideoFrame:
@@ -346,45 +381,32 @@ class PyAVSource:
         self._container.close()
 
 
-class DecordSource:
-    """decord backend: batched seeking in groups of DECODE_GROUP frames.
+class _IndexSeekingSource:
+    """A backend that seeks by frame index itself (decord, torchcodec), in groups of DECODE_GROUP.
 
-    decord applies the display matrix itself. PyAV reads the header first (size, rotation, container
-    kind), so the limits hold before decord decodes anything and the upright size is known; files
-    outside DECORD_CONTAINERS go to PyAV. Only decord's own errors become :class:`DecoderError`.
+    PyAV reads the header first (:func:`_probe`), so the limits hold before the backend decodes
+    anything and the upright size is known; files outside INDEXED_CONTAINERS go on to the next
+    backend. Both apply the display matrix themselves. Only the backend's own errors (``errors``)
+    become :class:`DecoderError`. Subclasses open the file (:meth:`_open`) and decode one group
+    (:meth:`_group`).
     """
 
-    name = "decord"
+    name = ""
+    errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, path: str):
-        assert decord is not None, "decord is not installed"
         self.path = path
-        container = _open_container(path)
+        first, rotation = _probe(path, self.name)
         try:
-            stream = _video_stream(path, container)
-            _check_header(path, stream.height, stream.width, _header_duration(container, stream))
-            first = _first_frame(path, container, stream)
-            kind = container.format.name
-        except av.error.FFmpegError as e:
-            raise VideoError(f"{path} could not be read as a video ({_quote(e)})") from e
-        finally:
-            container.close()
-        if kind not in DECORD_CONTAINERS:
-            raise DecoderError(self.name, f"{path} is a {kind} file, where decord misplaces frames")
-        rotation = _clockwise(first.rotation)
-        try:
-            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
-            total = len(self._reader)
-            fps = float(self._reader.get_avg_fps())
-            end = float(self._reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
-        except _DECORD_ERRORS as e:
+            total, fps, end = self._open(path)
+        except self.errors as e:
             raise DecoderError(
                 self.name,
-                f"{path} could not be opened by decord: it may be truncated, corrupt or in a codec "
-                f"decord lacks ({_quote(e)})",
+                f"{path} could not be opened by {self.name}: it may be truncated, corrupt or in a "
+                f"codec {self.name} lacks ({_quote(e)})",
             ) from e
         if total == 0 or not fps > 0:
-            raise DecoderError(self.name, f"{path} has {total} frames at {fps} fps for decord")
+            raise DecoderError(self.name, f"{path} has {total} frames at {fps} fps for {self.name}")
         _check_header(path, first.height, first.width, end)
         self.info = StreamInfo(
             fps=fps,
@@ -394,35 +416,87 @@ class DecordSource:
             size=_turned(first.height, first.width, rotation),
         )
 
+    def _open(self, path: str) -> tuple[int, float, float]:
+        """Open the file; (frames, average fps, seconds from the first frame to the end)."""
+        raise NotImplementedError
+
+    def _group(self, group: list[int]) -> tuple[np.ndarray, list[float]]:
+        """(g, H, W, 3) upright frames and their seconds from the stream start."""
+        raise NotImplementedError
+
     def read(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
         indices = np.asarray(indices, np.int64)
         for start in range(0, len(indices), DECODE_GROUP):
             group = indices[start : start + DECODE_GROUP].tolist()
             try:
-                batch = self._reader.get_batch(group).asnumpy()  # (g, H, W, 3) upright
-                times = self._reader.get_frame_timestamp(group)[:, 0]  # (g,) float32 seconds
-            except _DECORD_ERRORS as e:
+                frames, times = self._group(group)
+            except self.errors as e:
                 raise DecoderError(
                     self.name,
-                    f"{self.path} could not be decoded by decord at frames {group}: it may be "
+                    f"{self.path} could not be decoded by {self.name} at frames {group}: it may be "
                     f"truncated or corrupt ({_quote(e)})",
                 ) from e
-            if batch.shape[1:3] != self.info.size:
+            if frames.shape[1:3] != self.info.size:
                 raise DecoderError(
                     self.name,
-                    f"decord returned {batch.shape[1]}x{batch.shape[2]} frames for {self.path}, "
-                    f"whose upright size is {self.info.size[0]}x{self.info.size[1]}",
+                    f"{self.name} returned {frames.shape[1]}x{frames.shape[2]} frames for "
+                    f"{self.path}, whose upright size is {self.info.size[0]}x{self.info.size[1]}",
                 )
-            yield from zip(batch, times.astype(np.float64).tolist(), strict=True)
+            yield from zip(frames, times, strict=True)
 
     def close(self) -> None:
-        self._reader = None  # decord frees its decoder when the reader is collected
+        self._reader = None  # the library frees its decoder when the reader is collected
+
+
+class DecordSource(_IndexSeekingSource):
+    """decord backend: ``get_batch`` per group."""
+
+    name = "decord"
+    errors = _DECORD_ERRORS
+
+    def _open(self, path: str) -> tuple[int, float, float]:
+        assert decord is not None, "decord is not installed"
+        self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
+        total = len(self._reader)
+        fps = float(self._reader.get_avg_fps())
+        end = float(self._reader.get_frame_timestamp(total - 1)[1]) if total else 0.0
+        return total, fps, end
+
+    def _group(self, group: list[int]) -> tuple[np.ndarray, list[float]]:
+        batch = self._reader.get_batch(group).asnumpy()  # (g, H, W, 3) upright
+        times = self._reader.get_frame_timestamp(group)[:, 0]  # (g,) float32 seconds
+        return batch, times.astype(np.float64).tolist()
+
+
+class TorchCodecSource(_IndexSeekingSource):
+    """torchcodec backend: exact seeking from a scan of the packets, ``get_frames_at`` per group."""
+
+    name = "torchcodec"
+    errors = _TORCHCODEC_ERRORS
+
+    def _open(self, path: str) -> tuple[int, float, float]:
+        assert TorchCodecDecoder is not None, "torchcodec is not installed"
+        self._reader = TorchCodecDecoder(
+            path, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=0
+        )  # 0: FFmpeg picks the thread count, as decord's num_threads=0 and PyAV's AUTO
+        meta = self._reader.metadata
+        self._start = float(meta.begin_stream_seconds or 0.0)
+        end = float(meta.end_stream_seconds or 0.0) - self._start
+        return int(meta.num_frames or 0), float(meta.average_fps or 0.0), end
+
+    def _group(self, group: list[int]) -> tuple[np.ndarray, list[float]]:
+        batch = self._reader.get_frames_at(group)
+        frames = batch.data.numpy()  # (g, H, W, 3) upright
+        return frames, (batch.pts_seconds.numpy() - self._start).tolist()
 
 
 VIDEO_BACKENDS: dict[str, Callable[[str], VideoSource]] = (
-    {"decord": DecordSource} if decord is not None else {}
-) | {"pyav": PyAVSource}
-"""Backend name → opener of a :class:`VideoSource`; decord is listed when it is installed."""
+    ({"torchcodec": TorchCodecSource} if TorchCodecDecoder is not None else {})
+    | ({"decord": DecordSource} if decord is not None else {})
+    | {"pyav": PyAVSource}
+)
+"""Backend name → opener of a :class:`VideoSource`; torchcodec and decord are listed when they
+are installed (torchcodec also needs FFmpeg's shared libraries)."""
 
 
 # ---------------------------------------------------------------------------------------- sampling
@@ -588,6 +662,29 @@ def _decode(
     )
 
 
+def _bounded(path: str, backend: str, timeout_s: float, decode: Callable[[], SampledVideo]):
+    """``decode()`` in a daemon thread; DecodeTimeout when it runs past ``timeout_s`` (the thread
+    is abandoned: Python cannot stop it). Its own exceptions are re-raised here."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["video"] = decode()
+        except BaseException as e:  # handed to the caller as is
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name=f"decode {backend}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise DecodeTimeout(
+            backend, f"{backend} did not finish decoding {path} within {timeout_s:g} s"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["video"]
+
+
 def load_video(
     path: str | os.PathLike,
     *,
@@ -597,13 +694,16 @@ def load_video(
     min_frames: int = 4,
     max_frames: int = 64,
     backend: str | None = None,
+    timeout_s: float | None = None,
 ) -> SampledVideo:
     """Sample a local video once: T upright frames at ``geometry.base_size``, true timestamps.
 
     ``num_frames``, when given, takes precedence over ``fps``; ``min_frames``/``max_frames`` bound
     the rate rule only (see :func:`sample_indices`). ``backend`` forces one of VIDEO_BACKENDS;
-    by default decord serves and PyAV takes over when decord itself fails on the file (logged).
-    Raises VideoError (bad path or file) or BudgetError (bad sampling values), one sentence each.
+    by default the installed ones are tried in BACKEND_ORDER, the next taking over when one fails
+    on the file with its own decoder error or runs past ``timeout_s`` (default DECODE_TIMEOUT_S),
+    logged. Raises VideoError (bad path or file, or every backend failed) or BudgetError (bad
+    sampling values), one sentence each.
     """
     check_sampling(fps, num_frames, min_frames, max_frames)
     if backend is not None and backend not in VIDEO_BACKENDS:
@@ -612,11 +712,15 @@ def load_video(
         )
     path = _check_path(path)
     sampling = dict(fps=fps, num_frames=num_frames, min_frames=min_frames, max_frames=max_frames)
-    if backend is not None:
-        return _decode(path, backend, geometry, sampling)
-    if DEFAULT_BACKEND in VIDEO_BACKENDS:
+    timeout_s = DECODE_TIMEOUT_S if timeout_s is None else timeout_s
+    order = [backend] if backend is not None else [b for b in BACKEND_ORDER if b in VIDEO_BACKENDS]
+    for n, name in enumerate(order):
         try:
-            return _decode(path, DEFAULT_BACKEND, geometry, sampling)
+            return _bounded(
+                path, name, timeout_s, lambda name=name: _decode(path, name, geometry, sampling)
+            )
         except DecoderError as e:
-            logger.warning("%s failed on %s (%s); trying %s", e.backend, path, e, FALLBACK_BACKEND)
-    return _decode(path, FALLBACK_BACKEND, geometry, sampling)
+            if n + 1 == len(order):
+                raise
+            logger.warning("%s failed on %s (%s); trying %s", e.backend, path, e, order[n + 1])
+    raise AssertionError("unreachable: the last backend returns or raises")

@@ -22,6 +22,7 @@ from allocator import (
 B, K, L = 2, 5, 7  # videos, chunks, query tokens
 
 SMALL = dict(hidden_dim=64, num_layers=1, num_heads=2, vocab_size=500, query_embed_dim=16)
+SMALL["query_id_folding"] = True  # make_inputs draws Qwen-sized ids: fold them, explicitly
 
 
 def make_inputs(config: AllocatorConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -103,7 +104,7 @@ def test_default_allocator_has_at_most_five_million_parameters():
 
 def test_default_allocator_runs_on_default_thumbnails():
     torch.manual_seed(0)
-    model = Allocator().eval()
+    model = Allocator(AllocatorConfig(query_id_folding=True)).eval()  # Qwen-sized ids, folded
     out = model(**make_inputs(model.config))
     assert out.alpha.shape == (B, K)
 

@@ -21,7 +21,7 @@ from resadapt import ask, ui
 from resadapt.assets import examples
 from resadapt.backbone import Backbone
 from resadapt.errors import BudgetError, VideoError
-from resadapt.pipeline import Pipeline
+from resadapt.pipeline import ModelConfig, Pipeline, load_pipeline
 from tests import media
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,13 +76,13 @@ def test_endpoints_take_video_and_question_then_defaults(client):
         assert [p["parameter_name"] for p in params[:2]] == ["video", "question"]
         assert all(p["parameter_has_default"] for p in params[2:]), name
         defaults = {p["parameter_name"]: p["parameter_default"] for p in params[2:]}
-        assert defaults["policy"] == "content" and defaults["budget"] == ui.DEFAULT_RETENTION
+        assert defaults["policy"] == "attention" and defaults["budget"] == ui.DEFAULT_RETENTION
 
 
 def test_answer_returns_the_ask_json_object(client, example, capsys):
     got = client.predict(handle_file(example["video"]), example["question"], api_name="/answer")
     argv = [example["video"], example["question"], "--json", "--backbone", BACKBONE]
-    assert ask.main([*argv, "--policy", "content", "--budget", str(ui.DEFAULT_RETENTION)]) == 0
+    assert ask.main([*argv, "--policy", "attention", "--budget", str(ui.DEFAULT_RETENTION)]) == 0
     want = json.loads(capsys.readouterr().out)
     assert got.keys() == want.keys()
     assert got["timings"].keys() == want["timings"].keys()
@@ -95,10 +95,11 @@ def test_compare_runs_each_policy_at_one_budget(client, example):
         handle_file(example["video"]), example["question"], budget=0.4, api_name="/compare"
     )
     results = {r["policy"]: r for r in out["results"]}
-    assert list(results) == ["content", "uniform", "vanilla"]
+    assert list(results) == ["attention", "uniform", "vanilla"]
     vanilla = results["vanilla"]["vanilla_visual_tokens"]
     assert out["visual_token_cap"] == int(0.4 * vanilla)
-    for name in ("content", "uniform"):
+    assert results["attention"]["probe_visual_tokens"] > 0
+    for name in ("attention", "uniform"):
         assert results[name]["visual_tokens"] <= out["visual_token_cap"]
     assert results["vanilla"]["visual_tokens"] == vanilla
     assert len({r["timings"]["decode_s"] for r in out["results"]}) == 1  # decoded once
@@ -188,3 +189,31 @@ def test_duration_and_form_limits(pipeline, example, monkeypatch):
     with pytest.raises(BudgetError, match="whole number"):
         ui.Form("What?", max_visual_tokens=12.5).request()
     assert "unavailable" in dict((v, k) for k, v in ui.policy_choices(pipeline))["learned"]
+
+
+def test_status_says_what_runs_where_from_and_why_the_default(pipeline, tmp_path):
+    status = ui.status_markdown(pipeline)
+    assert f"`{BACKBONE}` (built in code by name, random weights)" in status
+    assert "meaningless" in status
+    assert "**Default policy:** *attention* — no allocator is loaded" in status
+    bundled = load_pipeline(ModelConfig())  # the bundled backbone and its allocator
+    status = ui.status_markdown(bundled)
+    assert "(bundled tiny world) — the bundled tiny Qwen2.5-VL" in status
+    assert "trained against this backbone (checked when it was loaded)" in status
+    assert "trains one attention head to look at the queried card" in status
+    assert "**Default policy:** *learned* — an allocator is loaded for this backbone" in status
+    assert ui.provenance(str(tmp_path)) == "local folder"
+    assert ui.provenance("Qwen/Qwen2.5-VL-7B-Instruct") == "hub id"
+
+
+def test_a_bundled_example_shows_its_expected_answer(example, tmp_path):
+    """The app receives a copy of the example file: matched by name and question, and graded."""
+    copy = tmp_path / Path(example["video"]).name
+    copy.write_bytes(Path(example["video"]).read_bytes())
+    bundled = load_pipeline(ModelConfig())
+    *_, last = ui.answer_views(bundled, str(copy), ui.Form(example["question"]))
+    right = last.result["answer"].strip() == example["answer"]
+    assert f"**Expected answer** (bundled example): `{example['answer']}`" in last.summary
+    assert (": right." if right else ": wrong.") in last.summary
+    other = ui.answer_views(bundled, str(copy), ui.Form("Which way do the stripes run?"))
+    assert "Expected answer" not in list(other)[-1].summary

@@ -1,7 +1,9 @@
 """The app in a real browser: headless Chromium (Debian's package) driven by Playwright.
 
-Loads the page, runs a bundled example with one click, waits for the streamed answer and the
-budget chart, and saves a full-page screenshot whose path is printed in the test output.
+Loads the page, runs a bundled example with one click (the default policy of a backbone without an
+allocator, attention, with its probe cost), waits for the streamed answer and the budget chart,
+checks the status lines (what runs, from where, the default policy and why) and the example's
+expected answer, and saves a full-page screenshot whose path is printed in the test output.
 """
 
 from __future__ import annotations
@@ -77,4 +79,9 @@ def test_example_click_shows_answer_and_budget_chart(url, tmp_path, capsys):
     assert answer.strip()
     assert "visual tokens" in summary and "retention" in summary
     assert "meaningless" in status  # the tiny random backbone is labelled as such
+    # what runs, from where, and why the default: no allocator, so the attention policy ran
+    assert "(built in code by name, random weights)" in status
+    assert "Default policy: attention — no allocator is loaded" in status
+    assert "Policy attention" in summary and "probe pass read" in summary
+    assert "Expected answer (bundled example)" in summary  # the example's gold is shown
     assert shot.stat().st_size > 10_000

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from allocator import Allocator, AllocatorConfig
+from resadapt import compat
 from resadapt import eval as evaluator
+from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline
 from resadapt.world import synth
 from resadapt.world.tiny import build_tokenizer
@@ -63,7 +65,7 @@ def allocator_dir(tmp_path_factory):
         max_query_tokens=32,
         query_embed_dim=16,
     )
-    Allocator(config).save_pretrained(path)
+    Allocator(compat.stamp(config, Backbone.load(BACKBONE))).save_pretrained(path)
     return path
 
 
@@ -189,7 +191,8 @@ def test_printed_table_lists_every_row(run):
     _, stdout, _ = run
     lines = stdout.splitlines()
     assert lines[0].split() == [
-        "policy", "budget", "frames", "n", "accuracy", "retention", "tokens", "spread", "latency",
+        "policy", "budget", "frames", "n", "accuracy", "retention", "+probe", "tokens", "spread",
+        "latency",
     ]  # fmt: skip
     table = lines[2 : 2 + GRID * len(FRAMES)]
     assert [line.split()[0] for line in table[:GRID]] == ["vanilla"] + [

@@ -46,7 +46,7 @@ def test_probe_rows_equal_eager_attention_and_outputs_are_unchanged(backbone):
     torch.testing.assert_close(probed[real], reference[real], rtol=1e-4, atol=1e-4)
     assert len(rows) == len(eager) == model.config.text_config.num_hidden_layers
     for row, full in zip(rows, eager, strict=True):
-        torch.testing.assert_close(row, full[:, :, -1].float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(row[:, :, -1], full[:, :, -1].float(), rtol=1e-4, atol=1e-5)
 
 
 def test_chunk_shares_sum_to_one_and_batching_does_not_change_them(backbone):

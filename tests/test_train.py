@@ -20,10 +20,11 @@ import safetensors.torch
 import torch
 
 from allocator import Allocator, AllocatorConfig, mean_scale
+from resadapt import compat
 from resadapt.backbone import Backbone
 from resadapt.checkpoint import CONFIG_FILE, FINAL, METRICS_FILE, TRAINING_STATE, find_resume
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline, Request, load_allocator
 from resadapt.policies import Learned, allocator_inputs
 from resadapt.train import TrainConfig, main, parse_config, train
 from resadapt.trainer import epoch_order, resolve_allocator_config, step_positions
@@ -330,3 +331,16 @@ def test_allocator_knobs_override_the_config_file(data, tmp_path):
     config = TrainConfig(data=str(data["train"]), query_encoder="backbone", **{"hidden_dim": 64})
     embed = backbone.model.get_input_embeddings().weight.shape[1]
     assert resolve_allocator_config(config, backbone).query_embed_dim == embed
+
+
+def test_saved_allocator_records_its_backbone_and_a_model_card(smoke):
+    """final/ names what it was trained against, and its card says how to train it again."""
+    out, _, _ = smoke
+    saved = json.loads((out / FINAL / "config.json").read_text())
+    signature = compat.backbone_signature(Backbone.load(BACKBONE))
+    for key, value in signature.items():
+        assert saved[key] == value, key
+    card = (out / FINAL / "README.md").read_text()
+    assert f"python -m resadapt.train --config {CONFIG_FILE}" in card
+    assert "accuracy" in card  # the latest validation figures
+    assert load_allocator(str(out / FINAL), Backbone.load(BACKBONE)).warning is None

@@ -35,7 +35,13 @@ from tests.media import (
 )
 
 GEOMETRY = Geometry(factor=28, min_pixels=4 * 28 * 28, max_pixels=128 * 96)  # base (84, 140)
-BACKENDS = ["decord", "pyav"]
+BACKENDS = ["torchcodec", "decord", "pyav"]
+
+
+@pytest.fixture
+def decord_first(monkeypatch):
+    """The decord → PyAV fallback on its own (PyAV is first by default; torchcodec left out)."""
+    monkeypatch.setattr(video_module, "BACKEND_ORDER", ("decord", "pyav"))
 
 
 @pytest.fixture(scope="module")
@@ -178,12 +184,13 @@ def test_fps_sampling_on_a_real_file(media):
 
 
 def test_backends_agree_on_pixels(media):
-    a, b = (
+    a, *others = (
         load_video(media["plain"], geometry=GEOMETRY, num_frames=6, backend=n) for n in BACKENDS
     )
-    np.testing.assert_array_equal(a.indices, b.indices)
-    np.testing.assert_allclose(a.timestamps, b.timestamps, atol=1e-4)
-    assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 2.0
+    for b in others:
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_allclose(a.timestamps, b.timestamps, atol=1e-4)
+        assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 2.0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -225,7 +232,7 @@ def test_short_video_pads_with_its_last_frame(tmp_path):
     assert len(video.frames) % GEOMETRY.frames_per_chunk == 0
 
 
-def test_mpegts_with_b_frames_is_served_exactly_by_pyav(tmp_path, caplog):
+def test_mpegts_with_b_frames_is_served_exactly_by_pyav(tmp_path, caplog, decord_first):
     path = write_video(tmp_path / "clip.ts", num_frames=30)
     with caplog.at_level(logging.INFO, logger="resadapt.video"):
         video = load_video(path, geometry=GEOMETRY, num_frames=6)
@@ -247,7 +254,7 @@ def test_decord_decodes_in_small_groups(media, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ fallback
-def test_fallback_on_a_file_decord_cannot_read(tmp_path, caplog):
+def test_fallback_on_a_file_decord_cannot_read(tmp_path, caplog, decord_first):
     path = write_video(tmp_path / "av1.mp4", num_frames=10, codec="libsvtav1")
     with caplog.at_level(logging.INFO, logger="resadapt.video"):
         video = load_video(path, geometry=GEOMETRY, num_frames=4)
@@ -261,7 +268,9 @@ def test_fallback_on_a_file_decord_cannot_read(tmp_path, caplog):
 
 @pytest.mark.parametrize("where", ["open", "decode"])
 @pytest.mark.parametrize("error", [decord.DECORDError("boom from decord"), RuntimeError("boom")])
-def test_fallback_on_decord_errors_is_logged(media, monkeypatch, caplog, where, error):
+def test_fallback_on_decord_errors_is_logged(
+    media, monkeypatch, caplog, where, error, decord_first
+):
     def fail(*args, **kwargs):
         raise error
 
@@ -275,7 +284,7 @@ def test_fallback_on_decord_errors_is_logged(media, monkeypatch, caplog, where, 
     assert any(r.getMessage().startswith("pyav served") for r in caplog.records)
 
 
-def test_fallback_is_narrow(media, monkeypatch):
+def test_fallback_is_narrow(media, monkeypatch, decord_first):
     def bug(*args, **kwargs):
         raise KeyError("a bug, not a decoder error")
 
@@ -284,11 +293,11 @@ def test_fallback_is_narrow(media, monkeypatch):
         load_video(media["plain"], geometry=GEOMETRY, num_frames=4)
 
 
-def test_decord_is_the_default_and_logged(media, caplog):
+def test_the_first_backend_of_the_order_is_the_default_and_logged(media, caplog):
     with caplog.at_level(logging.INFO, logger="resadapt.video"):
         video = load_video(media["plain"], geometry=GEOMETRY, num_frames=4)
-    assert video.backend == "decord"
-    assert any(r.getMessage().startswith("decord served") for r in caplog.records)
+    assert video.backend == video_module.BACKEND_ORDER[0]
+    assert any(r.getMessage().startswith(f"{video.backend} served") for r in caplog.records)
 
 
 def test_unknown_backend(media):
