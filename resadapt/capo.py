@@ -13,6 +13,24 @@ Decisions CAPO.md leaves open:
     defined for M = 1 and gives z-scores of unit variance within the group.
   * ``similarity_loss`` detaches the neighbour weights w: the loss pushes scales, not features
     (otherwise the policy could lower the loss by making neighbouring features look different).
+
+Per-chunk credit (ours, ``mode="capo_chunk"``; CAPO.md step 7 gives every chunk the same A_m).
+One reward per allocation says that it worked, not which chunk mattered; the M allocations of a
+group differ in every chunk at once, so the group itself can say which chunk's draw went with the
+reward. With the group's standardised accuracy r = z(Acc) (M,) and standardised actions
+Z_{m,k} = (a_{m,k} − mean_m a_{·,k}) / std_m a_{·,k} (M, K) (a column is 0 where its std < 1e-4):
+  1. credit, a ridge regression of r on the chunks' actions: ĉ = (ZᵀZ + λ·M·I)⁻¹ Zᵀ r  (K,);
+     ĉ = 0 for a constant reward; for an orthogonal design (ZᵀZ = M·I) ĉ_k = corr(r, a_k)/(1 + λ);
+  2. what chunk j's draw explains of allocation m's reward: e_{m,j} = ĉ_j Z_{m,j}  (M, K);
+  3. A_{m,k} = A_m − β · Σ_{j≠k} e_{m,j}, with A_m the shared CAPO advantage (steps 1–6).
+Why step 3 is principled: the chunks of one allocation are drawn independently, so Σ_{j≠k} e_{m,j}
+depends only on the other chunks' draws and is a baseline for chunk k (a factorised
+action-dependent baseline, Wu et al., ICLR 2018): it leaves E[A ∇log π(a_k)] unchanged (up to the
+O(1/M) bias of fitting ĉ on the group itself, as for the group mean) and removes the variance that
+the other chunks' draws put into chunk k's signal. Chunk k keeps its own explained part
+e_{m,k}, the unexplained residual and the whole cost shaping (the cost is a sum over all chunks,
+so it stays shared). The ridge (λ > 0) keeps the fitted part a shrinkage, ‖Zĉ‖ ≤ ‖r‖, so it
+never amplifies noise when K ≥ M; β = 1 subtracts the fitted baseline in full.
 """
 
 from __future__ import annotations
@@ -34,8 +52,17 @@ SIMILARITY_WEIGHT = 1e-3
 """Weight of ``similarity_loss`` in the total loss (CAPO.md)."""
 CONCENTRATION_WEIGHT = 5e-4
 """Weight of ``concentration_loss`` in the total loss (CAPO.md)."""
-ADVANTAGE_MODES = ("capo", "direct", "none")
-"""capo: the full shaping; direct: z(acc) − λ·cost (ablation); none: z(acc), no cost (ablation)."""
+ADVANTAGE_MODES = ("capo", "capo_chunk", "direct", "none")
+"""capo: the full shaping; capo_chunk: capo plus per-chunk credit (``chunk_advantages``); direct:
+z(acc) − λ·cost (ablation); none: z(acc), no cost (ablation)."""
+PER_CHUNK_MODES = frozenset({"capo_chunk"})
+"""Modes whose advantages differ between the chunks of one allocation."""
+CREDIT_RIDGE = 1.0
+"""λ of the per-chunk credit regression (halves the credit of an orthogonal design)."""
+CREDIT_WEIGHT = 1.0
+"""β: how much of the other chunks' explained reward is taken out of chunk k's advantage."""
+CONCENTRATION_CAP_WEIGHT = 0.1
+"""Weight of ``concentration_cap_loss`` (α + β above ``max_concentration``) in the total loss."""
 
 
 def group_zscore(
@@ -113,6 +140,7 @@ def capo_advantages(
     mode="capo" (CAPO.md steps 1–6):
         A = z(acc) + encourage · Shape − gas · c, then max(A, correct_floor) where correct;
     mode="direct": A = z(acc) − direct_weight · c;  mode="none": A = z(acc).
+    mode="capo_chunk" returns capo's A_m here; :func:`chunk_advantages` makes them per chunk.
     """
     if mode not in ADVANTAGE_MODES:
         raise ValueError(f"mode={mode!r}; choose one of {ADVANTAGE_MODES}")
@@ -128,6 +156,7 @@ def capo_advantages(
         return base
     if mode == "direct":
         return base - direct_weight * cost
+    # capo and capo_chunk share A_m (capo_chunk's per-chunk part: chunk_advantages)
     pivot = cost_pivot(cost, pivot_alpha=pivot_alpha, pivot_fixed=pivot_fixed)  # ()
     r_small = efficiency_signal(cost, pivot, temperature=temperature)  # (M,)
     shape = asymmetric_shaping(
@@ -142,6 +171,61 @@ def capo_advantages(
     advantages = base + encourage * shape - gas * cost  # (M,)
     correct = acc > correct_threshold
     return torch.where(correct, advantages.clamp_min(correct_floor), advantages)
+
+
+def standardize_actions(actions: torch.Tensor, *, min_std: float = ZSCORE_MIN_STD) -> torch.Tensor:
+    """Z: each chunk's actions z-scored over the group's M allocations, (M, K) → (M, K).
+
+    Population std, no eps (the credit regression wants unit columns); a column whose std is below
+    ``min_std`` (every allocation drew the same action) is 0: that chunk explains nothing.
+    """
+    std = actions.std(dim=0, unbiased=False, keepdim=True)  # (1, K)
+    z = (actions - actions.mean(dim=0, keepdim=True)) / std.clamp_min(min_std)  # (M, K)
+    return torch.where(std < min_std, torch.zeros_like(z), z)
+
+
+def chunk_credit(
+    reward_z: torch.Tensor, actions_z: torch.Tensor, *, ridge: float = CREDIT_RIDGE
+) -> torch.Tensor:
+    """ĉ = (ZᵀZ + ridge·M·I)⁻¹ Zᵀ r: each chunk's share of the group's reward, (M,), (M, K) → (K,).
+
+    reward_z: the group's standardised reward (``group_zscore``); actions_z:
+    ``standardize_actions``.
+    For an orthogonal design (ZᵀZ = M·I) ĉ_k = mean_m(r_m Z_{m,k}) / (1 + ridge).
+    """
+    if ridge <= 0:
+        raise ValueError(f"ridge={ridge}; the credit regression needs ridge > 0")
+    m, k = actions_z.shape
+    z = actions_z.double()
+    gram = z.T @ z + ridge * m * torch.eye(k, dtype=z.dtype)  # (K, K)
+    credit = torch.linalg.solve(gram, z.T @ reward_z.double())  # (K,)
+    return credit.to(reward_z.dtype)
+
+
+def chunk_advantages(
+    advantages: torch.Tensor,
+    acc: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    ridge: float = CREDIT_RIDGE,
+    weight: float = CREDIT_WEIGHT,
+) -> torch.Tensor:
+    """Per-chunk advantages of one group: A_{m,k} = A_m − weight · Σ_{j≠k} ĉ_j Z_{m,j} (M, K).
+
+    advantages (M,) the shared A_m (``capo_advantages``); acc (M,) the rewards they came from;
+    actions (M, K) the sampled Beta actions of the group's valid chunks. The equations and why the
+    other chunks' explained reward is a baseline for chunk k: the module docstring.
+    """
+    if actions.ndim != 2 or actions.shape[0] != acc.shape[0] or advantages.shape != acc.shape:
+        raise ValueError(
+            f"actions must be (M, K) for M = {acc.shape[0]} allocations with advantages (M,), got "
+            f"{tuple(actions.shape)} and {tuple(advantages.shape)}"
+        )
+    z = standardize_actions(actions.float())  # (M, K)
+    credit = chunk_credit(group_zscore(acc.float()), z, ridge=ridge)  # (K,)
+    explained = z * credit  # (M, K) e_{m,j}
+    others = explained.sum(dim=1, keepdim=True) - explained  # (M, K) Σ_{j≠k} e_{m,j}
+    return advantages[:, None] - weight * others
 
 
 def token_cost(visual_tokens: torch.Tensor, vanilla_tokens: torch.Tensor | int) -> torch.Tensor:
@@ -189,14 +273,16 @@ def ppo_clip_loss(
 ) -> torch.Tensor:
     """Clipped policy-gradient loss on the Beta log-densities of stored actions → scalar.
 
-    log_prob_new, log_prob_old (N, K); advantages (N,), broadcast to every chunk of allocation n;
-    chunk_mask (N, K). Per chunk: ρ = exp(clamp(new − old, ±20));
+    log_prob_new, log_prob_old (N, K); advantages (N,), broadcast to every chunk of allocation n, or
+    (N, K) per chunk (``chunk_advantages``); chunk_mask (N, K).
+    Per chunk: ρ = exp(clamp(new − old, ±20));
     l = max(−A ρ, −A clip(ρ, 1 − eps_low, 1 + eps_high)), and for A < 0 also min(l, −A · dual_clip).
     Mean over valid chunks.
     """
     log_ratio = (log_prob_new - log_prob_old.detach()).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
     ratio = log_ratio.exp()  # (N, K)
-    adv = advantages.detach()[:, None].expand_as(ratio)  # (N, K)
+    adv = advantages.detach()
+    adv = (adv[:, None] if adv.ndim == 1 else adv).expand_as(ratio)  # (N, K)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - eps_low, 1 + eps_high)
     loss = torch.maximum(unclipped, clipped)  # (N, K)
@@ -212,15 +298,16 @@ def group_ppo_clip_loss(
 ) -> torch.Tensor:
     """:func:`ppo_clip_loss` over B prompt groups of M allocations each → scalar.
 
-    log_prob_new, log_prob_old (B, M, K); advantages (B, M); chunk_mask (B, K), shared by the M
-    allocations of a prompt. Mean over all valid chunks of all B · M allocations.
+    log_prob_new, log_prob_old (B, M, K); advantages (B, M) shared by an allocation's chunks, or
+    (B, M, K) per chunk; chunk_mask (B, K), shared by the M allocations of a prompt. Mean over all
+    valid chunks of all B · M allocations.
     """
     b, m, k = log_prob_new.shape
     mask = chunk_mask[:, None].expand(b, m, k).reshape(b * m, k)  # (B·M, K)
     return ppo_clip_loss(
         log_prob_new.reshape(b * m, k),
         log_prob_old.reshape(b * m, k),
-        advantages.reshape(b * m),
+        advantages.reshape(b * m, *advantages.shape[2:]),  # (B·M,) or (B·M, K)
         mask,
     )
 
@@ -258,6 +345,18 @@ def concentration_loss(
     return _masked_mean(alpha + beta, chunk_mask)
 
 
+def concentration_cap_loss(
+    alpha: torch.Tensor, beta: torch.Tensor, chunk_mask: torch.Tensor, max_concentration: float
+) -> torch.Tensor:
+    """mean(ReLU(α + β − max_concentration)) over valid chunks → scalar: 0 below the cap.
+
+    alpha, beta, chunk_mask (N, K). A guard against needle-sharp Betas (ours,
+    ``--max-concentration``): unlike L_con's gentle pull on every chunk it acts only on the chunks
+    above the cap.
+    """
+    return _masked_mean(F.relu(alpha + beta - max_concentration), chunk_mask)
+
+
 def total_loss(
     pg: torch.Tensor,
     sim: torch.Tensor,
@@ -267,10 +366,15 @@ def total_loss(
     sim_weight: float,
     con_weight: float,
     attention_weight: float,
+    cap: torch.Tensor | None = None,
+    cap_weight: float = CONCENTRATION_CAP_WEIGHT,
 ) -> torch.Tensor:
-    """L = L_pg + sim_weight · L_sim + con_weight · L_con + attention_weight · L_attention → scalar.
+    """L = L_pg + sim_weight · L_sim + con_weight · L_con + attention_weight · L_attention
+    [+ cap_weight · L_cap] → scalar.
 
     No KL to a reference policy and no entropy bonus (CAPO.md). The attention term is ours (the
-    distillation of :mod:`resadapt.relevance`); its weight 0 gives CAPO's loss.
+    distillation of :mod:`resadapt.relevance`); its weight 0 gives CAPO's loss. So is the
+    concentration cap (``concentration_cap_loss``; None: no cap).
     """
-    return pg + sim_weight * sim + con_weight * con + attention_weight * attention
+    loss = pg + sim_weight * sim + con_weight * con + attention_weight * attention
+    return loss if cap is None else loss + cap_weight * cap

@@ -2,8 +2,9 @@
 
 Owns how a folder is written so that a crash never leaves a half-written one in place, how the
 python / numpy / torch RNG states are captured and restored, and the layout of an allocator run
-(``checkpoint-{step}/``, ``final/``, ``metrics.jsonl``) with the choice of where to resume. Knows
-nothing about models, optimisers or the trainer beyond ``save_pretrained`` and state dicts.
+(``checkpoint-{step}/``, ``final/``, ``best/``, ``metrics.jsonl``) with the choice of where to
+resume and the rule that picks the best validation. Knows nothing about models, optimisers or the
+trainer beyond ``save_pretrained`` and state dicts.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ METRICS_FILE = "metrics.jsonl"
 """One JSON object per step or validation, in out_dir."""
 FINAL = "final"
 """Folder of the last step's checkpoint."""
+BEST = "best"
+"""Folder of the checkpoint with the best validation so far (see :func:`better_validation`)."""
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 """Folder name of an intermediate checkpoint."""
 
@@ -164,6 +167,23 @@ def find_resume(out_dir: str | Path, resume: str | None) -> Path | None:
     if not (path / TRAINING_STATE).is_file():
         raise ResAdaptError(f"--resume {path} is not a checkpoint folder (no {TRAINING_STATE})")
     return path
+
+
+def better_validation(record: dict, best: dict | None) -> bool:
+    """Whether validation ``record`` beats ``best`` (None: nothing yet): higher accuracy, and at
+    equal accuracy lower retention (the cheaper policy). A NaN accuracy (no videos) never wins.
+
+    Both carry ``accuracy`` and ``retention`` (a validation's metrics record, or the best-so-far
+    summary a training state keeps).
+    """
+    accuracy = record["accuracy"]
+    if not math.isfinite(accuracy):
+        return False
+    if best is None:
+        return True
+    if accuracy != best["accuracy"]:
+        return accuracy > best["accuracy"]
+    return record["retention"] < best["retention"]
 
 
 def truncate_metrics(path: str | Path, step: int) -> None:

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from allocator import log_prob, mean_scale, sample
-from resadapt.capo import capo_advantages, scale_cost, token_cost
+from resadapt.capo import (
+    CREDIT_RIDGE,
+    PER_CHUNK_MODES,
+    capo_advantages,
+    chunk_advantages,
+    scale_cost,
+    token_cost,
+)
 from resadapt.data import Example
 from resadapt.errors import VideoError
 from resadapt.grading import grade
@@ -110,7 +117,8 @@ class RolloutBatch:
     log_prob: torch.Tensor
     """(B, M, K) their log-densities under the sampling policy."""
     advantages: torch.Tensor
-    """(B, M) CAPO advantage of every allocation (given to each of its chunks)."""
+    """(B, M, K) advantage of every chunk of every allocation: CAPO's A_m on each of its chunks,
+    or per chunk (``--advantage capo_chunk``); 0 on padding chunks."""
     chunk_mask: torch.Tensor
     """(B, K) valid chunks."""
     stats: dict[str, float]
@@ -204,6 +212,7 @@ def collect_rollouts(
     seed: int,
     top_p: float = 1.0,
     top_k: int = 0,
+    credit_ridge: float = CREDIT_RIDGE,
 ) -> RolloutBatch:
     """Sample ``num_rollouts`` allocations per prompt, score them, and compute CAPO advantages.
 
@@ -222,7 +231,7 @@ def collect_rollouts(
     mask = inputs["chunk_mask"]  # (B, K)
     b, k_max, m = len(prompts), mask.shape[1], num_rollouts
     actions = torch.full((b, m, k_max), 0.5)  # (B, M, K)
-    advantages = torch.zeros(b, m)  # (B, M)
+    advantages = torch.zeros(b, m, k_max)  # (B, M, K)
     stats = dict.fromkeys(ROLLOUT_STATS, 0.0)
     policy_scales = mean_scale(
         out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max
@@ -254,8 +263,11 @@ def collect_rollouts(
         adv = capo_advantages(
             scores, costs, mode=advantage, correct_threshold=CORRECT_THRESHOLD
         )  # (M,)
+        if advantage in PER_CHUNK_MODES:
+            advantages[i, :, :k] = chunk_advantages(adv, scores, draws, ridge=credit_ridge)
+        else:
+            advantages[i, :, :k] = adv[:, None]
         actions[i, :, :k] = draws
-        advantages[i] = adv
         stats["prompts"] += 1
         stats["rollouts"] += m
         stats["reward"] += float(scores.sum())

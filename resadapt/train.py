@@ -36,7 +36,12 @@ Where we differ from the paper and its reference code:
     gold letter;
   * the attention distillation is ours: the backbone's full-resolution attention from the answer
     position, per chunk, is a dense per-chunk target that needs no labels (computed once per
-    video; the backbone is frozen).
+    video; the backbone is frozen);
+  * ``--advantage capo_chunk`` is ours: per-chunk credit from the group's own draws (a ridge
+    regression of z(acc) on the standardised actions; each chunk's advantage loses what the other
+    chunks' draws explain, a factorised action-dependent baseline; equations in
+    :mod:`resadapt.capo`). CAPO gives every chunk of an allocation the same A_m;
+  * ``--max-concentration`` (ours, off by default): a hinge penalty on α + β above the cap.
 
 Determinism and resume. The data order is a permutation per epoch drawn from (seed, epoch). The
 draws of the prompt at stream position p (step × prompts_per_step + slot) come from a
@@ -65,11 +70,14 @@ Commands (one machine; after a crash; 8 GPUs; 2 nodes × 8 GPUs; 2 CPU processes
 ``--config FILE`` (YAML if PyYAML is installed, or JSON such as a run's train_config.json) gives
 defaults that flags override.
 
-Output in out_dir: ``checkpoint-{step}/`` every ``checkpoint_every`` steps and ``final/``, each
+Output in out_dir: ``checkpoint-{step}/`` every ``checkpoint_every`` steps, ``final/`` and, with
+validation, ``best/`` (the best validation accuracy so far at the training budget, ties to the lower
+retention; the best-so-far value is in every training state, so a resumed run keeps it), each
 written to ``.tmp-<name>`` and renamed: ``config.json`` + ``model.safetensors`` (an allocator
 folder for ``Learned.load`` / ``Allocator.from_pretrained``), ``training_state.pt`` (optimiser,
 scheduler, step, RNG) and ``train_config.json`` (this run's resolved config); ``metrics.jsonl``,
-one JSON object per step (``"split": "train"``) and per validation (``"split": "val"``).
+one JSON object per step (``"split": "train"``, with ``concentration_mean`` / ``_max``, the mean
+and max of α + β over the step's valid chunks) and per validation (``"split": "val"``).
 """
 
 from __future__ import annotations
@@ -85,7 +93,7 @@ from allocator.config import QUERY_ENCODERS
 from resadapt import cli
 from resadapt.assets import default_backbone
 from resadapt.benchmarks import BENCHMARK_NAMES
-from resadapt.capo import ADVANTAGE_MODES, CONCENTRATION_WEIGHT, SIMILARITY_WEIGHT
+from resadapt.capo import ADVANTAGE_MODES, CONCENTRATION_WEIGHT, CREDIT_RIDGE, SIMILARITY_WEIGHT
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import DeviceConfig, Request
 from resadapt.rollout import COSTS, REWARDS
@@ -94,6 +102,9 @@ from resadapt.trainer import ALLOCATOR_KNOBS, Trainer
 PROG = "python -m resadapt.train"
 DESCRIPTION = "Train the resolution allocator with CAPO against a frozen Qwen-VL backbone."
 TRACKERS = ("none", "tensorboard", "wandb", "all")
+MAX_CONCENTRATION = None
+"""Default of ``--max-concentration``: off. The measured α + β of a healthy allocator and of a
+collapsed one overlap (README, "The trainer's safeguards"), so no cap is imposed by default."""
 MAX_NEW_TOKENS = 1024
 """Longest answer the backbone may generate during training."""
 
@@ -194,7 +205,13 @@ class TrainConfig(DeviceConfig):
         choices=COSTS,
     )
     advantage: str = cli.option(
-        "capo, or the ablations direct (z(acc) − λc) and none", "capo", choices=ADVANTAGE_MODES
+        "capo; capo_chunk: capo plus per-chunk credit (each chunk's advantage loses what the "
+        "other chunks' draws explain of the reward); the ablations direct (z(acc) − λc) and none",
+        "capo",
+        choices=ADVANTAGE_MODES,
+    )
+    credit_ridge: float = cli.option(
+        "ridge λ of the per-chunk credit regression (--advantage capo_chunk; > 0)", CREDIT_RIDGE
     )
     # --- optimisation -------------------------------------------------------------------------
     lr: float = cli.option(
@@ -216,6 +233,11 @@ class TrainConfig(DeviceConfig):
     )
     attention_temperature: float = cli.option(
         "sharpen the attention shares to share^(1/T) before distilling (T > 0)", 0.25
+    )
+    max_concentration: float | None = cli.option(
+        "cap on a chunk's Beta concentration α + β: above it a hinge penalty (weight 0.1) pulls "
+        "it back; none: no cap (> 2, since α, β >= 1)",
+        MAX_CONCENTRATION,
     )
     # --- run ----------------------------------------------------------------------------------
     out_dir: str = cli.option("checkpoints and metrics", "runs/allocator")
@@ -267,6 +289,9 @@ class TrainConfig(DeviceConfig):
             _check(self, name, getattr(self, name) >= 0, "must be at least 0")
         _check(self, "grad_clip", self.grad_clip > 0, "must be positive")
         _check(self, "attention_temperature", self.attention_temperature > 0, "must be positive")
+        _check(self, "credit_ridge", self.credit_ridge > 0, "must be positive")
+        if self.max_concentration is not None:
+            _check(self, "max_concentration", self.max_concentration > 2, "must be above 2")
         if self.max_pixels is not None:
             _check(self, "max_pixels", self.max_pixels > 0, "must be positive")
         for f in fields(self):  # the command line checks these too; this covers TrainConfig(...)

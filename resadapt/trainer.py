@@ -33,16 +33,19 @@ from resadapt import compat
 from resadapt.assets import is_random_backbone
 from resadapt.backbone import Backbone
 from resadapt.capo import (
+    concentration_cap_loss,
     concentration_loss,
     group_ppo_clip_loss,
     similarity_loss,
     total_loss,
 )
 from resadapt.checkpoint import (
+    BEST,
     CONFIG_FILE,
     FINAL,
     METRICS_FILE,
     append_metrics,
+    better_validation,
     checkpoints,
     find_resume,
     load_training_state,
@@ -209,6 +212,30 @@ def idle_inputs(cfg: AllocatorConfig, device) -> dict[str, torch.Tensor]:
     }
 
 
+def policy_terms(
+    out,
+    actions: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    chunk_mask: torch.Tensor,
+    cfg: AllocatorConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CAPO's policy terms of one update on stored actions: (L_pg, L_sim, L_con), scalars.
+
+    out: the allocator's forward on the prompts (alpha, beta (B, K), features (B, K, D));
+    actions, old_log_prob (B, M, K); advantages (B, M) or (B, M, K); chunk_mask (B, K).
+    """
+    b, m, k = actions.shape
+    alpha = out.alpha[:, None].expand(b, m, k)  # (B, M, K)
+    beta = out.beta[:, None].expand(b, m, k)  # (B, M, K)
+    new = log_prob(alpha, beta, actions)  # (B, M, K)
+    pg = group_ppo_clip_loss(new, old_log_prob, advantages, chunk_mask)
+    scales = mean_scale(out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max)
+    sim = similarity_loss(out.features, scales, chunk_mask)  # features (B, K, D)
+    con = concentration_loss(out.alpha, out.beta, chunk_mask)
+    return pg, sim, con
+
+
 def _trackers(log_with: str) -> list[str]:
     available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
     wanted = list(available) if log_with == "all" else [] if log_with == "none" else [log_with]
@@ -280,6 +307,8 @@ class Trainer:
             )
         self.start_step = 0
         self.skipped_videos = 0
+        self.best: dict | None = None
+        """Best validation so far: step, accuracy, retention (in the training state)."""
         self.last_validation: dict | None = None
         """The latest validation record (for the model card)."""
         if resume is not None:
@@ -289,6 +318,7 @@ class Trainer:
             set_rng_state(state["rng"])
             self.start_step = int(state["step"])
             self.skipped_videos = int(state.get("skipped_videos", 0))
+            self.best = state.get("best")
             warn_config_changes(resume, asdict(config), RESUME_NEUTRAL)
             logger.info("resumed from %s at step %d", resume, self.start_step)
         if self.is_main:
@@ -366,21 +396,27 @@ class Trainer:
         gradients is then the gradient of the global means. ``targets`` (B, K): the backbone's
         attention shares the query detector is distilled toward (``--attention-weight``).
         """
-        config, cfg = self.config, self.allocator.config
-        b, m, k = batch.actions.shape
-        alpha = out.alpha[:, None].expand(b, m, k)  # (B, M, K)
-        beta = out.beta[:, None].expand(b, m, k)  # (B, M, K)
-        new = log_prob(alpha, beta, batch.actions)  # (B, M, K)
-        pg = group_ppo_clip_loss(new, batch.log_prob, batch.advantages, batch.chunk_mask)
-        scales = mean_scale(out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max)
-        sim = similarity_loss(out.features, scales, batch.chunk_mask)  # features (B, K, D)
-        con = concentration_loss(out.alpha, out.beta, batch.chunk_mask)
+        config = self.config
+        pg, sim, con = policy_terms(
+            out,
+            batch.actions,
+            batch.log_prob,
+            batch.advantages,
+            batch.chunk_mask,
+            self.allocator.config,
+        )
         parts = {
             "pg_loss": chunk_share * pg,
             "sim_loss": pair_share * sim,
             "con_loss": chunk_share * con,
             "attention_loss": pg.new_zeros(()),
+            "cap_loss": pg.new_zeros(()),
         }
+        if config.max_concentration is not None:
+            cap = concentration_cap_loss(
+                out.alpha, out.beta, batch.chunk_mask, config.max_concentration
+            )
+            parts["cap_loss"] = chunk_share * cap
         if targets is not None:
             distil = distillation_loss(out.match_log_share, targets, batch.chunk_mask)
             parts["attention_loss"] = video_share * distil
@@ -392,6 +428,7 @@ class Trainer:
             sim_weight=config.sim_weight,
             con_weight=config.con_weight,
             attention_weight=config.attention_weight,
+            cap=parts["cap_loss"],
         )
         return parts
 
@@ -420,6 +457,7 @@ class Trainer:
                 top_p=config.top_p,
                 top_k=config.top_k,
                 seed=config.seed,
+                credit_ridge=config.credit_ridge,
             )
         chunks = float(batch.chunk_mask.sum()) if batch is not None else 0.0
         pairs = (
@@ -437,7 +475,10 @@ class Trainer:
         if batch is not None and config.attention_weight:
             targets = self._targets(prompts, batch.chunk_mask.shape[1])  # (B, K)
         lr = self.scheduler.get_last_lr()[0]
-        sums = dict.fromkeys(("loss", "pg_loss", "sim_loss", "con_loss", "attention_loss"), 0.0)
+        sums = dict.fromkeys(
+            ("loss", "pg_loss", "sim_loss", "con_loss", "attention_loss", "cap_loss"), 0.0
+        )
+        concentration = [0.0, 0.0, 0.0]  # sum, count, max of α + β over valid chunks (1st epoch)
         agree = 0.0  # prompts whose detector and backbone attention pick the same chunk
         grad_norm = math.nan
         if g_chunks:
@@ -447,6 +488,9 @@ class Trainer:
                 if batch is not None:
                     out = self.model(**batch.inputs)
                     parts = self._loss(out, batch, chunk_share, pair_share, video_share, targets)
+                    if concentration[1] == 0:
+                        total = (out.alpha + out.beta).detach()[batch.chunk_mask]  # (valid,)
+                        concentration = [float(total.sum()), total.numel(), float(total.max())]
                     if targets is not None:
                         picks = out.match_log_share.detach().masked_fill(
                             ~batch.chunk_mask, -math.inf
@@ -472,7 +516,10 @@ class Trainer:
         totals = dict(
             zip(ROLLOUT_STATS, self._reduce([stats[k] for k in ROLLOUT_STATS]), strict=True)
         )
-        skipped_step, g_agree = self._reduce([float(skipped), agree])
+        skipped_step, g_agree, con_sum, con_count = self._reduce(
+            [float(skipped), agree, *concentration[:2]]
+        )
+        (con_max,) = self._reduce([concentration[2]], "max")
         self.skipped_videos += int(skipped_step)
         n = totals["rollouts"]
         adv_mean = mean_or_nan(totals["advantage"], n)
@@ -494,6 +541,8 @@ class Trainer:
             ),
             "advantage_mean": adv_mean,
             "advantage_std": math.sqrt(max(adv_var, 0.0)) if n else math.nan,
+            "concentration_mean": mean_or_nan(con_sum, con_count),
+            "concentration_max": con_max if con_count else math.nan,
             **losses,
             "grad_norm": grad_norm,
             "lr": lr,
@@ -577,6 +626,7 @@ class Trainer:
                 "rng": rng_state(),
                 "skipped_videos": self.skipped_videos,
                 "world_size": self.accelerator.num_processes,
+                "best": self.best,
             }
             save_checkpoint(
                 self.out_dir / name, self.allocator, state, asdict(self.config), self._card()
@@ -604,13 +654,18 @@ class Trainer:
                 progress.update(1)
                 logger.info(TRAIN_LOG, {**record, "steps": config.steps})
                 done = step + 1
-                if config.checkpoint_every and done % config.checkpoint_every == 0:
-                    self.save(f"checkpoint-{done}", done)
                 every = config.val_every
+                # Validation before the step's checkpoint, so that it holds the best so far.
                 if self.val_examples and ((every and done % every == 0) or done == config.steps):
                     val = self.validate(done)
                     self._record(val)
                     logger.info(VAL_LOG, val)
+                    if better_validation(val, self.best):
+                        self.best = {k: val[k] for k in ("step", "accuracy", "retention")}
+                        self.save(BEST, done)
+                        logger.info("new best at step %d: %s", done, self.out_dir / BEST)
+                if config.checkpoint_every and done % config.checkpoint_every == 0:
+                    self.save(f"checkpoint-{done}", done)
         progress.close()
         self.save(FINAL, max(self.start_step, config.steps))
         self.accelerator.end_training()
