@@ -37,8 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from resadapt.decoders import VIDEO_BACKENDS  # noqa: E402
 from resadapt.geometry import Geometry  # noqa: E402
-from resadapt.video import VIDEO_BACKENDS, load_video  # noqa: E402
+from resadapt.video import load_video  # noqa: E402
 
 FACTOR = 28  # Qwen2.5-VL: patch 14 × merge 2 (qwen-vl-utils' default image_patch_size)
 MIN_PIXELS = 128 * FACTOR * FACTOR  # qwen-vl-utils VIDEO_MIN_TOKEN_NUM × factor²

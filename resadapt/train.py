@@ -97,7 +97,8 @@ from resadapt.capo import ADVANTAGE_MODES, CONCENTRATION_WEIGHT, CREDIT_RIDGE, S
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import DeviceConfig, Request
 from resadapt.rollout import COSTS, REWARDS
-from resadapt.trainer import ALLOCATOR_KNOBS, Trainer
+from resadapt.run_inputs import ALLOCATOR_KNOBS
+from resadapt.trainer import Trainer
 
 PROG = "python -m resadapt.train"
 DESCRIPTION = "Train the resolution allocator with CAPO against a frozen Qwen-VL backbone."

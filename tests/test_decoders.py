@@ -13,10 +13,12 @@ import time
 import numpy as np
 import pytest
 
+from resadapt import decoders
 from resadapt import video as video_module
+from resadapt.decoders import PyAVSource
 from resadapt.errors import VideoError
 from resadapt.geometry import Geometry
-from resadapt.video import PyAVSource, load_video
+from resadapt.video import load_video
 from tests.media import frame_index, write_video
 
 GEOMETRY = Geometry(factor=28, min_pixels=4 * 28 * 28, max_pixels=128 * 96)
@@ -85,7 +87,7 @@ def test_torchcodec_errors_fall_back_to_decord(clip, monkeypatch, caplog, torchc
     def fail(self, indices):
         raise RuntimeError("boom from torchcodec")
 
-    monkeypatch.setattr(video_module.TorchCodecDecoder, "get_frames_at", fail)
+    monkeypatch.setattr(decoders.TorchCodecDecoder, "get_frames_at", fail)
     with caplog.at_level(logging.INFO, logger="resadapt.video"):
         video = load_video(clip, geometry=GEOMETRY, num_frames=4)
     assert video.backend == "decord"
@@ -97,7 +99,7 @@ def test_torchcodec_fallback_is_narrow(clip, monkeypatch, torchcodec_first):
     def bug(self, indices):
         raise KeyError("a bug, not a decoder error")
 
-    monkeypatch.setattr(video_module.TorchCodecDecoder, "get_frames_at", bug)
+    monkeypatch.setattr(decoders.TorchCodecDecoder, "get_frames_at", bug)
     with pytest.raises(KeyError):
         load_video(clip, geometry=GEOMETRY, num_frames=4)
 

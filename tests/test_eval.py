@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from resadapt import eval as evaluator
+from resadapt import grid
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline
 from resadapt.world import synth
@@ -209,10 +210,10 @@ def test_limit_batch_size_and_fps_sampling(data, tmp_path):
 
 
 def test_policy_list_parsing():
-    specs = evaluator.parse_policies("vanilla, learned:a,learned:b")
+    specs = grid.parse_policies("vanilla, learned:a,learned:b")
     assert [s.label for s in specs] == ["vanilla", "learned:a", "learned:b"]
     assert [s.allocator for s in specs] == [None, "a", "b"]
-    assert evaluator.parse_policies("learned:a")[0].label == "learned"
+    assert grid.parse_policies("learned:a")[0].label == "learned"
 
 
 @pytest.mark.parametrize(

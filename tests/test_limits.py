@@ -9,7 +9,7 @@ import pytest
 
 import resadapt.world  # noqa: F401 (registers the tiny backbones)
 from resadapt import eval as evaluator
-from resadapt import ui
+from resadapt import grid, ui
 from resadapt.backbone import Backbone
 from resadapt.data import Example, load_examples
 from resadapt.errors import ChunkLimitError, VideoError
@@ -53,7 +53,7 @@ def test_the_evaluator_counts_rows_by_reason_and_finishes(allocator_dir, tmp_pat
         data=str(rows),
         out=str(tmp_path / "out"),
         backbone="tiny-random-qwen2.5-vl",
-        policies=evaluator.parse_policies(f"uniform,learned:{allocator_dir}"),
+        policies=grid.parse_policies(f"uniform,learned:{allocator_dir}"),
         budgets=(None,),
         frames=(4, 8),
         max_new_tokens=4,

@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resadapt import decoders
 from resadapt import video as video_module
+from resadapt.decoders import DECODE_GROUP
 from resadapt.errors import BudgetError, ResAdaptError, VideoError
 from resadapt.geometry import Geometry
 from resadapt.video import (
-    DECODE_GROUP,
     MAX_SAMPLED_FRAMES,
     SampledVideo,
     check_sampling,
@@ -275,7 +276,7 @@ def test_fallback_on_decord_errors_is_logged(
         raise error
 
     target = "__init__" if where == "open" else "get_batch"
-    monkeypatch.setattr(video_module.decord.VideoReader, target, fail)
+    monkeypatch.setattr(decoders.decord.VideoReader, target, fail)
     with caplog.at_level(logging.INFO, logger="resadapt.video"):
         video = load_video(media["plain"], geometry=GEOMETRY, num_frames=4)
     assert video.backend == "pyav" and decoded_indices(video) == video.indices.tolist()
@@ -288,7 +289,7 @@ def test_fallback_is_narrow(media, monkeypatch, decord_first):
     def bug(*args, **kwargs):
         raise KeyError("a bug, not a decoder error")
 
-    monkeypatch.setattr(video_module.decord.VideoReader, "get_batch", bug)
+    monkeypatch.setattr(decoders.decord.VideoReader, "get_batch", bug)
     with pytest.raises(KeyError):
         load_video(media["plain"], geometry=GEOMETRY, num_frames=4)
 
@@ -341,12 +342,12 @@ def test_bad_paths_raise_video_error(path, shown):
 
 
 def test_limits_reject_huge_sources(media, monkeypatch):
-    monkeypatch.setattr(video_module, "MAX_SOURCE_PIXELS", 64 * 64)
+    monkeypatch.setattr(decoders, "MAX_SOURCE_PIXELS", 64 * 64)
     for backend in BACKENDS:
         with pytest.raises(VideoError, match="128x96"):
             load_video(media["plain"], geometry=GEOMETRY, backend=backend)
     monkeypatch.undo()
-    monkeypatch.setattr(video_module, "MAX_DURATION_S", 1.0)
+    monkeypatch.setattr(decoders, "MAX_DURATION_S", 1.0)
     for backend in BACKENDS:
         with pytest.raises(VideoError, match=r"is 4\.0 s long; the longest accepted is 1\.0 s"):
             load_video(media["vfr"], geometry=GEOMETRY, backend=backend)

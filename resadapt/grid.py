@@ -1,0 +1,233 @@
+"""The evaluation grid: which policies, budgets and frame counts an evaluation runs, and its config.
+
+Owns ``EvalConfig`` (every ``python -m resadapt.eval`` flag), the policy and budget specs and their
+parsing. Knows nothing about running the grid or writing results (:mod:`resadapt.eval`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from resadapt.benchmarks import BENCHMARK_NAMES
+from resadapt.cli import default_of, option
+from resadapt.errors import (
+    BudgetError,
+    PolicyError,
+    ResAdaptError,
+)
+from resadapt.pipeline import (
+    ModelConfig,
+    Request,
+)
+from resadapt.policies import POLICY_NAMES, check_allocator_path
+from resadapt.video import MAX_SAMPLED_FRAMES
+
+DEFAULT_BUDGETS = (0.1, 0.25, 0.5)
+"""Retention budgets evaluated when neither --budgets nor --max-visual-tokens is given."""
+MAX_BATCH_SIZE = 256
+"""Most examples answered in one backbone batch."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One entry of ``--policies``: a policy name, and the allocator folder for ``learned``."""
+
+    name: str
+    allocator: str | None = None
+    label: str = ""
+    """Name in rows and plots: the policy name, or ``learned:PATH`` when several are compared."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget point: a retention, an absolute token cap, or neither (vanilla)."""
+
+    retention: float | None = None
+    max_visual_tokens: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.retention is not None:
+            return f"{self.retention:g}"
+        if self.max_visual_tokens is not None:
+            return f"{self.max_visual_tokens} tokens"
+        return "-"
+
+
+def parse_policies(text: str) -> tuple[PolicySpec, ...]:
+    """``vanilla,uniform,learned:PATH`` → specs; raises PolicyError naming a bad entry."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if not entries:
+        raise PolicyError(f"--policies lists no policy; choose from {', '.join(POLICY_NAMES)}")
+    parsed = []
+    for entry in entries:
+        name, _, path = entry.partition(":")
+        if name not in POLICY_NAMES:
+            raise PolicyError(
+                f"unknown policy {name!r} in --policies; choose from {', '.join(POLICY_NAMES)}"
+            )
+        if path and name != "learned":
+            raise PolicyError(f"only learned takes an allocator path (learned:PATH), got {entry!r}")
+        parsed.append((name, path or None))
+    if len(set(parsed)) < len(parsed):
+        raise PolicyError(f"--policies lists a policy twice: {text!r}")
+    several_learned = sum(name == "learned" for name, _ in parsed) > 1
+    return tuple(
+        PolicySpec(name, path, f"{name}:{path}" if path and several_learned else name)
+        for name, path in parsed
+    )
+
+
+def _budgets(text: str) -> tuple[float | None, ...]:
+    """``--budgets``: retentions, and ``none`` for the policy's own allocation (no cap)."""
+    values: list[float | None] = []
+    for item in (s.strip() for s in text.split(",")):
+        try:
+            values.append(None if item.lower() == "none" else float(item))
+        except ValueError as e:
+            raise BudgetError(f"--budgets takes comma-separated numbers, got {item!r}") from e
+    return tuple(values)
+
+
+def _unique(values: tuple) -> tuple:
+    """``values`` in order, repeats dropped."""
+    return tuple(dict.fromkeys(values))
+
+
+@dataclass(kw_only=True)
+class EvalConfig(ModelConfig):
+    """The evaluation grid and run settings, and the models (every field is a CLI flag)."""
+
+    data: str = option(
+        "dataset: .jsonl or .parquet rows (see resadapt.data), or the --benchmark's own file "
+        "(MVBench: its json folder)"
+    )
+    benchmark: str | None = option(
+        "read --data as this benchmark's published file and report its categories "
+        "(see resadapt.benchmarks)",
+        None,
+        choices=BENCHMARK_NAMES,
+    )
+    video_root: str | None = option(
+        "folder of the --benchmark's videos (default: the folder of --data)", None
+    )
+    out: str = option("output folder for results.json/.csv, records.jsonl and frontier.png")
+    policies: tuple[PolicySpec, ...] = option(
+        "comma list of vanilla, uniform, content, random, attention, learned[:PATH] (learned "
+        "without a path uses --allocator: $RESADAPT_ALLOCATOR, else the bundled allocator when it "
+        "matches the backbone)",
+        parse_policies("vanilla,uniform,content,random"),
+        parse=parse_policies,
+    )
+    budgets: tuple[float | None, ...] = option(
+        "comma list of retention budgets in (0, 1], and none for each policy's own allocation "
+        "without a cap (default: 0.1,0.25,0.5 unless --max-visual-tokens is given)",
+        (),
+        parse=_budgets,
+    )
+    max_visual_tokens: tuple[int, ...] = option(
+        "comma list of absolute visual-token caps, evaluated as extra budget points", ()
+    )
+    frames: tuple[int, ...] = option(
+        "comma list of frame counts; each is decoded once per video and evaluated "
+        "(default: sample by --fps)",
+        (),
+    )
+    fps: float = option(
+        "frames sampled per second when --frames is not given", default_of(Request, "fps")
+    )
+    limit: int | None = option("evaluate only the first N valid rows", None)
+    batch_size: int = option(
+        "examples decoded and allocated together per policy × budget; the backbone answers them "
+        "in micro-batches under --max-batch-tokens",
+        8,
+    )
+    max_new_tokens: int = option("longest answer, in tokens", default_of(Request, "max_new_tokens"))
+    seed: int = option(
+        "seed of the random policy (each example draws from (seed, its index))",
+        default_of(Request, "seed"),
+    )
+    scale: float = option(
+        "scale of the uniform policy before budget fitting", default_of(Request, "scale")
+    )
+    probe_budget: float = option(
+        "visual tokens of the attention policy's probe pass, as a share of the full-resolution "
+        "tokens",
+        default_of(Request, "probe_budget"),
+    )
+    probe_layers: int | None = option(
+        "language-model layers of the attention policy's probe pass (none: all)",
+        default_of(Request, "probe_layers"),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.budgets = _unique(self.budgets)
+        self.max_visual_tokens = _unique(self.max_visual_tokens)
+        self.frames = _unique(self.frames)
+        if not self.budgets and not self.max_visual_tokens:
+            self.budgets = DEFAULT_BUDGETS
+        for r in self.budgets:
+            if r is not None and not 0 < r <= 1:
+                raise BudgetError(f"--budgets: a retention must be in (0, 1], got {r:g}")
+        for n in self.max_visual_tokens:
+            if n <= 0:
+                raise BudgetError(f"--max-visual-tokens: a cap must be positive, got {n}")
+        for n in self.frames:
+            if not 1 <= n <= MAX_SAMPLED_FRAMES:
+                raise BudgetError(
+                    f"--frames: a count must be in [1, {MAX_SAMPLED_FRAMES}], got {n}"
+                )
+        if self.video_root is not None and self.benchmark is None:
+            raise ResAdaptError(f"--video-root {self.video_root} needs --benchmark")
+        if self.limit is not None and self.limit < 1:
+            raise BudgetError(f"--limit must be at least 1, got {self.limit}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise BudgetError(
+                f"--batch-size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}"
+            )
+        # fps, max_new_tokens and scale are checked where they are used (Request, make_policy);
+        # building one request here turns a bad value into an error before anything loads.
+        Request(
+            question="?",
+            fps=self.fps,
+            max_new_tokens=self.max_new_tokens,
+            probe_budget=self.probe_budget,
+            probe_layers=self.probe_layers,
+        )
+        if not 0 < self.scale <= 1:
+            raise BudgetError(f"--scale must be in (0, 1], got {self.scale}")
+        for spec in self.policies:
+            if spec.allocator:
+                check_allocator_path(spec.allocator)
+
+    @property
+    def budget_points(self) -> tuple[Budget, ...]:
+        """Retention budgets first, then token caps, in the order given."""
+        return tuple(Budget(retention=r) for r in self.budgets) + tuple(
+            Budget(max_visual_tokens=n) for n in self.max_visual_tokens
+        )
+
+    @property
+    def frame_counts(self) -> tuple[int | None, ...]:
+        """Requested frame counts; (None,) means sampling by ``fps``."""
+        return self.frames or (None,)
+
+    def frames_label(self, frames: int | None) -> int | str:
+        """What rows carry as ``frames``: the count, or e.g. ``"2 fps"``."""
+        return frames if frames is not None else f"{self.fps:g} fps"
+
+    def settings(self) -> list[tuple[PolicySpec, Budget]]:
+        """The (policy, budget) grid of one frame count: vanilla once, others at every budget."""
+        grid = []
+        for spec in self.policies:
+            points = (Budget(),) if spec.name == "vanilla" else self.budget_points
+            grid += [(spec, b) for b in points]
+        return grid
+
+    def to_json(self) -> dict:
+        values = asdict(self)
+        values["policies"] = [
+            f"{p.name}:{p.allocator}" if p.allocator else p.name for p in self.policies
+        ]
+        return values

@@ -1,0 +1,123 @@
+"""What a training run feeds the allocator: the seeded data order, each process's prompts, and the
+allocator it starts from.
+
+Owns the per-epoch permutation, the slot sharding across processes, decoding a step's prompts, and
+building, warm-starting or resuming the allocator fitted to its backbone. Knows nothing about the
+update, checkpoints or logging (:mod:`resadapt.trainer`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from allocator import Allocator, AllocatorConfig
+from resadapt import compat
+from resadapt.data import Example
+from resadapt.errors import ResAdaptError, VideoError
+from resadapt.pipeline import Request
+from resadapt.policies import check_fit
+from resadapt.rollout import (
+    DecodeCache,
+    Prompt,
+)
+
+if TYPE_CHECKING:
+    from resadapt.train import TrainConfig
+
+logger = logging.getLogger("resadapt.train")
+
+ALLOCATOR_KNOBS = ("hidden_dim", "num_layers", "num_heads", "query_encoder", "dropout")
+"""TrainConfig fields that override the allocator's architecture (None: keep the default)."""
+
+
+# ---------------------------------------------------------------------------------------- data
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """(num_examples,) example indices in the order epoch ``epoch`` visits them."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def step_positions(step: int, prompts_per_step: int, rank: int, world_size: int) -> list[int]:
+    """Stream positions of this process's prompts in 0-based ``step``: slot % world == rank."""
+    first = step * prompts_per_step
+    return [first + j for j in range(prompts_per_step) if j % world_size == rank]
+
+
+def _request(config: TrainConfig, example: Example) -> Request:
+    return Request(
+        question=example.prompt(),
+        num_frames=config.num_frames,
+        fps=config.fps,
+        budget=config.budget,
+        max_new_tokens=config.max_new_tokens,
+    )
+
+
+def decode_prompts(
+    pairs: list[tuple[int, Example]], cache: DecodeCache, config: TrainConfig
+) -> tuple[list[Prompt], int]:
+    """Decoded prompts for (position, example) pairs, and how many were skipped (unreadable)."""
+    prompts, skipped = [], 0
+    for position, example in pairs:
+        request = _request(config, example)
+        try:
+            video = cache.get(example.video, request)
+        except VideoError:
+            skipped += 1
+            continue
+        prompts.append(Prompt(example=example, request=request, video=video, position=position))
+    return prompts, skipped
+
+
+# ------------------------------------------------------------------------------------ allocator
+def resolve_allocator_config(config: TrainConfig, backbone) -> AllocatorConfig:
+    """The architecture: allocator_config JSON, then the knobs, fitted to the backbone."""
+    values: dict = {}
+    if config.allocator_config:
+        path = Path(config.allocator_config)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ResAdaptError(f"--allocator-config {path} cannot be read as JSON: {e}") from e
+        if not isinstance(values, dict):
+            raise ResAdaptError(f"--allocator-config {path} must hold a JSON object")
+    values.update(
+        {k: getattr(config, k) for k in ALLOCATOR_KNOBS if getattr(config, k) is not None}
+    )
+    values.setdefault("frames_per_chunk", backbone.geometry.frames_per_chunk)
+    if values.get("query_encoder") == "backbone":
+        values["query_embed_dim"] = int(backbone.model.get_input_embeddings().weight.shape[1])
+    try:
+        resolved = AllocatorConfig.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise ResAdaptError(f"invalid allocator architecture: {e}") from e
+    check_fit(resolved, backbone.geometry.frames_per_chunk, "the allocator config")
+    return resolved
+
+
+def load_allocator(path: str | Path, backbone) -> Allocator:
+    """An allocator folder (checkpoint, final or warm start), wired to the backbone if needed."""
+    try:
+        allocator = Allocator.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise ResAdaptError(f"cannot load an allocator from {path}: {e}") from e
+    check_fit(allocator.config, backbone.geometry.frames_per_chunk, f"allocator {path}")
+    return allocator
+
+
+def build_allocator(config: TrainConfig, backbone, resume: Path | None) -> Allocator:
+    """The allocator to train: from the resumed checkpoint, the warm start, or a fresh init."""
+    if resume is not None:
+        allocator = load_allocator(resume, backbone)
+    elif config.init_allocator is not None:
+        allocator = load_allocator(config.init_allocator, backbone)
+    else:
+        allocator = Allocator(resolve_allocator_config(config, backbone))
+    if allocator.config.query_encoder == "backbone":
+        allocator.set_query_embeddings(backbone.model.get_input_embeddings().weight)
+    allocator.config = compat.stamp(allocator.config, backbone)  # what it is trained against
+    return allocator.train()
