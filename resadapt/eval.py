@@ -1,8 +1,9 @@
 """``python -m resadapt.eval``: every policy at the same budgets on one dataset, one frontier.
 
 Owns running the evaluation grid (:mod:`resadapt.grid`: frame counts × policies × budgets), its
-per-example records, the summary rows (``results.json`` / ``results.csv``), the printed table and ``frontier.png``. Knows nothing
-about how a policy chooses scales, how budgets are fitted or how the backbone encodes chunks.
+per-example records, the summary rows (``results.json`` / ``results.csv``), the printed table
+and ``frontier.png``. Knows nothing about how a policy chooses scales, how budgets are fitted or
+how the backbone encodes chunks.
 
 Contract:
   * Each video is decoded once per frame count (examples are grouped by video; the decoded frames
