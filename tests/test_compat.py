@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from allocator import Allocator, AllocatorConfig
-from resadapt import ask, compat
+from resadapt import ask, compat, ui
 from resadapt.assets import BUNDLED_ALLOCATOR, BUNDLED_BACKBONE
 from resadapt.backbone import Backbone
 from resadapt.errors import PolicyError
@@ -177,3 +177,22 @@ def test_the_bundled_allocator_records_the_bundled_backbone():
     assert pipeline.learned.path == str(BUNDLED_ALLOCATOR) and pipeline.learned.warning is None
     card = (BUNDLED_ALLOCATOR / "README.md").read_text()
     assert config.backbone_vocab_sha256 in card and "python -m resadapt.train" in card
+
+
+def test_the_app_refuses_a_mismatched_allocator_before_serving(capsys):
+    """The app (and so its API) loads its models at start: a mismatch is one error line, exit 2,
+    and nothing is served; with the override the page and every answer say so."""
+    import app
+
+    argv = ["--backbone", "tiny-random-qwen3-vl", "--allocator", str(BUNDLED_ALLOCATOR)]
+    assert app.main([*argv, "--port", "1"]) == 2  # refused before any launch
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert "assets/backbone" in err and "tiny-random-qwen3-vl" in err
+    config = ModelConfig(
+        backbone="tiny-random-qwen3-vl",
+        allocator=str(BUNDLED_ALLOCATOR),
+        allow_mismatched_allocator=True,
+    )
+    status = ui.status_markdown(load_pipeline(config))
+    assert "⚠️ not trained against this backbone" in status and "qwen3_vl" in status
