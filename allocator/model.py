@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
 from torch import nn
 
+from allocator.card import MODEL_CARD
 from allocator.config import AllocatorConfig
 
 logger = logging.getLogger(__name__)
@@ -371,43 +372,6 @@ class BetaHead(nn.Module):
             z = z + torch.stack([bias, -bias], dim=-1)  # (B, K, 2)
         ab = F.softplus(0.5 * z) + 1.0  # (B, K, 2)
         return ab[..., 0], ab[..., 1]
-
-
-MODEL_CARD = (
-    "---\n{{ card_data }}\n---\n\n"
-    "# ResAdapt allocator\n\n"
-    "A query-aware resolution allocator: for every {{ config.frames_per_chunk }}-frame chunk of a "
-    "video it reads {{ config.thumb_side }}-pixel thumbnails and the question and picks the scale "
-    "in [{{ config.scale_min }}, {{ config.scale_max }}] at which the frozen vision-language "
-    "backbone encodes that chunk, before the backbone sees any pixel.\n\n"
-    "## Backbone\n\n"
-    "It only fits the backbone it was trained against; ResAdapt refuses to load it with any "
-    "other.\n\n"
-    "| | |\n|---|---|\n"
-    '| backbone | {{ config.backbone or "not recorded" }} |\n'
-    '| model type | {{ config.backbone_model_type or "not recorded" }} |\n'
-    "| patch factor (pixels per visual token side) | "
-    '{{ config.backbone_patch_factor or "not recorded" }} |\n'
-    "| frames per chunk | {{ config.frames_per_chunk }} |\n"
-    "| thumbnail side | {{ config.thumb_side }} px |\n"
-    "| tokenizer vocabulary | {% if config.backbone_vocab_size %}"
-    "{{ config.backbone_vocab_size }} tokens, sha256 `{{ config.backbone_vocab_sha256 }}`"
-    "{% else %}not recorded{% endif %} |\n"
-    "| chat template sha256 | {% if config.backbone_chat_template_sha256 %}"
-    "`{{ config.backbone_chat_template_sha256 }}`{% else %}not recorded{% endif %} |\n"
-    "{% if train_command %}\n## Training\n\n```bash\n{{ train_command }}\n```\n{% endif %}"
-    "{% if validation %}\n## Validation\n\n| | |\n|---|---|\n"
-    "{% for name, value in validation.items() %}| {{ name }} | {{ value }} |\n{% endfor %}"
-    "{% endif %}\n"
-    "## Use\n\n```bash\n"
-    'python -m resadapt.ask VIDEO "QUESTION" --backbone {{ config.backbone or "BACKBONE" }} '
-    "--allocator THIS_FOLDER --budget 0.15\n```\n\n"
-    "`config.json` holds the architecture and the backbone signature above; `model.safetensors` "
-    "the weights.\n"
-)
-"""The allocator's model card (``README.md`` next to its weights, the Hugging Face convention);
-Jinja with ``config`` (the AllocatorConfig) and, when given, ``train_command`` (str) and
-``validation`` (name → figure)."""
 
 
 class Allocator(

@@ -47,6 +47,7 @@ def format_table(result: dict) -> str:
         lines.insert(-1, f"probe pass: {result['probe_visual_tokens']} visual tokens")
     if result["allocator_warning"]:
         lines.append(f"warning: {result['allocator_warning']}")
+    lines += [f"note: {note}" for note in result["notes"]]
     return "\n".join(lines)
 
 

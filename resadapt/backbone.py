@@ -7,8 +7,8 @@ Layout: the K chunks of a video are K video items (each its own ``video_grid_thw
 placeholders stand contiguously where the chat template puts the one video, so at a uniform scale
 the token sequence is exactly the model's native single-video sequence.
   * Qwen2.5-VL: transformers' stock rope index restarts the temporal position at every video item,
-    so the position ids are computed here from the chunks' real timestamps
-    (:func:`chunked_position_ids`), with the same arithmetic as the native single-video path.
+    so the position ids are computed from the chunks' real timestamps
+    (:func:`resadapt.positions.chunked_position_ids`), with the native single-video arithmetic.
   * Qwen3-VL: each chunk's placeholder carries its own timestamp text; the chunk metadata makes the
     processor write the chunk's true (container) timestamp, and the stock rope index is correct.
 Frames reach the processor already at their chunk's size (``do_resize=False``): every size comes
@@ -41,6 +41,7 @@ from transformers.video_utils import VideoMetadata
 
 from resadapt.errors import BackboneError
 from resadapt.geometry import Geometry
+from resadapt.positions import chunked_position_ids
 from resadapt.registry import backbone_builder
 from resadapt.video import resize_frames
 
@@ -106,72 +107,6 @@ class ChunkedVideo:
         ]
         times = np.asarray(timestamps)[: len(chunks) * f].reshape(len(chunks), f)  # (K, F)
         return cls(chunks=chunks, timestamps=times, sample_fps=sample_fps)
-
-
-def chunked_position_ids(
-    input_ids: torch.Tensor,
-    mm_token_type_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    video_grid_thw: torch.Tensor,
-    chunk_offsets: list[torch.Tensor],
-    time_intervals: torch.Tensor,
-    spatial_merge_size: int,
-) -> torch.Tensor:
-    """Qwen2.5-VL 3-D rope positions for rows whose video tokens are K chunk items in a row.
-
-    input_ids, mm_token_type_ids, attention_mask: (B, L); video_grid_thw: (sum_b K_b, 3) with
-    t = 1 per chunk; chunk_offsets[b]: (K_b,) offset of chunk k from the row's first chunk, in units
-    of one temporal patch (``(t_k - t_0) / second_per_grid``: exactly k at a constant frame rate);
-    time_intervals: (B,) float32 ``tokens_per_second * second_per_grid``.
-    Returns (4, B, L): row 0 the plain text positions (for the attention mask), rows 1–3 the
-    temporal / height / width positions. A chunk's temporal position is
-    ``start + floor(offset_k * time_interval)`` in float32, the native path's arithmetic; text after
-    the video continues from ``start + max(h, w) // merge`` of the largest chunk, as natively.
-    """
-    batch, length = input_ids.shape
-    pos = torch.zeros(4, batch, length, dtype=torch.long)
-    grids = iter(video_grid_thw.tolist())
-    for b in range(batch):
-        keep = attention_mask[b].bool()
-        types = mm_token_type_ids[b][keep].tolist()
-        offsets = iter(chunk_offsets[b].float())
-        rows: list[torch.Tensor] = []
-        cur = 0
-        i = 0
-        while i < len(types):
-            j = i
-            while j < len(types) and types[j] == types[i]:
-                j += 1
-            if types[i] == 0:
-                rows.append(torch.arange(cur, cur + j - i).expand(3, -1))
-                cur += j - i
-            else:
-                assert types[i] == 2, "only video placeholders are supported"
-                n, advance = 0, 0
-                while n < j - i:
-                    t, h, w = next(grids)
-                    assert t == 1, "each chunk is one temporal patch"
-                    gh, gw = h // spatial_merge_size, w // spatial_merge_size
-                    t_pos = int((next(offsets) * time_intervals[b]).long())
-                    hh, ww = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-                    rows.append(
-                        torch.stack(
-                            [
-                                torch.full((gh * gw,), cur + t_pos),
-                                hh.flatten() + cur,
-                                ww.flatten() + cur,
-                            ]
-                        )
-                    )
-                    n += gh * gw
-                    advance = max(advance, max(h, w) // spatial_merge_size)
-                assert n == j - i, "video tokens do not match the chunk grids"
-                cur += advance
-            i = j
-        positions = torch.cat(rows, dim=1)  # (3, L_b)
-        pos[1:, b, keep] = positions
-        pos[0, b, keep] = torch.arange(int(keep.sum()))
-    return pos
 
 
 def micro_batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:

@@ -220,20 +220,26 @@ class ModelConfig(DeviceConfig):
             raise BudgetError(f"--stream-timeout-s must be positive, got {self.stream_timeout_s}")
 
 
-def load_backbone(config: ModelConfig) -> Backbone:
-    """Load the configured backbone (the default one when none is named); warn when random."""
+def load_backbone(config: ModelConfig, device: str | None = None) -> Backbone:
+    """Load the configured backbone (the default one when none is named); warn when random.
+
+    ``config`` is any :class:`DeviceConfig` with ``backbone`` and ``max_pixels`` fields (the
+    trainer's too); ``device`` overrides its device (a training process's own).
+    """
     from resadapt.assets import default_backbone, is_random_backbone
 
     name = config.backbone or default_backbone()
+    device = device or config.torch_device
     backbone = Backbone.load(
         name,
-        dtype=config.torch_dtype,
-        device=config.torch_device,
+        dtype=config.dtype_on(device),
+        device=device,
         max_pixels=config.max_pixels,
         attn_implementation=config.attn_implementation,
         device_map=config.device_map,
         max_batch_tokens=config.max_batch_tokens,
-        stream_timeout_s=config.stream_timeout_s,
+        # the trainer's config has no stream timeout: training never streams an answer
+        stream_timeout_s=getattr(config, "stream_timeout_s", STREAM_TIMEOUT_S),
     )
     if is_random_backbone(name):
         logger.warning(
@@ -312,6 +318,8 @@ class Allocation:
     """Tokens of the same frames at scale 1.0."""
     probe: ProbeCost | None = None
     """What the policy's own backbone pass cost (attention policy), else None."""
+    notes: list[str] = field(default_factory=list)
+    """What the policy did not read in full, one sentence each (``AllocationContext.notes``)."""
 
     @property
     def probe_visual_tokens(self) -> int:
@@ -341,6 +349,9 @@ class Result:
     full cost of the answer is visual_tokens + probe_visual_tokens."""
     allocator_warning: str | None = None
     """Set when the learned policy ran an allocator against a backbone it does not match."""
+    notes: list[str] = field(default_factory=list)
+    """What the policy did not read in full, one sentence each (e.g. a question longer than the
+    allocator's query window); empty when it read everything."""
     timings: dict[str, float] = field(default_factory=dict)
     """decode_s, allocate_s (which includes probe_s), probe_s, backbone_s, total_s."""
 
@@ -408,12 +419,12 @@ class Pipeline:
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
         vanilla = self.vanilla_tokens(video)
-        probe = None
+        probe, notes = None, []
         if scales is None:
             policy = policy or self.policy(request)
             ctx = self.context(video, request.question, policy.thumb_side)
             scales = policy.scales(ctx)
-            probe = ctx.probe
+            probe, notes = ctx.probe, ctx.notes
         scales = np.clip(np.asarray(scales, dtype=np.float64), 1e-6, 1.0)  # (K,)
         assert scales.shape == (k,), (scales.shape, k)
         cap = self.token_cap(request, vanilla)
@@ -422,7 +433,12 @@ class Pipeline:
         sizes = [geometry.scaled_size(base_h, base_w, s) for s in scales]
         tokens = [geometry.tokens(h, w) for h, w in sizes]
         return Allocation(
-            scales=scales, sizes=sizes, tokens=tokens, vanilla_tokens=vanilla, probe=probe
+            scales=scales,
+            sizes=sizes,
+            tokens=tokens,
+            vanilla_tokens=vanilla,
+            probe=probe,
+            notes=notes,
         )
 
     def vanilla_tokens(self, video: SampledVideo) -> int:
@@ -542,4 +558,5 @@ class Pipeline:
             retention=round(spent / allocation.vanilla_tokens, 6),
             probe_visual_tokens=allocation.probe_visual_tokens,
             allocator_warning=learned.warning if learned is not None else None,
+            notes=list(allocation.notes),
         )

@@ -7,12 +7,13 @@ or about how the backbone encodes the chunks (the attention policy asks resadapt
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,6 +30,8 @@ from resadapt.geometry import uniform_step
 if TYPE_CHECKING:
     from resadapt.backbone import Backbone
     from resadapt.video import SampledVideo
+
+logger = logging.getLogger(__name__)
 
 POLICY_NAMES = ("vanilla", "uniform", "random", "content", "learned", "attention")
 THUMB_SIDE = AllocatorConfig.__dataclass_fields__["thumb_side"].default
@@ -81,6 +84,9 @@ class AllocationContext:
     """The frozen backbone (the pipeline always gives it)."""
     probe: ProbeCost | None = None
     """Set by a policy that ran a probe pass of the backbone; None otherwise."""
+    notes: list[str] = field(default_factory=list)
+    """What a policy did not read in full (e.g. a question cut to the allocator's query window),
+    one sentence each; the pipeline reports them in the result."""
 
     @property
     def num_chunks(self) -> int:
@@ -246,7 +252,8 @@ def allocator_inputs(
     """Batch B contexts for the allocator, padding chunks and query tokens.
 
     Returns thumbs (B, K, F, 3, S, S) float in [0, 1], query_ids / query_mask (B, L),
-    chunk_mask (B, K) bool and chunk_times (B, K) seconds.
+    chunk_mask (B, K) bool and chunk_times (B, K) seconds. A question longer than the window is
+    cut to its head and tail (:func:`query_window`), noted in its context's ``notes``.
     """
     k_max = max(c.num_chunks for c in ctxs)
     f = ctxs[0].frames_per_chunk
@@ -263,6 +270,12 @@ def allocator_inputs(
     query_ids = torch.full((len(ctxs), max_query_tokens), tokenizer.pad_token_id)  # (B, L)
     query_mask = torch.zeros(len(ctxs), max_query_tokens, dtype=torch.bool)  # (B, L)
     for b, ids in enumerate(tokenizer([c.question for c in ctxs])["input_ids"]):
+        if len(ids) > max_query_tokens:
+            head = int(max_query_tokens * QUERY_HEAD_SHARE)
+            ctxs[b].notes.append(
+                f"the allocator read {max_query_tokens} of the question's {len(ids)} tokens: the "
+                f"first {head} and the last {max_query_tokens - head}"
+            )
         ids = torch.tensor(query_window(ids, max_query_tokens))
         span = slice(max_query_tokens - len(ids), None)
         if tokenizer.padding_side != "left":
@@ -347,6 +360,8 @@ class Learned:
             )
         device = next(self.allocator.parameters()).device
         batch = allocator_inputs([ctx], self.tokenizer, cfg.max_query_tokens, device)
+        for note in ctx.notes:
+            logger.info("%s", note)
         out = self.allocator(**batch)
         scales = mean_scale(out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max)
         return scales[0].cpu().numpy()  # (K,)

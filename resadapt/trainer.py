@@ -28,8 +28,6 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from allocator import Allocator, AllocatorConfig, log_prob, mean_scale
-from resadapt.assets import is_random_backbone
-from resadapt.backbone import Backbone
 from resadapt.capo import (
     concentration_cap_loss,
     concentration_loss,
@@ -55,7 +53,7 @@ from resadapt.checkpoint import (
 )
 from resadapt.data import load_examples
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import Pipeline
+from resadapt.pipeline import Pipeline, load_backbone
 from resadapt.relevance import chunk_attention, distillation_loss, pad_targets
 from resadapt.rollout import (
     ROLLOUT_STATS,
@@ -183,17 +181,7 @@ class Trainer:
         resume = find_resume(config.out_dir, config.resume)
         if config.device_map and acc.num_processes > 1:
             raise ResAdaptError("--device-map auto is for one process; drop it under DDP")
-        self.backbone = Backbone.load(
-            config.backbone,
-            dtype=config.dtype_on(str(acc.device)),
-            device=str(acc.device),
-            max_pixels=config.max_pixels,
-            attn_implementation=config.attn_implementation,
-            device_map=config.device_map,
-            max_batch_tokens=config.max_batch_tokens,
-        )
-        if is_random_backbone(config.backbone):
-            logger.warning("%s has random weights: its rewards carry no signal", config.backbone)
+        self.backbone = load_backbone(config, device=str(acc.device))
         self.pipeline = Pipeline(self.backbone)
         self.cache = DecodeCache(self.pipeline, config.decode_cache_mb * 2**20)
         set_seed(config.seed)  # after the backbone: the tiny builders reseed torch

@@ -378,6 +378,8 @@ def summary_markdown(result: dict, done: bool = False, example: dict | None = No
         )
     if result["allocator_warning"]:
         lines[0] += f" ⚠️ {result['allocator_warning']}."
+    for note in result["notes"]:
+        lines[0] += f" Note: {note}."
     timings = result["timings"]
     if done:
         if example is not None:

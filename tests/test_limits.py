@@ -112,3 +112,23 @@ def test_a_long_question_keeps_its_options_in_the_query_window():
         assert f"{letter}. {option}" in text, (letter, text)
     assert query[: window // 4] == ids[: window // 4]  # the stem's opening is kept too
     assert query_window(ids[:10], window) == ids[:10]
+
+
+def test_a_cut_question_is_reported_not_silent():
+    """The allocator reads the head and tail of a long question; the context, and so the result
+    and the log, say how much it read."""
+    tokenizer = build_tokenizer()
+    question = "Which card shows vertical stripes after the blue one appears? " * 8
+    n = len(tokenizer(question)["input_ids"])
+    ctx = AllocationContext(
+        thumbs=np.zeros((2, 32, 32, 3), np.uint8), timestamps=np.arange(2.0), question=question
+    )
+    allocator_inputs([ctx], tokenizer, 64)
+    assert ctx.notes == [
+        f"the allocator read 64 of the question's {n} tokens: the first 16 and the last 48"
+    ]
+    short = AllocationContext(
+        thumbs=np.zeros((2, 32, 32, 3), np.uint8), timestamps=np.arange(2.0), question="Which?"
+    )
+    allocator_inputs([short], tokenizer, 64)
+    assert short.notes == []

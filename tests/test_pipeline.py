@@ -18,7 +18,8 @@ FRAME_KEYS = {"index", "timestamp", "chunk", "scale", "height", "width"}
 CHUNK_KEYS = {"frames", "scale", "height", "width", "visual_tokens"}
 TOP_KEYS = {
     "answer", "backbone", "policy", "frames", "chunks", "visual_tokens",
-    "vanilla_visual_tokens", "retention", "probe_visual_tokens", "allocator_warning", "timings",
+    "vanilla_visual_tokens", "retention", "probe_visual_tokens", "allocator_warning", "notes",
+    "timings",
 }  # fmt: skip
 TIMING_KEYS = {"decode_s", "allocate_s", "probe_s", "backbone_s", "total_s"}
 
