@@ -29,7 +29,7 @@ def format_table(result: dict) -> str:
         times.setdefault(frame["chunk"], frame["timestamp"])
     for k, c in enumerate(result["chunks"]):
         frames = ",".join(str(i) for i in c["frames"])
-        size = f"{c['height']}x{c['width']}"
+        size = "dropped" if c.get("dropped") else f"{c['height']}x{c['width']}"
         lines.append(
             f"{k:>5} {frames:>12} {times[k]:>10.2f} {c['scale']:>6.2f} {size:>9} "
             f"{c['visual_tokens']:>6}"
@@ -43,6 +43,11 @@ def format_table(result: dict) -> str:
         f"time: decode {t['decode_s']:.2f}s, allocate {t['allocate_s']:.3f}s (probe "
         f"{t['probe_s']:.3f}s), backbone {t['backbone_s']:.2f}s, total {t['total_s']:.2f}s",
     ]
+    if result["encoded_visual_tokens"] > result["visual_tokens"]:
+        lines.append(
+            f"the vision tower encoded {result['encoded_visual_tokens']} visual tokens at full "
+            f"resolution before pruning ({t['tower_s']:.2f}s of the backbone time)"
+        )
     if result["probe_visual_tokens"]:
         lines.insert(-1, f"probe pass: {result['probe_visual_tokens']} visual tokens")
     if result["allocator_warning"]:

@@ -84,10 +84,16 @@ class ChunkedVideo:
     """(K, F) float seconds of every frame, from the container."""
     sample_fps: float
     """True sampling rate of the frames (frames per second)."""
+    origin: float | None = None
+    """Time (seconds) Qwen2.5-VL's temporal positions count from: the video's first sampled frame
+    when chunks were dropped before it (``keyframes``), so kept chunks keep their true temporal
+    positions; None: the first chunk's first frame."""
 
     def __post_init__(self) -> None:
         assert len(self.chunks) == len(self.timestamps) > 0
         assert self.sample_fps > 0, self.sample_fps
+        if self.origin is None:
+            self.origin = float(self.timestamps[0, 0])
 
     @classmethod
     def from_frames(
@@ -97,16 +103,19 @@ class ChunkedVideo:
         sample_fps: float,
         sizes: list[tuple[int, int]],
         frames_per_chunk: int,
+        keep: list[bool] | None = None,
     ) -> ChunkedVideo:
         """Chunk k = frames [k F, (k + 1) F) of ``frames`` (T, H, W, 3) resized to ``sizes[k]``;
-        timestamps (T,) seconds. Frames past the K = len(sizes) whole chunks are left out."""
+        timestamps (T,) seconds. Frames past the K = len(sizes) whole chunks are left out, and so
+        is every chunk k with ``keep[k]`` False (its neighbours keep their true times)."""
         f = frames_per_chunk
-        chunks = [
-            resize_frames(frames[k * f : (k + 1) * f], size)  # (F, h_k, w_k, 3)
-            for k, size in enumerate(sizes)
-        ]
-        times = np.asarray(timestamps)[: len(chunks) * f].reshape(len(chunks), f)  # (K, F)
-        return cls(chunks=chunks, timestamps=times, sample_fps=sample_fps)
+        keep = keep if keep is not None else [True] * len(sizes)
+        kept = [k for k in range(len(sizes)) if keep[k]]
+        assert kept, "at least one chunk must be kept"
+        chunks = [resize_frames(frames[k * f : (k + 1) * f], sizes[k]) for k in kept]
+        times = np.asarray(timestamps)[: len(sizes) * f].reshape(len(sizes), f)[kept]  # (K', F)
+        origin = float(np.asarray(timestamps)[0])
+        return cls(chunks=chunks, timestamps=times, sample_fps=sample_fps, origin=origin)
 
 
 def micro_batches(lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
@@ -312,7 +321,7 @@ class Backbone:
                 dtype=torch.float32,
             )
             offsets = [
-                torch.tensor(np.round((v.timestamps[:, 0] - v.timestamps[0, 0]) / s, 3))
+                torch.tensor(np.round((v.timestamps[:, 0] - v.origin) / s, 3))
                 for v, s in zip(videos, second_per_grid, strict=True)
             ]
             vision = self.model.config.vision_config

@@ -19,8 +19,9 @@ Contract:
     never stops the run.
   * Latency of an example = its allocation time (which includes the attention policy's probe
     pass) + its share of the backbone time, where the backbone time (resizing the chunks, the
-    processor, prefill and greedy generation) of a micro-batch is divided evenly among its
-    examples. Decoding is excluded (shared by all).
+    processor, the vision tower, prefill and greedy generation) of a micro-batch is divided evenly
+    among its examples. Decoding is excluded (shared by all); the end-to-end time ``e2e_s`` adds
+    the video's decode time (measured once per video and frame count) to it.
   * A block of ``--batch-size`` examples is answered in micro-batches of at most
     ``--max-batch-tokens`` prompt tokens (rows × longest row), so memory is bounded by that budget,
     not by the batch size or the frame count; the answers are those of the unbatched path.
@@ -93,6 +94,7 @@ ROW_COLUMNS = (
     "mean_visual_tokens",
     "mean_scale_spread",
     "mean_latency_s",
+    "mean_e2e_s",
 )
 """Columns of results.csv (and keys of every row in results.json); means are empty (null) when
 no example of the row fits its budget. The scale spread is the within-video standard deviation of
@@ -128,6 +130,8 @@ class Evaluator:
         self.pipeline = pipeline
         self.learned = learned or {}
         """Loaded allocators by PolicySpec.label."""
+        self.decode_s: dict[str, float] = {}
+        """Seconds the latest decode of each video took (shared by every policy and budget)."""
 
     def policy(self, spec: PolicySpec, index: int) -> Policy:
         """The policy for example ``index``; ``random`` draws from (seed, index)."""
@@ -139,6 +143,7 @@ class Evaluator:
             learned=self.learned.get(spec.label),
             probe_budget=self.config.probe_budget,
             probe_layers=self.config.probe_layers,
+            contextual_share=self.config.contextual_share,
         )
 
     def run(self, examples: list[Example]) -> Iterator[dict]:
@@ -161,7 +166,9 @@ class Evaluator:
                 cache = {path: v for path, v in cache.items() if path in needed}
                 for _, e in block:
                     if e.video not in cache:
+                        start = time.perf_counter()
                         cache[e.video] = self._decode(e, frames)
+                        self.decode_s[e.video] = time.perf_counter() - start
                 logger.info(
                     "frames %s: block %d/%d (%d examples)",
                     self.config.frames_label(frames), n + 1, len(blocks), len(block),
@@ -182,6 +189,7 @@ class Evaluator:
             seed=self.config.seed,
             probe_budget=self.config.probe_budget,
             probe_layers=self.config.probe_layers,
+            contextual_share=self.config.contextual_share,
         )
 
     def _decode(self, e: Example, frames: int | None) -> SampledVideo | ResAdaptError:
@@ -235,19 +243,24 @@ class Evaluator:
         start = time.perf_counter()  # a micro-batch's time includes its preparation
         for index, inputs in backbone.batches(chunked, [r.question for r in ready]):
             produced = backbone.chunk_tokens(inputs)
-            assert produced == [t for b in index for t in ready[b].allocation.tokens], "tokens"
+            encoded = [t for b in index for t in ready[b].allocation.tokens if t]
+            assert produced == encoded, "tokens"
+            tower = time.perf_counter()
+            inputs = self.pipeline.encode(inputs, [ready[b].allocation for b in index])
+            tower_s = (time.perf_counter() - tower) / len(index) if spec.name == "prune" else 0.0
             responses = backbone.generate(inputs, self.config.max_new_tokens)
             backbone_s = (time.perf_counter() - start) / len(index)
-            yield from self._graded([ready[b] for b in index], responses, backbone_s)
+            yield from self._graded([ready[b] for b in index], responses, backbone_s, tower_s)
             start = time.perf_counter()
 
     def _graded(
-        self, ready: list[_Ready], responses: list[str], backbone_s: float
+        self, ready: list[_Ready], responses: list[str], backbone_s: float, tower_s: float
     ) -> Iterator[dict]:
-        """The records of answered examples, graded; ``backbone_s`` is each one's share."""
+        """The records of answered examples, graded; ``backbone_s`` (which includes ``tower_s``,
+        the pruning policy's separate vision-tower pass) is each one's share."""
         for r, response in zip(ready, responses, strict=True):
             e = r.example
-            tokens = int(sum(r.allocation.tokens))
+            tokens = r.allocation.visual_tokens
             probe_tokens = r.allocation.probe_visual_tokens
             vanilla = r.allocation.vanilla_tokens
             yield r.record | {
@@ -256,15 +269,19 @@ class Evaluator:
                 "correct": grade(e.problem_type, response, e.gold(), len(e.options or [])),
                 "num_frames": len(r.video.frames),
                 "visual_tokens": tokens,
+                "encoded_visual_tokens": r.allocation.encoded_tokens,
                 "vanilla_visual_tokens": int(r.allocation.vanilla_tokens),
                 "retention": tokens / vanilla,
                 "probe_visual_tokens": probe_tokens,
                 "retention_with_probe": (tokens + probe_tokens) / vanilla,
                 "probe_s": r.allocation.probe_s,
                 "latency_s": r.record["allocate_s"] + backbone_s,
+                "decode_s": self.decode_s.get(e.video, 0.0),
+                "e2e_s": self.decode_s.get(e.video, 0.0) + r.record["allocate_s"] + backbone_s,
                 "backbone_s": backbone_s,
+                "tower_s": tower_s,
                 "scales": [round(float(s), 4) for s in r.allocation.scales],
-                "chunk_tokens": [int(t) for t in r.allocation.tokens],
+                "chunk_tokens": [int(t) for t in r.allocation.chunk_tokens],
             }
 
 
@@ -299,6 +316,7 @@ class Summary:
             cell["visual_tokens"] += record["visual_tokens"]
             cell["scale_spread"] += float(np.std(record["scales"]))
             cell["latency_s"] += record["latency_s"]
+            cell["e2e_s"] += record["e2e_s"]
 
     def rows(self) -> list[dict]:
         rows = []
@@ -326,6 +344,7 @@ class Summary:
                     "mean_visual_tokens": mean("visual_tokens"),
                     "mean_scale_spread": mean("scale_spread"),
                     "mean_latency_s": mean("latency_s"),
+                    "mean_e2e_s": mean("e2e_s"),
                 }
             )
             if self.breakdowns:
@@ -359,20 +378,23 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
-    """Accuracy (y) against mean retention (x): one line per policy, one panel per frame count.
+    """Accuracy (y) against mean retention (x, top row) and against mean end-to-end seconds per
+    example (x, bottom row): one line per policy, one column per frame count.
 
-    Vanilla is a single marker at its retention (1.0). Rows without examples are not drawn.
+    Vanilla is a single marker. Rows without examples are not drawn.
     """
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state
 
     frame_labels = list(dict.fromkeys(r["frames"] for r in rows))
     policies = list(dict.fromkeys(r["policy"] for r in rows))
-    fig = Figure(figsize=(5.5 * len(frame_labels), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(frame_labels), squeeze=False)[0]
-    for ax, frames in zip(axes, frame_labels, strict=True):
+    fig = Figure(figsize=(5.5 * len(frame_labels), 8.4), layout="constrained")
+    grid = fig.subplots(2, len(frame_labels), squeeze=False)
+    for ax, frames, x_key in [
+        (grid[0][i], f, "mean_retention") for i, f in enumerate(frame_labels)
+    ] + [(grid[1][i], f, "mean_e2e_s") for i, f in enumerate(frame_labels)]:
         for i, policy in enumerate(policies):
             points = sorted(
-                (r["mean_retention"], r["accuracy"])
+                (r[x_key], r["accuracy"])
                 for r in rows
                 if r["frames"] == frames and r["policy"] == policy and r["examples"]
             )
@@ -384,9 +406,13 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
                 ax.plot(x, y, linestyle="none", marker="*", markersize=14, **style)
             else:
                 ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], alpha=0.85, **style)
-        ax.set_xlabel("mean retention (share of full-resolution visual tokens)")
+        if x_key == "mean_retention":
+            ax.set_xlabel("mean retention (share of full-resolution visual tokens)")
+            ax.set_xlim(0, 1.05)
+        else:
+            ax.set_xlabel("mean end-to-end seconds per example (decode to answer)")
+            ax.set_xlim(left=0)
         ax.set_ylabel("accuracy")
-        ax.set_xlim(0, 1.05)
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         frames_text = f"{frames} frames" if isinstance(frames, int) else f"frames at {frames}"

@@ -159,6 +159,10 @@ class EvalConfig(ModelConfig):
         "language-model layers of the attention policy's probe pass (none: all)",
         default_of(Request, "probe_layers"),
     )
+    contextual_share: float = option(
+        "share of the prune policy's kept visual tokens that are contextual (merged) tokens",
+        default_of(Request, "contextual_share"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -194,6 +198,7 @@ class EvalConfig(ModelConfig):
             max_new_tokens=self.max_new_tokens,
             probe_budget=self.probe_budget,
             probe_layers=self.probe_layers,
+            contextual_share=self.contextual_share,
         )
         if not 0 < self.scale <= 1:
             raise BudgetError(f"--scale must be in (0, 1], got {self.scale}")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from allocator import AllocatorConfig
-from resadapt import compat
+from resadapt import compat, prune
 from resadapt.backbone import (
     ATTN_IMPLEMENTATIONS,
     DEFAULT_MAX_BATCH_TOKENS,
@@ -28,7 +28,7 @@ from resadapt.backbone import (
 )
 from resadapt.cli import option
 from resadapt.errors import BudgetError, PolicyError, validate_question
-from resadapt.geometry import fit_budget
+from resadapt.geometry import Geometry, fit_budget
 from resadapt.policies import (
     POLICY_NAMES,
     PROBE_BUDGET,
@@ -38,6 +38,7 @@ from resadapt.policies import (
     Policy,
     ProbeCost,
     make_policy,
+    treatment,
 )
 from resadapt.video import SampledVideo, load_video
 
@@ -95,10 +96,16 @@ class Request:
         "(FlexSelect-style truncation); none: all layers",
         None,
     )
+    contextual_share: float = option(
+        "--policy prune: share in [0, 1) of the kept visual tokens that are contextual tokens "
+        "(the remaining tokens merged into evenly spaced targets)",
+        prune.CONTEXTUAL_SHARE,
+    )
 
     def __post_init__(self) -> None:
         self.question = validate_question(self.question)
         validate_probe(self.probe_budget, self.probe_layers)
+        validate_contextual(self.contextual_share)
         if self.policy is not None and self.policy not in POLICY_NAMES:
             raise PolicyError(
                 f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}"
@@ -123,6 +130,12 @@ def validate_probe(probe_budget: float, probe_layers: int | None) -> None:
         raise BudgetError(f"the probe budget must be in (0, 1], got {probe_budget}")
     if probe_layers is not None and probe_layers < 1:
         raise BudgetError(f"probe layers must be at least 1 (or none for all), got {probe_layers}")
+
+
+def validate_contextual(share: float) -> None:
+    """Raise BudgetError for a contextual share outside [0, 1)."""
+    if not 0 <= share < 1:
+        raise BudgetError(f"the contextual share must be in [0, 1), got {share}")
 
 
 @dataclass
@@ -320,6 +333,33 @@ class Allocation:
     """What the policy's own backbone pass cost (attention policy), else None."""
     notes: list[str] = field(default_factory=list)
     """What the policy did not read in full, one sentence each (``AllocationContext.notes``)."""
+    pruned_to: int | None = None
+    """Post-encoder pruning (``prune``): visual tokens kept after the vision tower, else None."""
+    contextual_share: float = prune.CONTEXTUAL_SHARE
+    """``prune``: share of the kept tokens that are contextual tokens."""
+    kept_tokens: list[int] | None = None
+    """``prune``, once the tower has run: the K kept visual tokens per chunk."""
+
+    @property
+    def kept(self) -> list[bool]:
+        """(K,) whether chunk k is encoded at all (``keyframes`` drops chunks: 0 tokens)."""
+        return [t > 0 for t in self.tokens]
+
+    @property
+    def encoded_tokens(self) -> int:
+        """Visual tokens through the vision tower."""
+        return int(sum(self.tokens))
+
+    @property
+    def visual_tokens(self) -> int:
+        """Visual tokens that reach the language model."""
+        return self.encoded_tokens if self.pruned_to is None else self.pruned_to
+
+    @property
+    def chunk_tokens(self) -> list[int]:
+        """(K,) visual tokens of every chunk that reach the language model (before pruning runs,
+        a pruned allocation reports its encoded tokens)."""
+        return self.kept_tokens if self.kept_tokens is not None else list(self.tokens)
 
     @property
     def probe_visual_tokens(self) -> int:
@@ -344,6 +384,9 @@ class Result:
     visual_tokens: int
     vanilla_visual_tokens: int
     retention: float
+    encoded_visual_tokens: int = 0
+    """Visual tokens through the vision tower: visual_tokens, except for ``prune`` (every chunk at
+    full resolution, then pruned to visual_tokens)."""
     probe_visual_tokens: int = 0
     """Visual tokens the policy's probe pass encoded (attention policy; 0 for the others): the
     full cost of the answer is visual_tokens + probe_visual_tokens."""
@@ -353,7 +396,9 @@ class Result:
     """What the policy did not read in full, one sentence each (e.g. a question longer than the
     allocator's query window); empty when it read everything."""
     timings: dict[str, float] = field(default_factory=dict)
-    """decode_s, allocate_s (which includes probe_s), probe_s, backbone_s, total_s."""
+    """decode_s, allocate_s (which includes probe_s), probe_s, backbone_s (which includes
+    tower_s), tower_s (``prune``: the vision tower at full resolution and the token scoring; 0
+    otherwise, where the tower runs inside the prefill), total_s."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -405,6 +450,7 @@ class Pipeline:
             learned=self.learned,
             probe_budget=request.probe_budget,
             probe_layers=request.probe_layers,
+            contextual_share=request.contextual_share,
         )
 
     def allocate(
@@ -419,19 +465,35 @@ class Pipeline:
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
         vanilla = self.vanilla_tokens(video)
-        probe, notes = None, []
+        probe, notes, how = None, [], "resize"
         if scales is None:
             policy = policy or self.policy(request)
+            how = treatment(policy)
             ctx = self.context(video, request.question, policy.thumb_side)
             scales = policy.scales(ctx)
             probe, notes = ctx.probe, ctx.notes
         scales = np.clip(np.asarray(scales, dtype=np.float64), 1e-6, 1.0)  # (K,)
         assert scales.shape == (k,), (scales.shape, k)
         cap = self.token_cap(request, vanilla)
-        if cap is not None and self.policy_name(request) != "vanilla":
+        pruned_to = None
+        if how == "drop":
+            scales = keep_top_chunks(
+                scales, geometry, base_h, base_w, cap, self.policy_name(request)
+            )
+        elif how == "prune":
+            scales = np.ones(k)
+            pruned_to = min(cap, vanilla) if cap is not None else vanilla
+            if pruned_to < 1:
+                raise BudgetError(f"a cap of {cap} visual tokens leaves prune nothing to keep")
+        elif cap is not None and self.policy_name(request) != "vanilla":
             scales = fit_budget(scales, geometry, base_h, base_w, cap)
-        sizes = [geometry.scaled_size(base_h, base_w, s) for s in scales]
-        tokens = [geometry.tokens(h, w) for h, w in sizes]
+        sizes = [geometry.scaled_size(base_h, base_w, s) if s > 0 else (0, 0) for s in scales]
+        tokens = [geometry.tokens(h, w) if h else 0 for h, w in sizes]
+        if pruned_to is not None and pruned_to < vanilla:
+            notes.append(
+                f"the vision tower encoded all {vanilla} visual tokens at full resolution; "
+                f"{pruned_to} reached the language model"
+            )
         return Allocation(
             scales=scales,
             sizes=sizes,
@@ -439,6 +501,8 @@ class Pipeline:
             vanilla_tokens=vanilla,
             probe=probe,
             notes=notes,
+            pruned_to=pruned_to,
+            contextual_share=request.contextual_share,
         )
 
     def vanilla_tokens(self, video: SampledVideo) -> int:
@@ -457,14 +521,33 @@ class Pipeline:
         return min(caps) if caps else None
 
     def chunked(self, video: SampledVideo, allocation: Allocation) -> ChunkedVideo:
-        """Resize every chunk's frames to its allocated size."""
+        """Resize every kept chunk's frames to its allocated size (dropped chunks are left out)."""
         return ChunkedVideo.from_frames(
             video.frames,
             video.timestamps,
             video.sample_fps,
             allocation.sizes,
             self.backbone.geometry.frames_per_chunk,
+            keep=allocation.kept,
         )
+
+    def encode(self, inputs, allocations: list[Allocation]):
+        """The language model's inputs for prepared rows: ``inputs`` themselves, or for pruned
+        allocations the pruned inputs (the vision tower runs here; every allocation of a batch has
+        the same treatment). Fills each pruned allocation's ``kept_tokens``."""
+        if allocations[0].pruned_to is None:
+            return inputs
+        pruned = prune.prune(
+            self.backbone.model,
+            inputs,
+            [sum(a.kept) for a in allocations],
+            [a.pruned_to for a in allocations],
+            allocations[0].contextual_share,
+            pad_token_id=self.backbone.tokenizer.pad_token_id,
+        )
+        for allocation, kept in zip(allocations, pruned.kept_per_chunk, strict=True):
+            allocation.kept_tokens = kept
+        return pruned.inputs
 
     # ------------------------------------------------------------------ whole questions
     def ask(self, path: str, request: Request) -> Result:
@@ -494,11 +577,15 @@ class Pipeline:
         chunked = self.chunked(video, allocation)
         inputs = self.backbone.prepare([chunked], [request.question])
         produced = self.backbone.chunk_tokens(inputs)
-        assert produced == allocation.tokens, (produced, allocation.tokens)
+        assert produced == [t for t in allocation.tokens if t], (produced, allocation.tokens)
+        t4 = time.perf_counter()
+        inputs = self.encode(inputs, [allocation])
+        tower_s = time.perf_counter() - t4 if allocation.pruned_to is not None else 0.0
         result = self._result(video, allocation, request, "")
         result.timings = {
             **timings,
             "probe_s": allocation.probe_s,
+            "tower_s": tower_s,
             "backbone_s": 0.0,
             "total_s": 0.0,
         }
@@ -521,7 +608,7 @@ class Pipeline:
         f = self.backbone.geometry.frames_per_chunk
         frames, chunks = [], []
         for k, (scale, (h, w), tokens) in enumerate(
-            zip(allocation.scales, allocation.sizes, allocation.tokens, strict=True)
+            zip(allocation.scales, allocation.sizes, allocation.chunk_tokens, strict=True)
         ):
             members = list(range(k * f, (k + 1) * f))
             for i in members:
@@ -542,9 +629,11 @@ class Pipeline:
                     "height": h,
                     "width": w,
                     "visual_tokens": tokens,
+                    "encoded_tokens": allocation.tokens[k],
+                    "dropped": allocation.tokens[k] == 0,
                 }
             )
-        spent = int(sum(allocation.tokens))
+        spent = allocation.visual_tokens
         policy = self.policy_name(request)
         learned = self.learned if policy == "learned" else None
         return Result(
@@ -556,7 +645,32 @@ class Pipeline:
             visual_tokens=spent,
             vanilla_visual_tokens=int(allocation.vanilla_tokens),
             retention=round(spent / allocation.vanilla_tokens, 6),
+            encoded_visual_tokens=allocation.encoded_tokens,
             probe_visual_tokens=allocation.probe_visual_tokens,
             allocator_warning=learned.warning if learned is not None else None,
             notes=list(allocation.notes),
         )
+
+
+def keep_top_chunks(
+    ranks: np.ndarray,
+    geometry: Geometry,
+    base_h: int,
+    base_w: int,
+    cap: int | None,
+    policy: str = "keyframes",
+) -> np.ndarray:
+    """Frame selection under a visual-token cap: (K,) ranks → (K,) scales, 1.0 for the
+    highest-ranked chunks while their full-resolution tokens fit ``cap`` (all without a cap), 0.0
+    (dropped) for the others. Refuses a cap below one full-resolution chunk (BudgetError)."""
+    full = geometry.tokens(*geometry.scaled_size(base_h, base_w, 1.0))
+    count = len(ranks) if cap is None else min(len(ranks), cap // full)
+    if count < 1:
+        raise BudgetError(
+            f"{policy} keeps whole chunks at full resolution ({full} visual tokens each); a cap of "
+            f"{cap} visual tokens cannot hold one"
+        )
+    order = np.argsort(-ranks, kind="stable")  # ties: the earlier chunk first
+    scales = np.zeros(len(ranks))
+    scales[order[:count]] = 1.0
+    return scales

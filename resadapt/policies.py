@@ -1,8 +1,17 @@
 """Allocation policies: one scale per temporal chunk, chosen before the backbone sees any pixel.
 
-Owns the policy interface, the registry (vanilla, uniform, random, content, learned, attention)
-and the tensors the learned allocator reads. Knows nothing about budgets (see geometry.fit_budget)
-or about how the backbone encodes the chunks (the attention policy asks resadapt.relevance).
+Owns the policy interface, the registry (vanilla, uniform, random, content, learned, attention,
+and the two peer families: keyframes and prune) and the tensors the learned allocator reads.
+Knows nothing about budgets (see geometry.fit_budget and resadapt.pipeline) or about how the
+backbone encodes the chunks (the attention probe asks resadapt.relevance; pruning is
+resadapt.prune).
+
+A policy's ``treatment`` says how the pipeline meets the budget with its output:
+  * ``resize`` (every policy but two): the scales are fitted to the budget (geometry.fit_budget);
+  * ``drop`` (keyframes, frame selection): the output ranks the chunks; the highest-ranked are kept
+    at full resolution while the budget holds them and the others are not encoded at all;
+  * ``prune`` (post-encoder pruning): every chunk is encoded at full resolution and the budget's
+    number of visual tokens is kept after the vision tower (resadapt.prune).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from resadapt import relevance
 from resadapt.backbone import ChunkedVideo
 from resadapt.errors import BudgetError, ChunkLimitError, PolicyError
 from resadapt.geometry import uniform_step
+from resadapt.prune import CONTEXTUAL_SHARE
 
 if TYPE_CHECKING:
     from resadapt.backbone import Backbone
@@ -33,7 +43,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-POLICY_NAMES = ("vanilla", "uniform", "random", "content", "learned", "attention")
+POLICY_NAMES = (
+    "vanilla", "uniform", "random", "content", "learned", "attention", "keyframes", "prune"
+)  # fmt: skip
+TREATMENTS = ("resize", "drop", "prune")
+"""How the pipeline meets a budget with a policy's output (see the module docstring)."""
 THUMB_SIDE = AllocatorConfig.__dataclass_fields__["thumb_side"].default
 """Thumbnail side of the training-free policies: the allocator's default, so that one decoded
 video's thumbnails serve every policy; a loaded allocator reads its own (``Learned.thumb_side``)."""
@@ -107,6 +121,8 @@ class Policy(Protocol):
     name: str
     thumb_side: int
     """Side of the square thumbnails the policy reads, in pixels."""
+    treatment: str
+    """One of TREATMENTS (see the module docstring); ``resize`` unless a policy says otherwise."""
 
     def scales(self, ctx: AllocationContext) -> np.ndarray:
         """(K,) scales in (0, 1], one per chunk."""
@@ -204,8 +220,12 @@ class Attention:
     name: str = "attention"
 
     def scales(self, ctx: AllocationContext) -> np.ndarray:
+        return attention_scales(self.shares(ctx))
+
+    def shares(self, ctx: AllocationContext) -> np.ndarray:
+        """(K,) share of the probe's attention on every chunk, summing to 1; sets ``ctx.probe``."""
         if ctx.video is None or ctx.backbone is None:
-            raise PolicyError("the attention policy needs the decoded video and the backbone")
+            raise PolicyError(f"the {self.name} policy needs the decoded video and the backbone")
         start = time.perf_counter()
         backbone, video, k = ctx.backbone, ctx.video, ctx.num_chunks
         vanilla = k * backbone.geometry.tokens(*video.base_size)
@@ -226,7 +246,48 @@ class Attention:
             num_layers=self.probe_layers,
         )
         ctx.probe = ProbeCost(visual_tokens=k * step.tokens, seconds=time.perf_counter() - start)
-        return attention_scales(shares.double().numpy())
+        return shares.double().numpy()
+
+
+@dataclass
+class Keyframes(Attention):
+    """Frame selection (the AKS / BOLT / Q-Frame family) on the attention policy's probe: the
+    chunks the question attends to most are kept at full resolution, as many as the budget holds,
+    and the others are dropped (never encoded; the kept chunks keep their true times).
+
+    ``scales`` returns the ranking, share_k / max share in (0, 1]; the pipeline keeps the top
+    chunks (treatment ``drop``). The same probe as ``attention``, so the two differ only in
+    "downscale" against "drop".
+    """
+
+    name: str = "keyframes"
+    treatment = "drop"
+
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        shares = self.shares(ctx)
+        return shares / max(float(shares.max()), 1e-12)
+
+
+@dataclass
+class Prune:
+    """Post-encoder token pruning (VisionZip as ported to Qwen; resadapt.prune): every chunk at
+    full resolution through the vision tower, then the budget's number of visual tokens kept by the
+    attention they receive in the tower's last full-attention block, ``contextual_share`` of them
+    as merged contextual tokens. The vision tower's cost is that of vanilla."""
+
+    thumb_side = THUMB_SIDE
+    treatment = "prune"
+
+    contextual_share: float = CONTEXTUAL_SHARE
+    name: str = "prune"
+
+    def scales(self, ctx: AllocationContext) -> np.ndarray:
+        return np.ones(ctx.num_chunks)
+
+
+def treatment(policy: Policy) -> str:
+    """How the pipeline meets a budget with ``policy``'s output (``resize`` by default)."""
+    return getattr(policy, "treatment", "resize")
 
 
 def attention_scales(shares: np.ndarray) -> np.ndarray:
@@ -394,6 +455,7 @@ def make_policy(
     learned: Learned | None = None,
     probe_budget: float = PROBE_BUDGET,
     probe_layers: int | None = None,
+    contextual_share: float = CONTEXTUAL_SHARE,
 ) -> Policy:
     """A policy by name; ``learned`` needs a loaded :class:`Learned`."""
     if name == "vanilla":
@@ -412,4 +474,8 @@ def make_policy(
         return learned
     if name == "attention":
         return Attention(probe_budget, probe_layers)
+    if name == "keyframes":
+        return Keyframes(probe_budget, probe_layers)
+    if name == "prune":
+        return Prune(contextual_share)
     raise PolicyError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

@@ -23,7 +23,8 @@ def chunked_position_ids(
     input_ids, mm_token_type_ids, attention_mask: (B, L); video_grid_thw: (sum_b K_b, 3) with
     t = 1 per chunk; chunk_offsets[b]: (K_b,) offset of chunk k from the row's first chunk, in units
     of one temporal patch (``(t_k - t_0) / second_per_grid``: exactly k at a constant frame rate);
-    time_intervals: (B,) float32 ``tokens_per_second * second_per_grid``.
+    time_intervals: (B,) float32 ``tokens_per_second * second_per_grid``. (The origin is the
+    first chunk, or the first sampled frame when chunks before it were dropped.)
     Returns (4, B, L): row 0 the plain text positions (for the attention mask), rows 1–3 the
     temporal / height / width positions. A chunk's temporal position is
     ``start + floor(offset_k * time_interval)`` in float32, the native path's arithmetic; text after

@@ -35,7 +35,7 @@ MAX_GALLERY_FRAMES = 64
 """Most frames the gallery shows (evenly spaced when more were sampled)."""
 CANVAS_GREY = 24
 """Grey level of the base-size canvas a downscaled frame is centred on in the gallery."""
-POLICY_CHOICES = ("learned", "attention", "content", "uniform", "vanilla")
+POLICY_CHOICES = ("learned", "attention", "keyframes", "prune", "content", "uniform", "vanilla")
 """Policies the app offers, in the order shown."""
 DEFAULT_RETENTION = 0.15
 """Retention the app starts with: the share of the full-resolution visual tokens the bundled
@@ -106,6 +106,8 @@ def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
         if pipeline.learned is not None
         else "learned — unavailable: no allocator checkpoint",
         "attention": "attention (training-free, query-aware probe)",
+        "keyframes": "keyframes (frame selection: drop the least-attended chunks)",
+        "prune": "prune (full-resolution tower, then keep the most-attended tokens)",
         "content": "content (training-free)",
         "uniform": "uniform (one scale)",
         "vanilla": "vanilla (full resolution)",
@@ -348,12 +350,16 @@ def gallery_items(
     for t in shown.tolist():
         k = t // frames_per_chunk
         h, w = allocation.sizes[k]
+        if not h:  # a chunk the policy dropped: an empty canvas
+            canvas = np.full((base_h, base_w, 3), CANVAS_GREY, np.uint8)
+            items.append((canvas, f"{video.timestamps[t]:.2f} s · dropped (chunk {k})"))
+            continue
         frame = resize_frames(video.frames[t : t + 1], (h, w))[0]  # (h, w, 3)
         canvas = np.full((max(base_h, h), max(base_w, w), 3), CANVAS_GREY, np.uint8)
         top, left = (canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2
         canvas[top : top + h, left : left + w] = frame
         caption = (
-            f"{video.timestamps[t]:.2f} s · {allocation.tokens[k]} tokens · scale "
+            f"{video.timestamps[t]:.2f} s · {allocation.chunk_tokens[k]} tokens · scale "
             f"{allocation.scales[k]:.2f} · {h}×{w} (chunk {k})"
         )
         items.append((canvas, caption))
@@ -370,6 +376,15 @@ def summary_markdown(result: dict, done: bool = False, example: dict | None = No
         f"**{result['retention']:.1%}**, {full - spent} saved. Policy *{result['policy']}*, "
         f"{t} frames in {k} chunks.",
     ]
+    dropped = sum(c.get("dropped", False) for c in result["chunks"])
+    if dropped:
+        lines[0] += f" {dropped} of the {k} chunks were dropped (never encoded)."
+    encoded = result.get("encoded_visual_tokens", spent)
+    if encoded > spent:
+        lines[0] += (
+            f" The vision tower encoded {encoded} visual tokens at full resolution before "
+            f"pruning to {spent}."
+        )
     probe = result["probe_visual_tokens"]
     if probe:
         lines[0] += (
@@ -393,12 +408,13 @@ def summary_markdown(result: dict, done: bool = False, example: dict | None = No
                 f"answered `{result['answer'].strip() or '(nothing)'}`: {verdict}.",
             ]
         probe_s = timings.get("probe_s", 0.0)
+        tower_s = timings.get("tower_s", 0.0)
         lines += [
             "",
-            "| decode | allocator (probe) | backbone | total |",
+            "| decode | allocator (probe) | backbone (pruning tower) | total |",
             "|---:|---:|---:|---:|",
             f"| {timings['decode_s']:.2f} s | {timings['allocate_s']:.3f} s ({probe_s:.3f} s) | "
-            f"{timings['backbone_s']:.2f} s | {timings['total_s']:.2f} s |",
+            f"{timings['backbone_s']:.2f} s ({tower_s:.2f} s) | {timings['total_s']:.2f} s |",
         ]
     else:
         lines += [

@@ -17,7 +17,7 @@ from resadapt.pipeline import Pipeline, load_backbone
 from resadapt.rollout import Prompt, score_allocations
 from resadapt.world import synth
 
-TIMING_KEYS = ("allocate_s", "backbone_s", "latency_s", "probe_s")
+TIMING_KEYS = ("allocate_s", "backbone_s", "latency_s", "probe_s", "tower_s", "decode_s", "e2e_s")
 """Record fields that are wall-clock times (they differ run to run)."""
 
 

@@ -15,13 +15,13 @@ from tests.media import write_text_as_video, write_truncated, write_video
 
 QUESTION = "What is the stripe direction on the green card?"
 FRAME_KEYS = {"index", "timestamp", "chunk", "scale", "height", "width"}
-CHUNK_KEYS = {"frames", "scale", "height", "width", "visual_tokens"}
+CHUNK_KEYS = {"frames", "scale", "height", "width", "visual_tokens", "encoded_tokens", "dropped"}
 TOP_KEYS = {
     "answer", "backbone", "policy", "frames", "chunks", "visual_tokens",
-    "vanilla_visual_tokens", "retention", "probe_visual_tokens", "allocator_warning", "notes",
-    "timings",
+    "vanilla_visual_tokens", "retention", "encoded_visual_tokens", "probe_visual_tokens",
+    "allocator_warning", "notes", "timings",
 }  # fmt: skip
-TIMING_KEYS = {"decode_s", "allocate_s", "probe_s", "backbone_s", "total_s"}
+TIMING_KEYS = {"decode_s", "allocate_s", "probe_s", "tower_s", "backbone_s", "total_s"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,9 @@ def test_result_accounts_for_every_token(pipeline, video, policy, budget):
     assert all(set(c) == CHUNK_KEYS for c in result["chunks"])
     geometry = pipeline.backbone.geometry
     for chunk in result["chunks"]:
-        assert chunk["visual_tokens"] == geometry.tokens(chunk["height"], chunk["width"])
+        assert chunk["encoded_tokens"] == geometry.tokens(chunk["height"], chunk["width"])
+        if policy != "prune":  # prune keeps some of the encoded tokens (tests/test_peers.py)
+            assert chunk["visual_tokens"] == chunk["encoded_tokens"]
     assert result["visual_tokens"] == sum(c["visual_tokens"] for c in result["chunks"])
     assert result["retention"] == pytest.approx(
         result["visual_tokens"] / result["vanilla_visual_tokens"], abs=1e-6
