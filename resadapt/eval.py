@@ -373,7 +373,10 @@ def format_table(rows: list[dict]) -> str:
         lines.append(line)
     lines.append("+probe: retention counting the attention policy's probe pass")
     if any(not r["examples"] for r in rows):
-        lines.append("n = 0: no example fits that budget even at the smallest size per chunk")
+        lines.append(
+            "n = 0: no example fits that budget (even at the smallest size per chunk; keyframes: "
+            "not one full-resolution chunk)"
+        )
     return "\n".join(lines)
 
 
@@ -393,11 +396,11 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
         (grid[0][i], f, "mean_retention") for i, f in enumerate(frame_labels)
     ] + [(grid[1][i], f, "mean_e2e_s") for i, f in enumerate(frame_labels)]:
         for i, policy in enumerate(policies):
-            points = sorted(
+            points = [  # in retention order, so a line follows the budgets in both rows
                 (r[x_key], r["accuracy"])
-                for r in rows
+                for r in sorted(rows, key=lambda r: r["mean_retention"] or 0.0)
                 if r["frames"] == frames and r["policy"] == policy and r["examples"]
-            )
+            ]
             if not points:
                 continue
             x, y = zip(*points, strict=True)
@@ -480,7 +483,11 @@ def evaluate(config: EvalConfig) -> list[dict]:
         label = f"{Budget(r['budget'], r['max_visual_tokens']).label} @ {r['frames']} frames"
         over[label] = max(over[label], r["over_budget"])
     if any(over.values()):
-        logger.warning("examples over budget at the smallest sizes, left out: %s", dict(+over))
+        logger.warning(
+            "examples over budget (at the smallest sizes; keyframes: below one full-resolution "
+            "chunk), left out: %s",
+            dict(+over),
+        )
     for reason in ("too_many_chunks", "rejected"):
         left_out = max((r[reason] for r in rows), default=0)
         if left_out:

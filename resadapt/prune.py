@@ -148,8 +148,8 @@ def select(
 
 def gather(features: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Tensor:
     """(N, D) features → (count, D): the mean of each kept slot's group."""
-    mask = groups >= 0
-    index = groups[mask].to(features.device)
+    mask = (groups >= 0).to(features.device)
+    index = groups.to(features.device)[mask]
     out = torch.zeros(count, features.shape[-1], dtype=torch.float32, device=features.device)
     out.index_add_(0, index, features[mask].float())
     sizes = torch.zeros(count, device=features.device).index_add_(

@@ -116,8 +116,9 @@ def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
 
 
 def compare_policies(pipeline: Pipeline) -> tuple[str, ...]:
-    """learned (or attention while no allocator is loaded), uniform and vanilla."""
-    return (pipeline.default_policy, "uniform", "vanilla")
+    """learned (or attention while no allocator is loaded), the two peer families (keyframes:
+    frame selection; prune: post-encoder pruning), uniform and vanilla."""
+    return (pipeline.default_policy, "keyframes", "prune", "uniform", "vanilla")
 
 
 def example_rows() -> list[list[str]]:
@@ -278,8 +279,10 @@ def compare(
     ``form.policy`` is ignored: ``policies`` (default :func:`compare_policies`) are run in order.
     The budget is the form's; when it sets none, the first policy's spend becomes the cap of the
     others, so they are compared at equal cost (vanilla always spends the full resolution).
-    Every result's ``decode_s`` is the one shared decode. Returns ``{"question",
-    "visual_token_cap", "results": [ask --json object per policy]}``.
+    Every result's ``decode_s`` is the one shared decode. A policy that cannot meet the budget
+    (keyframes below one full-resolution chunk) is listed in ``refused`` with its one sentence
+    instead of failing the comparison. Returns ``{"question", "visual_token_cap", "results":
+    [ask --json object per policy], "refused": [{"policy", "error"}]}``.
     """
     report = report or _silent
     policies = policies or compare_policies(pipeline)
@@ -289,21 +292,30 @@ def compare(
     video = decode(pipeline, path, request)
     decode_s = time.perf_counter() - t0
     cap = pipeline.token_cap(request, pipeline.vanilla_tokens(video))
-    results = []
+    results, refused = [], []
     for i, policy in enumerate(policies):
         report(0.05 + 0.9 * i / len(policies), desc=f"policy {policy} ({i + 1}/{len(policies)})")
         run = dataclasses.replace(request, policy=policy)
         if cap is not None:
             run = dataclasses.replace(run, budget=None, max_visual_tokens=cap)
         t1 = time.perf_counter()
-        allocation = pipeline.allocate(video, run)
+        try:
+            allocation = pipeline.allocate(video, run)
+        except BudgetError as e:
+            refused.append({"policy": policy, "error": str(e)})
+            continue
         timings = {"decode_s": decode_s, "allocate_s": time.perf_counter() - t1}
         *_, result = pipeline.answer_stream(video, allocation, run, timings)
         results.append(result.to_json())
         if cap is None and policy != "vanilla":
             cap = result.visual_tokens
     report(1.0, desc="done")
-    return {"question": request.question, "visual_token_cap": cap, "results": results}
+    return {
+        "question": request.question,
+        "visual_token_cap": cap,
+        "results": results,
+        "refused": refused,
+    }
 
 
 def _silent(*args, **kwargs) -> None:
@@ -442,6 +454,8 @@ def compare_table(comparison: dict) -> pd.DataFrame:
             round(t["total_s"], 2),
         )
         rows.append(dict(zip(COMPARE_COLUMNS, row, strict=True)))
+    for r in comparison.get("refused", []):
+        rows.append({"policy": r["policy"], "answer": f"refused: {r['error']}"})
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
 
 

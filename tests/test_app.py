@@ -95,11 +95,15 @@ def test_compare_runs_each_policy_at_one_budget(client, example):
         handle_file(example["video"]), example["question"], budget=0.4, api_name="/compare"
     )
     results = {r["policy"]: r for r in out["results"]}
-    assert list(results) == ["attention", "uniform", "vanilla"]
+    assert list(results) == ["attention", "keyframes", "prune", "uniform", "vanilla"]
+    assert out["refused"] == []
     vanilla = results["vanilla"]["vanilla_visual_tokens"]
     assert out["visual_token_cap"] == int(0.4 * vanilla)
     assert results["attention"]["probe_visual_tokens"] > 0
-    for name in ("attention", "uniform"):
+    assert results["prune"]["visual_tokens"] == out["visual_token_cap"]
+    assert results["prune"]["encoded_visual_tokens"] == vanilla
+    assert any(c["dropped"] for c in results["keyframes"]["chunks"])
+    for name in ("attention", "keyframes", "prune", "uniform"):
         assert results[name]["visual_tokens"] <= out["visual_token_cap"]
     assert results["vanilla"]["visual_tokens"] == vanilla
     assert len({r["timings"]["decode_s"] for r in out["results"]}) == 1  # decoded once
@@ -217,3 +221,20 @@ def test_a_bundled_example_shows_its_expected_answer(example, tmp_path):
     assert (": right." if right else ": wrong.") in last.summary
     other = ui.answer_views(bundled, str(copy), ui.Form("Which way do the stripes run?"))
     assert "Expected answer" not in list(other)[-1].summary
+
+
+def test_compare_lists_a_policy_that_cannot_meet_the_budget(pipeline, example):
+    """keyframes below one full-resolution chunk: its one sentence in ``refused`` and the table,
+    while the other policies still answer."""
+    video = pipeline.decode(example["video"], ui.Form(example["question"]).request())
+    full_chunk = pipeline.backbone.geometry.tokens(*video.base_size)
+    chunks = len(video.frames) // 2
+    assert chunks < full_chunk - 1  # room for every chunk at its smallest size
+    form = ui.Form(example["question"], max_visual_tokens=full_chunk - 1)
+    out = ui.compare(pipeline, example["video"], form)
+    assert [r["policy"] for r in out["refused"]] == ["keyframes"]
+    assert "cannot hold one" in out["refused"][0]["error"]
+    assert "keyframes" not in [r["policy"] for r in out["results"]]
+    table = ui.compare_table(out)
+    row = table[table["policy"] == "keyframes"].iloc[0]
+    assert row["answer"].startswith("refused: keyframes keeps whole chunks")

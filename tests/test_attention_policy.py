@@ -10,7 +10,6 @@ import torch
 
 from resadapt import ask, compat, ui
 from resadapt import eval as evaluator
-from resadapt.backbone import Backbone
 from resadapt.errors import BudgetError, PolicyError
 from resadapt.pipeline import Pipeline, Request
 from resadapt.policies import (
@@ -21,21 +20,9 @@ from resadapt.policies import (
     make_policy,
 )
 from resadapt.relevance import query_rows, recording, stop_after, text_layers
-from resadapt.world import TINY_BACKBONES, synth
-from tests.media import write_video
+from resadapt.world import synth
 from tests.test_backbone import QUESTION, chunked, clip
 from tests.test_relevance import two_videos
-
-
-@pytest.fixture(scope="module", params=TINY_BACKBONES)
-def backbone(request):
-    return Backbone.load(request.param)
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    path = tmp_path_factory.mktemp("v") / "clip.mp4"
-    return str(write_video(path, num_frames=24, fps=8, height=168, width=224))
 
 
 # ---------------------------------------------------------------------------------------- map

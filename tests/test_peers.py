@@ -18,21 +18,10 @@ from resadapt.pipeline import Pipeline, Request, keep_top_chunks
 from resadapt.policies import POLICY_NAMES, make_policy
 from resadapt.world import TINY_BACKBONES
 from tests.allocators import write_tiny_allocator
-from tests.media import write_video
+from tests.templates import with_real_template
 from tests.test_backbone import QUESTION, chunked, clip
 
 PEERS = ("keyframes", "prune")
-
-
-@pytest.fixture(scope="module", params=TINY_BACKBONES)
-def backbone(request):
-    return Backbone.load(request.param)
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    path = tmp_path_factory.mktemp("v") / "clip.mp4"
-    return str(write_video(path, num_frames=24, fps=8, height=168, width=224))
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +101,18 @@ def test_keyframes_keeps_the_highest_ranked_chunks(backbone):
 
 
 # ------------------------------------------------------------------------------- budget 1.0
+@pytest.mark.parametrize("template", ["tiny", "real"])
 @pytest.mark.parametrize("name", PEERS)
-def test_budget_one_gives_vanillas_logits(backbone, video, name):
+def test_budget_one_gives_vanillas_logits(video, name, template):
+    """Both families, with the tiny world's template and a real-shaped one (video first)."""
+    for family in TINY_BACKBONES:
+        backbone = Backbone.load(family)
+        if template == "real":
+            with_real_template(backbone)
+        _assert_vanilla_logits(backbone, video, name)
+
+
+def _assert_vanilla_logits(backbone, video, name):
     pipeline = Pipeline(backbone)
     request = Request(QUESTION, policy=name, budget=1.0, num_frames=12)
     sampled = pipeline.decode(video, request)
