@@ -265,9 +265,7 @@ def generate_sample(
         seed = int(rng_or_seed)
         if seed < 0:
             raise ResAdaptError(f"the seed must be a non-negative integer, got {seed}")
-    if task in MIXTURES:
-        task = MIXTURES[task][seed % len(MIXTURES[task])]
-    spec = _task_spec(task)
+    spec = _task_spec(part_of(task, seed))
     num_frames = spec.num_frames if num_frames is None else num_frames
     num_cards = spec.num_cards if num_cards is None else num_cards
     _validate(spec, num_frames, size, num_cards, card_px, fps)
@@ -303,6 +301,13 @@ def generate_sample(
         query=query,
         fps=float(fps),
     )
+
+
+def part_of(task: str, seed: int) -> str:
+    """The task a sample of ``task`` at ``seed`` is: a mixture's part ``seed % len(parts)``, or
+    ``task`` itself."""
+    parts = MIXTURES.get(task, (task,))
+    return parts[seed % len(parts)]
 
 
 def _distinct_cards(
