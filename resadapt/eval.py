@@ -38,6 +38,9 @@ retention, one line per policy, one panel per frame count). With ``--benchmark``
 then that benchmark's own file, its videos under ``--video-root``) every row also carries
 ``benchmark``: the benchmark's headline ``score`` and the categories it reports
 (resadapt.benchmarks.Breakdown), as extra columns of results.csv and a second printed table.
+When the rows carry a ``task`` (the offline world's datasets do) and there are several, every row
+also carries ``by_task``: the row's numbers (``TASK_COLUMNS``) over each task's examples alone,
+as ``<task>_<column>`` columns of results.csv and a per-task printed table.
 """
 
 from __future__ import annotations
@@ -101,6 +104,15 @@ no example of the row fits its budget. The scale spread is the within-video stan
 the fitted chunk scales (0: every chunk the same size); the probe columns are 0 and equal to the
 retention for policies without a probe pass. over_budget, unreadable, too_many_chunks and rejected
 count the examples left out of the row, by reason (``ResAdaptError.reason``)."""
+TASK_COLUMNS = (
+    "examples",
+    "accuracy",
+    "mean_retention",
+    "mean_visual_tokens",
+    "mean_scale_spread",
+    "mean_e2e_s",
+)
+"""The columns a row repeats for each task (``by_task``), computed as the row's own."""
 MARKERS = "osD^vPX"
 """Marker of each policy's line in frontier.png (vanilla is a star)."""
 
@@ -222,6 +234,7 @@ class Evaluator:
                 "problem_type": e.problem_type,
                 "gold": e.gold(),
                 "category": e.extra.get("category"),
+                "task": e.extra.get("task"),
             }
             video = cache[e.video]
             if isinstance(video, ResAdaptError):
@@ -287,10 +300,15 @@ class Evaluator:
 
 # ---------------------------------------------------------------------------------------- summary
 class Summary:
-    """Running totals per (frames, policy, budget) cell; ``rows()`` in grid order."""
+    """Running totals per (frames, policy, budget) cell; ``rows()`` in grid order.
 
-    def __init__(self, config: EvalConfig):
+    ``tasks``: the examples' tasks; with two or more, each cell also keeps totals per task.
+    """
+
+    def __init__(self, config: EvalConfig, tasks: tuple[str, ...] = ()):
         self.config = config
+        self.tasks = tasks if len(tasks) > 1 else ()
+        self.task_cells: dict[tuple, dict[str, Counter]] = {}
         self.cells: dict[tuple, Counter] = {}
         self.breakdowns: dict[tuple, Breakdown] = {}
         """Per-category totals of each cell when --benchmark is given."""
@@ -299,57 +317,72 @@ class Summary:
                 label = config.frames_label(frames)
                 key = (label, spec.label, budget.retention, budget.max_visual_tokens)
                 self.cells[key] = Counter()
+                if self.tasks:
+                    self.task_cells[key] = {t: Counter() for t in self.tasks}
                 if config.benchmark is not None:
                     self.breakdowns[key] = Breakdown(config.benchmark)
 
     def add(self, record: dict) -> None:
         key = (record["frames"], record["policy"], record["budget"], record["max_visual_tokens"])
-        cell = self.cells[key]
         if key in self.breakdowns:
             self.breakdowns[key].add(record)
-        cell[record["status"]] += 1
-        if record["status"] == "ok":
-            cell["correct"] += record["correct"]
-            cell["retention"] += record["retention"]
-            cell["probe_visual_tokens"] += record["probe_visual_tokens"]
-            cell["retention_with_probe"] += record["retention_with_probe"]
-            cell["visual_tokens"] += record["visual_tokens"]
-            cell["scale_spread"] += float(np.std(record["scales"]))
-            cell["latency_s"] += record["latency_s"]
-            cell["e2e_s"] += record["e2e_s"]
+        _accumulate(self.cells[key], record)
+        if key in self.task_cells and record.get("task") in self.task_cells[key]:
+            _accumulate(self.task_cells[key][record["task"]], record)
 
     def rows(self) -> list[dict]:
         rows = []
-        for (frames, policy, budget, cap), cell in self.cells.items():
-            n = cell["ok"]
-
-            def mean(key: str, n: int = n, cell: Counter = cell) -> float | None:
-                return cell[key] / n if n else None  # None: no example fitted this budget
-
-            rows.append(
-                {
-                    "policy": policy,
-                    "budget": budget,
-                    "max_visual_tokens": cap,
-                    "frames": frames,
-                    "examples": n,
-                    "over_budget": cell["over_budget"],
-                    "unreadable": cell["unreadable"],
-                    "too_many_chunks": cell["too_many_chunks"],
-                    "rejected": cell["rejected"],
-                    "accuracy": mean("correct"),
-                    "mean_retention": mean("retention"),
-                    "mean_probe_visual_tokens": mean("probe_visual_tokens"),
-                    "mean_retention_with_probe": mean("retention_with_probe"),
-                    "mean_visual_tokens": mean("visual_tokens"),
-                    "mean_scale_spread": mean("scale_spread"),
-                    "mean_latency_s": mean("latency_s"),
-                    "mean_e2e_s": mean("e2e_s"),
-                }
-            )
+        for key, cell in self.cells.items():
+            frames, policy, budget, cap = key
+            head = {"policy": policy, "budget": budget, "max_visual_tokens": cap, "frames": frames}
+            rows.append(head | _means(cell))
             if self.breakdowns:
-                rows[-1]["benchmark"] = self.breakdowns[(frames, policy, budget, cap)].columns()
+                rows[-1]["benchmark"] = self.breakdowns[key].columns()
+            if self.task_cells:
+                rows[-1]["by_task"] = {
+                    task: {c: _means(counts)[c] for c in TASK_COLUMNS}
+                    for task, counts in self.task_cells[key].items()
+                }
         return rows
+
+
+def _accumulate(cell: Counter, record: dict) -> None:
+    """Add one record to a cell's running totals."""
+    cell[record["status"]] += 1
+    if record["status"] == "ok":
+        cell["correct"] += record["correct"]
+        cell["retention"] += record["retention"]
+        cell["probe_visual_tokens"] += record["probe_visual_tokens"]
+        cell["retention_with_probe"] += record["retention_with_probe"]
+        cell["visual_tokens"] += record["visual_tokens"]
+        cell["scale_spread"] += float(np.std(record["scales"]))
+        cell["latency_s"] += record["latency_s"]
+        cell["e2e_s"] += record["e2e_s"]
+
+
+def _means(cell: Counter) -> dict:
+    """A cell's counts and means (ROW_COLUMNS after the row's key); a mean is None when no
+    example fitted the budget."""
+    n = cell["ok"]
+
+    def mean(key: str) -> float | None:
+        return cell[key] / n if n else None
+
+    return {
+        "examples": n,
+        "over_budget": cell["over_budget"],
+        "unreadable": cell["unreadable"],
+        "too_many_chunks": cell["too_many_chunks"],
+        "rejected": cell["rejected"],
+        "accuracy": mean("correct"),
+        "mean_retention": mean("retention"),
+        "mean_probe_visual_tokens": mean("probe_visual_tokens"),
+        "mean_retention_with_probe": mean("retention_with_probe"),
+        "mean_visual_tokens": mean("visual_tokens"),
+        "mean_scale_spread": mean("scale_spread"),
+        "mean_latency_s": mean("latency_s"),
+        "mean_e2e_s": mean("e2e_s"),
+    }
 
 
 def format_table(rows: list[dict]) -> str:
@@ -377,6 +410,31 @@ def format_table(rows: list[dict]) -> str:
             "n = 0: no example fits that budget (even at the smallest size per chunk; keyframes: "
             "not one full-resolution chunk)"
         )
+    return "\n".join(lines)
+
+
+def format_task_table(rows: list[dict]) -> str:
+    """Each row's numbers per task (rows with ``by_task`` only): accuracy, retention, scale spread
+    and end-to-end seconds of each task's examples."""
+    head = (
+        f"{'policy':<12} {'budget':>10} {'frames':>6} {'task':<10} {'n':>4} {'accuracy':>8} "
+        f"{'retention':>9} {'spread':>6} {'e2e':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        budget = Budget(r["budget"], r["max_visual_tokens"]).label
+        for task, t in r.get("by_task", {}).items():
+            line = (
+                f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {task:<10} {t['examples']:>4} "
+            )
+            if t["examples"]:
+                line += (
+                    f"{t['accuracy']:>8.3f} {t['mean_retention']:>9.3f} "
+                    f"{t['mean_scale_spread']:>6.3f} {t['mean_e2e_s']:>7.3f}s"
+                )
+            else:
+                line += f"{'-':>8} {'-':>9} {'-':>6} {'-':>8}"
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -428,7 +486,12 @@ def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict]
     """results.json, results.csv and frontier.png in ``out``."""
     meta = {"backbone": backbone, "config": config.to_json(), "skipped_rows": dict(skipped)}
     (out / "results.json").write_text(json.dumps(meta | {"rows": rows}, indent=2) + "\n")
-    flat = [{k: v for k, v in r.items() if k != "benchmark"} | r.get("benchmark", {}) for r in rows]
+    flat = [
+        {k: v for k, v in r.items() if k not in ("benchmark", "by_task")}
+        | r.get("benchmark", {})
+        | {f"{task}_{c}": v for task, t in r.get("by_task", {}).items() for c, v in t.items()}
+        for r in rows
+    ]
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
         writer.writeheader()
@@ -466,7 +529,10 @@ def evaluate(config: EvalConfig) -> list[dict]:
     except OSError as e:
         raise ResAdaptError(f"cannot create the output folder {out}: {e.strerror}") from e
     pipeline, learned, name = load(config)
-    summary = Summary(config)
+    tasks = tuple(
+        sorted({e.extra["task"] for e in examples if isinstance(e.extra.get("task"), str)})
+    )
+    summary = Summary(config, tasks)
     start = time.perf_counter()
     with (out / "records.jsonl").open("w") as records:
         for record in Evaluator(config, pipeline, learned).run(examples):
@@ -514,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
         if config.benchmark is not None:
             print(f"\n{config.benchmark}: score and reported categories per row")
             print(format_breakdown(rows))
+        if any("by_task" in r for r in rows):
+            print("\nper task")
+            print(format_task_table(rows))
         print(f"\nwrote results.json, results.csv, records.jsonl and frontier.png to {config.out}")
 
     return cli.run(body)

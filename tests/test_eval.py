@@ -238,3 +238,31 @@ def test_bad_arguments_exit_2_with_one_error_line(data, tmp_path, capsys, change
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_per_task_rows_add_up_to_the_row(tmp_path):
+    """A dataset of several tasks gets each row's numbers per task, from the same records."""
+    rows_path = synth.write_dataset(tmp_path / "d", 4, seed=3, task="mixed", size=SIZE)
+    tasks = Counter(json.loads(line)["task"] for line in rows_path.read_text().splitlines())
+    assert set(tasks) == {"main", "count"}
+    out = tmp_path / "out"
+    argv = [
+        "--data", str(rows_path), "--backbone", BACKBONE, "--policies", "vanilla,uniform",
+        "--budgets", "0.5", "--max-new-tokens", "2", "--out", str(out),
+    ]  # fmt: skip
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert evaluator.main(argv) == 0
+    records = _records(out)
+    for row in json.loads((out / "results.json").read_text())["rows"]:
+        by_task = row["by_task"]
+        assert {t: v["examples"] for t, v in by_task.items()} == dict(tasks)
+        mine = [r for r in records if r["policy"] == row["policy"] and r["budget"] == row["budget"]]
+        for task, numbers in by_task.items():
+            correct = [r["correct"] for r in mine if r["task"] == task]
+            assert numbers["accuracy"] == pytest.approx(np.mean(correct))
+        weighted = sum(v["accuracy"] * v["examples"] for v in by_task.values())
+        assert weighted / row["examples"] == pytest.approx(row["accuracy"])
+    columns, _ = _csv_rows(out)
+    assert "count_accuracy" in columns and "main_mean_e2e_s" in columns
+    assert "per task" in stdout.getvalue()

@@ -67,8 +67,10 @@ def test_sample_shapes_and_row_schema(task):
     row = sample.row("videos/x.mp4")
     assert row["problem_type"] == spec.problem_type and row["task"] == task
     assert isinstance(row["question"], str) and isinstance(row["answer"], str)
-    assert row["evidence_frames"] == list(sample.cards[sample.query].frames)
-    assert sample.cards[sample.query].colour in row["question"]
+    queried = sample.cards[sample.query].colour
+    shown = [c for c in sample.cards if c.colour == queried]
+    assert row["evidence_frames"] == sorted(t for c in shown for t in c.frames)
+    assert queried in row["question"]
     if spec.problem_type == "multiple_choice":
         assert row["answer"] in "ABCD" and len(row["options"]) == 4
         assert (
@@ -85,6 +87,8 @@ def test_sample_shapes_and_row_schema(task):
         assert row["answer"] in synth.ORIENTATIONS
     if spec.problem_type == "numeric":
         assert row["answer"] in synth.DIGITS
+    if task == "count":
+        assert row["answer"] == str(len(shown)) and len(row["evidence_frames"]) == 2 * len(shown)
 
 
 @pytest.mark.parametrize("task", ["main", "digit", "long"])
@@ -174,6 +178,91 @@ def test_colour_finds_the_evidence_chunk_in_tiny_thumbnails():
         assert match[card.chunk] >= 25  # the 48-px card covers 8×8 thumbnail pixels
 
 
+def _best_rule_accuracy(features: list, answers: list[str]) -> float:
+    """Accuracy of the best rule answer = f(feature), fitted on the data itself (optimistic)."""
+    table: dict = {}
+    for feature, answer in zip(features, answers, strict=True):
+        table.setdefault(feature, Counter())[answer] += 1
+    return sum(max(c.values()) for c in table.values()) / len(answers)
+
+
+def test_count_answer_needs_the_question_and_the_whole_video():
+    """No shortcut for count: answers uniform in 2-5; colour, timing, card placement, the number
+    of cards or the video without the question (both colours' counts) do not give the answer."""
+    samples = [
+        synth.generate_sample(seed, task="count", size=56, card_px=14) for seed in range(2400)
+    ]  # fast draws
+    answers = [s.answer for s in samples]
+    frequency = Counter(answers)
+    assert set(frequency) == {"2", "3", "4", "5"}
+    assert all(abs(n - 600) < 90 for n in frequency.values()), frequency  # sd ≈ 21
+    for s in samples:
+        counts = Counter(c.colour for c in s.cards)
+        queried = s.cards[s.query].colour
+        assert len(counts) == 2 and counts[queried] == int(s.answer), counts
+        assert len(set(counts.values())) == 2 and len(s.cards) == synth.COUNT_CARDS
+        assert len({c.chunk for c in s.cards}) == len(s.cards) and s.frames.shape[0] == 16
+    rules = {
+        "question text": [s.question for s in samples],
+        "chunk of the first queried card": [s.cards[s.query].chunk for s in samples],
+        "chunks holding a card": [tuple(c.chunk for c in s.cards) for s in samples],
+        "number of cards": [len(s.cards) for s in samples],
+        # the video alone: both colours with their counts, but not which one is asked
+        "video without the question": [
+            tuple(sorted(Counter(c.colour for c in s.cards).items())) for s in samples
+        ],
+        "both counts": [
+            tuple(sorted(Counter(c.colour for c in s.cards).values())) for s in samples
+        ],
+    }
+    # Inherent, weak: five cards must start earlier than two (the first one's chunk alone: 37 %).
+    bounds = {
+        "video without the question": 0.6,  # 0.5 + the fitted rule's optimism
+        "both counts": 0.56,
+        "chunk of the first queried card": 0.42,
+    }
+    for name, features in rules.items():
+        accuracy = _best_rule_accuracy(features, answers)
+        assert accuracy < bounds.get(name, 0.34), (name, accuracy)  # chance 0.25; 0.5 by design
+    assert (
+        _best_rule_accuracy(
+            [
+                (s.question, tuple(sorted(Counter(c.colour for c in s.cards).items())))
+                for s in samples
+            ],
+            answers,
+        )
+        == 1.0
+    )  # question + video does determine it
+
+
+def test_count_colours_survive_the_smallest_chunk():
+    """Every card of the queried colour is still found, chunk by chunk, in a 28×28 thumbnail
+    (the smallest chunk: one 28-px token), so count is a low-resolution skill."""
+    for seed in range(12):
+        sample = synth.generate_sample(seed, task="count")
+        queried = sample.cards[sample.query].colour
+        palette = np.asarray(list(synth.COLOURS.values()), np.float64)  # (6, 3)
+        found = 0
+        for k in range(len(sample.frames) // synth.FRAMES_PER_CHUNK):
+            thumb = Image.fromarray(sample.frames[2 * k]).resize((28, 28), Image.BICUBIC)
+            pixels = np.asarray(thumb, np.float64).reshape(-1, 3)  # (784, 3)
+            distance = np.linalg.norm(pixels[:, None] - palette[None], axis=-1)  # (784, 6)
+            near = distance.min(-1) < 40
+            names = Counter(synth.COLOUR_NAMES[i] for i in distance.argmin(-1)[near])
+            found += names[queried] >= 10  # the 48-px card covers 8×8 thumbnail pixels
+        assert found == int(sample.answer), (seed, found, sample.answer)
+
+
+def test_mixed_rows_keep_their_own_task_and_reproduce():
+    samples = [synth.generate_sample(seed, task="mixed") for seed in range(6)]
+    assert [s.task for s in samples] == ["main", "count"] * 3
+    assert [s.problem_type for s in samples] == ["multiple_choice", "numeric"] * 3
+    for s in samples:
+        again = synth.generate_sample(s.seed, task=s.task)
+        assert again.frames.tobytes() == s.frames.tobytes() and again.row("v") == s.row("v")
+
+
 def test_token_labels_match_card_coverage_per_token():
     for seed in range(5):
         sample = synth.generate_sample(seed)
@@ -198,6 +287,8 @@ def test_token_labels_match_card_coverage_per_token():
         ({"num_frames": 7}, "multiple of 2"),
         ({"num_frames": 4}, "at least 6"),
         ({"num_cards": 5}, "num_cards must be in [1, 4]"),
+        ({"task": "count", "num_cards": 3}, "num_cards must be in [1, 2]"),
+        ({"task": "count", "num_frames": 12}, "at least 14"),
         ({"size": 40}, "size must be even"),
         ({"card_px": 200}, "card_px must be in"),
         ({"fps": 0}, "fps must be in"),
@@ -249,6 +340,13 @@ def test_cli_long_and_temporal_tasks(tmp_path):
         times = [float(frame.time) for frame in container.decode(stream)]
     assert len(times) == 64 and times[1] == pytest.approx(0.25)
     assert len(row["evidence_frames"]) == 2
+    out = tmp_path / "mixed"
+    assert synth.main(["--out", str(out), "--num", "6", "--task", "mixed", "--seed", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    assert {row["task"] for row in rows} == {"main", "count"}
+    assert all(row["video"].startswith("videos/mixed_") for row in rows)
+    for row in rows:
+        assert row == synth.generate_sample(row["seed"], task=row["task"]).row(row["video"])
     out = tmp_path / "temporal"
     assert synth.main(["--out", str(out), "--num", "2", "--task", "temporal"]) == 0
     rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]

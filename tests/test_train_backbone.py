@@ -71,3 +71,69 @@ def test_clip_targets_follow_the_sampled_frames():
     # share a sampled chunk)
     assert len(set(np.unique(clip.colour_ids)) - {0}) == 3
     assert all(clip.label_ids[k].any() == clip.colour_ids[k].any() for k in range(4))
+
+
+def test_count_stages_continue_a_checkpoint(run, tmp_path):
+    """The extension step: --init-from a finished checkpoint, no warm-up, a mixed stage; both
+    tasks are evaluated at full size and at the smallest size, and the weights move."""
+    _, out, _, _ = run
+    final, work = tmp_path / "final", tmp_path / "work"
+    argv = [
+        *SMALL, "--init-from", str(out), "--vision-schedule", "",
+        "--schedule", "7x1:1@count,7x2:2@mixed", "--uniform-mix", "0.5",
+        "--out-dir", str(final), "--work-dir", str(work),
+    ]  # fmt: skip
+    assert recipe.main(argv) == 0
+    rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["task"]) for r in rows] == [("joint", "count")] + [
+        ("joint", "mixed")
+    ] * 2
+    for key in ("val_full", "val_smallest", "val_full_count", "val_smallest_count"):
+        assert 0 <= rows[-1][key] <= 1, key
+    before = Backbone.load(str(out)).model.state_dict()
+    after = Backbone.load(str(final)).model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (
+        Backbone.load(str(final)).tokenizer.get_vocab()
+        == Backbone.load(str(out)).tokenizer.get_vocab()
+    )
+
+
+def test_attention_target_only_where_the_evidence_is_one_chunk(run):
+    """Count's evidence spans several chunks: its rows get no attention-head target."""
+    _, out, _, _ = run
+    cfg = recipe.BackboneTrainConfig(init_from=str(out), hidden=32, text_layers=1, bind_layer=0)
+    backbone, heads = recipe.build(cfg)
+    rng = np.random.default_rng(0)
+    factor = backbone.geometry.factor
+
+    def clips(task):
+        made = [recipe.make_clip(s, cfg, 7, 2, rng, factor, 168, task) for s in range(2)]
+        for c in made:
+            c.scales[:] = 1.0
+        return made
+
+    _, _, stats = recipe.batch_losses(backbone, heads, clips("count"), True, bind_layer=0)
+    assert "bind_attention" not in stats and "query_colour_acc" in stats
+    _, _, stats = recipe.batch_losses(backbone, heads, clips("main"), True, bind_layer=0)
+    assert "bind_attention" in stats
+
+
+def test_count_clips_are_never_resampled_and_keep_two_colours():
+    cfg = recipe.BackboneTrainConfig(long_mix=1.0)
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        clip = recipe.make_clip(seed, cfg, 8, 3, rng, 28, 168, "count")
+        assert clip.sample.task == "count" and clip.frames.shape[0] == 16
+        assert len(set(np.unique(clip.colour_ids)) - {0}) == 2
+        assert sum(clip.colour_ids[k].any() for k in range(8)) == 7  # one card per chunk
+
+
+@pytest.mark.parametrize(
+    ("schedule", "fragment"),
+    [("4x2:5@count", "needs at least 7 chunks"), ("8x2:5@nope", "names task 'nope'")],
+)
+def test_bad_task_stage_is_one_error_line(capsys, schedule, fragment):
+    assert recipe.main(["--schedule", schedule]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err

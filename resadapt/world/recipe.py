@@ -18,15 +18,23 @@ visual tokens are all alike and the tower's gradients are tiny):
      the question's colour (a linear probe at ``--bind-layer``), and head 0 of that layer is
      trained to put its attention on the queried card's tokens.
   3. Every chunk's size is drawn at random (``--scale-mix``), the way allocators will resize
-     them, and ``--long-mix`` of the clips are sampled from twice as many source frames, so a
-     card can fill only one frame of its chunk (the long task seen at a higher sampling rate).
+     them, and ``--long-mix`` of the main-task clips are sampled from twice as many source
+     frames, so a card can fill only one frame of its chunk (the long task seen at a higher
+     sampling rate).
+  4. A stage may name its task (``CHUNKSxCARDS:STEPS@TASK``: main, count or mixed; main by
+     default). ``--init-from`` continues from a trained checkpoint (its weights and tokenizer, fresh
+     probes) instead of building one, so new tasks are stages appended to a finished recipe. The
+     attention-head target (the second hop) is given only to questions whose evidence is in one
+     chunk: count's evidence is spread over several, and its question gets the other targets only
+     (the colour probe, the per-token colours and the per-chunk grating classes).
 Inputs go through the same code as inference — ``Backbone.prepare`` on chunks resized by
 ``video.resize_frames`` and prompts from ``data.Example.prompt`` — so the trained model sees
 exactly what the pipeline gives it.
 
 Long runs checkpoint atomically every ``--checkpoint-every`` steps into ``--work-dir`` and
 ``--resume`` continues from there. Command (one CPU thread):
-``python -m resadapt.train_backbone --out-dir assets/backbone --threads 1``
+``python -m resadapt.train_backbone --out-dir assets/backbone --threads 1``; the count/mixed
+continuation is in the README (``--init-from assets/backbone``).
 """
 
 from __future__ import annotations
@@ -54,11 +62,14 @@ from resadapt.pipeline import Pipeline, Request
 from resadapt.video import SampledVideo, sample_indices
 from resadapt.world.synth import (
     COLOUR_NAMES,
+    COUNT_CARDS,
+    COUNT_MAX_COLOURS,
     FRAMES_PER_CHUNK,
+    MIXTURES,
     ORIENTATIONS,
-    TASKS,
     Sample,
     generate_sample,
+    part_of,
     token_labels,
 )
 from resadapt.world.tiny import build_tiny_qwen2_5_vl, build_tokenizer
@@ -67,6 +78,13 @@ logger = logging.getLogger(__name__)
 
 HELD_OUT_SEED_OFFSET = 10_000_000
 """Evaluation samples use seeds from here on; training draws seeds below it."""
+STAGE_TASKS = ("main", "count", "mixed")
+"""Tasks a joint stage can train on (``@TASK`` in ``--schedule``)."""
+CORPUS_TASKS = ("main", "exact", "long", "temporal", "digit")
+"""Tasks whose text trains a fresh tokenizer: the ones the bundled tokenizer was made from, so the
+original recipe still builds the same tokenizer (the byte-level BPE reads any other text)."""
+SMALLEST_SCALE = 1e-6
+"""A chunk scale that the geometry raises to the smallest size (min_pixels): the eval's floor."""
 
 
 @dataclass
@@ -76,6 +94,11 @@ class BackboneTrainConfig:
     out_dir: str = option("final checkpoint folder", "assets/backbone")
     work_dir: str = option("resumable checkpoints and metrics.jsonl", "runs/backbone")
     resume: bool = option("continue from --work-dir", False)
+    init_from: str = option(
+        "start from this checkpoint folder (weights and tokenizer, e.g. assets/backbone) instead "
+        "of building a model; empty: build from scratch",
+        "",
+    )
     seed: int = option("seed of weights, data and scale draws", 0)
     size: int = option("frame side in pixels (6 × 28-px tokens)", 168)
     card_px: int = option("card side in pixels", 48)
@@ -94,11 +117,17 @@ class BackboneTrainConfig:
         "56x1:150,168x2:60",
     )
     schedule: str = option(
-        "joint curriculum: CHUNKSxCARDS:STEPS, comma separated",
+        "joint curriculum: CHUNKSxCARDS:STEPS[@TASK], comma separated; TASK main (default), count "
+        "or mixed; count's CARDS is its number of colours (at most 2) and it needs 7+ chunks",
         "1x1:100,2x2:200,4x3:200,8x3:300,16x3:100,8x3:200",
     )
     scale_mix: float = option("probability that a chunk is drawn at a random scale", 0.5)
     min_scale: float = option("smallest random chunk scale", 0.1)
+    uniform_mix: float = option(
+        "probability that a clip's chunks all get one random scale (uniform downscaling, the "
+        "count task's low-resolution case); drawn after --scale-mix",
+        0.0,
+    )
     long_mix: float = option("share of clips sampled from twice as many source frames", 0.25)
     aux_weight: float = option("weight of the per-token losses", 0.5)
     tie_colour: bool = option("score token colours against the LM's colour-word embeddings", False)
@@ -113,8 +142,10 @@ class BackboneTrainConfig:
             raise ResAdaptError(
                 f"--size must be a multiple of 28 (the token side), got {self.size}"
             )
-        if not 0 <= self.scale_mix <= 1 or not 0 <= self.long_mix <= 1:
-            raise ResAdaptError("--scale-mix and --long-mix must be probabilities in [0, 1]")
+        if not all(0 <= p <= 1 for p in (self.scale_mix, self.long_mix, self.uniform_mix)):
+            raise ResAdaptError(
+                "--scale-mix, --long-mix and --uniform-mix must be probabilities in [0, 1]"
+            )
         if not 0 <= self.bind_layer < self.text_layers:
             raise ResAdaptError(
                 f"--bind-layer must be a language-model layer, 0 to {self.text_layers - 1}, "
@@ -126,50 +157,67 @@ class BackboneTrainConfig:
         self.vision_stages()
 
     def vision_stages(self) -> list[tuple[int, int, int]]:
-        """(frame side, chunks, steps) of every vision warm-up stage (one card per chunk)."""
-        return [
-            (side, chunks, steps)
-            for side, chunks, steps in self._parse(self.vision_schedule, "--vision-schedule")
-        ]
+        """(frame side, chunks, steps) of every vision warm-up stage (one card per chunk); none
+        when ``--vision-schedule`` is empty."""
+        stages = (
+            self._parse(self.vision_schedule, "--vision-schedule") if self.vision_schedule else []
+        )
+        for *_, task in stages:
+            if task != "main":
+                raise ResAdaptError(f"--vision-schedule stages are main-task only, got @{task}")
+        return [(side, chunks, steps) for side, chunks, steps, _ in stages]
 
-    def stages(self) -> list[tuple[int, int, int]]:
-        """(chunks, cards, steps) of every joint stage."""
+    def stages(self) -> list[tuple[int, int, int, str]]:
+        """(chunks, cards, steps, task) of every joint stage."""
         out = self._parse(self.schedule, "--schedule")
-        for chunks, cards, _ in out:
+        for chunks, cards, _, task in out:
             if not 1 <= cards <= chunks:
                 raise ResAdaptError(f"--schedule needs 1 <= cards <= chunks, got {chunks}x{cards}")
+            if task != "main" and chunks < COUNT_CARDS:
+                raise ResAdaptError(
+                    f"--schedule stage {chunks}x{cards}@{task} has a count part, which needs at "
+                    f"least {COUNT_CARDS} chunks"
+                )
         return out
 
     @staticmethod
-    def _parse(text: str, flag: str) -> list[tuple[int, int, int]]:
+    def _parse(text: str, flag: str) -> list[tuple[int, int, int, str]]:
         out = []
         for part in text.split(","):
+            body, _, task = part.partition("@")
+            task = task or "main"
             try:
-                shape, steps = part.split(":")
+                shape, steps = body.split(":")
                 a, b = (int(x) for x in shape.split("x"))
-                out.append((a, b, int(steps)))
+                out.append((a, b, int(steps), task))
             except ValueError as e:
-                raise ResAdaptError(f"{flag} part {part!r} is not AxB:STEPS (e.g. 4x3:250)") from e
+                raise ResAdaptError(
+                    f"{flag} part {part!r} is not AxB:STEPS[@TASK] (e.g. 4x3:250)"
+                ) from e
             if min(a, b, int(steps)) < 0:
                 raise ResAdaptError(f"{flag} part {part!r} has a negative number")
+            if task not in STAGE_TASKS:
+                raise ResAdaptError(
+                    f"{flag} part {part!r} names task {task!r}; choose {', '.join(STAGE_TASKS)}"
+                )
         return out
 
     @property
     def total_steps(self) -> int:
-        return sum(s for *_, s in self.vision_stages()) + sum(s for *_, s in self.stages())
+        return sum(s for *_, s in self.vision_stages()) + sum(s for _, _, s, _ in self.stages())
 
-    def stage_at(self, step: int) -> tuple[str, int, int, int]:
-        """("vision" | "joint", chunks, cards, frame side) at a 0-based step."""
+    def stage_at(self, step: int) -> tuple[str, int, int, int, str]:
+        """("vision" | "joint", chunks, cards, frame side, task) at a 0-based step."""
         for side, chunks, steps in self.vision_stages():
             if step < steps:
-                return "vision", chunks, chunks, side
+                return "vision", chunks, chunks, side, "main"
             step -= steps
-        for chunks, cards, steps in self.stages():
+        for chunks, cards, steps, task in self.stages():
             if step < steps:
-                return "joint", chunks, cards, self.size
+                return "joint", chunks, cards, self.size, task
             step -= steps
-        chunks, cards, _ = self.stages()[-1]
-        return "joint", chunks, cards, self.size
+        chunks, cards, _, task = self.stages()[-1]
+        return "joint", chunks, cards, self.size, task
 
 
 class TokenHeads(nn.Module):
@@ -209,7 +257,7 @@ def task_corpus(num: int = 200) -> list[str]:
     """Prompts and answers of the synthetic tasks: the text the tokenizer's merges come from."""
     lines = []
     for seed in range(num):
-        task = list(TASKS)[seed % len(TASKS)]
+        task = CORPUS_TASKS[seed % len(CORPUS_TASKS)]
         sample = generate_sample(seed, task=task, num_frames=4, num_cards=1, size=56, card_px=14)
         lines += [example_of(sample).prompt(), sample.answer]
     return lines
@@ -265,19 +313,27 @@ def make_clip(
     rng: np.random.Generator,
     factor: int,
     size: int,
+    task: str = "main",
 ) -> Clip:
-    """A main-task sample at ``chunks`` chunks, maybe sampled from 2× frames, with random scales."""
+    """A sample of ``task`` (a mixture: its part at ``seed``) at ``chunks`` chunks with random
+    scales; a main-task sample is maybe sampled from 2× frames (a count sample never is: two
+    cards would share a chunk)."""
+    task = part_of(task, seed)
     frames_out = chunks * FRAMES_PER_CHUNK
-    source = frames_out * (2 if rng.random() < cfg.long_mix and chunks > 1 else 1)
+    long = task == "main" and rng.random() < cfg.long_mix and chunks > 1
+    source = frames_out * (2 if long else 1)
+    cards = min(cards, COUNT_MAX_COLOURS) if task == "count" else min(cards, source // 2)
     sample = generate_sample(
-        seed, task="main", num_frames=source, num_cards=min(cards, source // 2), size=size,
-        card_px=cfg.card_px,
-    )  # fmt: skip
+        seed, task=task, num_frames=source, num_cards=cards, size=size, card_px=cfg.card_px
+    )
     idx = sample_indices(source, sample.fps, num_frames=frames_out)  # (T,)
     colour_ids, label_ids = token_labels(sample, factor, idx)  # (K, H/f, W/f) each
     scales = np.where(
         rng.random(chunks) < cfg.scale_mix, rng.uniform(cfg.min_scale, 1.0, chunks), 1.0
-    )
+    )  # (K,)
+    if cfg.uniform_mix and rng.random() < cfg.uniform_mix:  # no draw when off: old runs replay
+        # squared, so that about a quarter of these clips are at the smallest sizes (1 token)
+        scales[:] = cfg.min_scale + (1.0 - cfg.min_scale) * rng.random() ** 2
     return Clip(sample, sampled(sample, idx), scales, colour_ids, label_ids)
 
 
@@ -353,7 +409,9 @@ def batch_losses(
     #      names the question's colour (a linear probe);
     #   2. head 0 of that layer attends from there to the queried card's tokens (the loss is
     #      -log of the attention mass on them), so the grating of that card is what reaches the
-    #      answer. Rows whose queried card is in a downscaled chunk have no target.
+    #      answer. Rows whose queried card is in a downscaled chunk have no target, and neither
+    #      have rows whose evidence spans several chunks (count): one head cannot be "the" pointer
+    #      to seven cards, and the answer there is a tally, not one card's grating.
     last = inputs["input_ids"].shape[1] - 1 - torch.tensor(lengths)  # (B,) predicts the letter
     states = out.hidden_states[bind_layer][torch.arange(len(clips)), last]  # (B, D)
     query_colour = torch.tensor(
@@ -367,16 +425,17 @@ def batch_losses(
     chunk_tokens = iter(vision.pooler_output)  # (n_k, D) per chunk, in the order of ``items``
     masses = []
     for b, clip in enumerate(clips):
-        wanted, ok = [], True
+        wanted, ok, evidence_chunks = [], True, 0
         for k in range(len(clip.scales)):
             n, shown = next(chunk_tokens).shape[0], clip.colour_ids[k] == int(query_colour[b])
+            evidence_chunks += int(shown.any())
             if n == shown.size:
                 wanted.append(torch.from_numpy(shown.reshape(-1)))
             else:
                 ok = ok and not shown.any()
                 wanted.append(torch.zeros(n, dtype=torch.bool))
         target = torch.cat(wanted)
-        if ok and target.any():
+        if ok and evidence_chunks == 1:
             masses.append(attention[b][is_video[b]][target].sum())
     if masses:
         mass = torch.stack(masses)
@@ -387,25 +446,33 @@ def batch_losses(
 
 @torch.no_grad()
 def evaluate(
-    backbone: Backbone, cfg: BackboneTrainConfig, chunks: int, cards: int, retention: float | None
+    backbone: Backbone,
+    cfg: BackboneTrainConfig,
+    chunks: int,
+    cards: int,
+    retention: float | None,
+    task: str = "main",
+    scale: float = 1.0,
 ) -> float:
-    """Accuracy of the first answer token on held-out main-task clips.
+    """Accuracy of the first answer token on held-out clips of ``task`` (main or count).
 
-    ``retention`` None: every chunk at full size; else every chunk at one scale fitted to that
-    share of the tokens (the uniform baseline at a budget).
+    Every chunk at ``scale`` (``SMALLEST_SCALE``: the smallest size), or, with ``retention``,
+    at one scale fitted to that share of the tokens (the uniform baseline at a budget).
     """
     right = 0
-    full = np.ones(chunks)
+    scales = np.full(chunks, scale)
+    if task == "count":
+        cards = min(cards, COUNT_MAX_COLOURS)
     for start in range(0, cfg.eval_size, cfg.batch_size):
         clips = []
         for i in range(start, min(cfg.eval_size, start + cfg.batch_size)):
             seed = HELD_OUT_SEED_OFFSET + i
             sample = generate_sample(
-                seed, task="main", num_frames=chunks * 2, num_cards=cards, size=cfg.size,
+                seed, task=task, num_frames=chunks * 2, num_cards=cards, size=cfg.size,
                 card_px=cfg.card_px,
             )  # fmt: skip
             labels = token_labels(sample, backbone.geometry.factor)
-            clips.append(Clip(sample, sampled(sample, np.arange(chunks * 2)), full, *labels))
+            clips.append(Clip(sample, sampled(sample, np.arange(chunks * 2)), scales, *labels))
         videos = [chunked_video(backbone, c, c.scales, retention) for c in clips]
         examples = [example_of(c.sample) for c in clips]
         inputs = backbone.prepare(videos, [e.prompt() for e in examples])
@@ -416,18 +483,31 @@ def evaluate(
 
 
 def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
-    tokenizer = build_tokenizer(vocab_size=512, corpus=task_corpus())
-    model, processor = build_tiny_qwen2_5_vl(
-        cfg.seed,
-        hidden=cfg.hidden,
-        layers=cfg.text_layers,
-        vision_depth=cfg.vision_depth,
-        heads=cfg.heads,
-        max_pixels=cfg.size * cfg.size,
-        min_pixels=28 * 28,
-        tokenizer=tokenizer,
-    )
-    backbone = Backbone("tiny-qwen2.5-vl", model, processor, min_tokens=1)
+    """The model to train (built from scratch, or loaded from ``--init-from``) and fresh probes."""
+    if cfg.init_from:
+        if not Path(cfg.init_from, "config.json").is_file():
+            raise ResAdaptError(
+                f"--init-from {cfg.init_from} is not a checkpoint folder (no config.json)"
+            )
+        backbone = Backbone.load(cfg.init_from, min_tokens=1, max_pixels=cfg.size * cfg.size)
+        model, tokenizer = backbone.model, backbone.tokenizer
+        if model.config.text_config.num_hidden_layers <= cfg.bind_layer:
+            raise ResAdaptError(
+                f"--bind-layer {cfg.bind_layer} is not a layer of the --init-from checkpoint"
+            )
+    else:
+        tokenizer = build_tokenizer(vocab_size=512, corpus=task_corpus())
+        model, processor = build_tiny_qwen2_5_vl(
+            cfg.seed,
+            hidden=cfg.hidden,
+            layers=cfg.text_layers,
+            vision_depth=cfg.vision_depth,
+            heads=cfg.heads,
+            max_pixels=cfg.size * cfg.size,
+            min_pixels=28 * 28,
+            tokenizer=tokenizer,
+        )
+        backbone = Backbone("tiny-qwen2.5-vl", model, processor, min_tokens=1)
     backbone.model.train().requires_grad_(True)
     # Attention weights are a training target (the binding hop), which only eager attention
     # returns; the saved config is set back to SDPA for inference.
@@ -439,7 +519,8 @@ def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
             tokenizer.convert_tokens_to_ids(tokenizer.tokenize(f" {c}"))[-1] for c in COLOUR_NAMES
         ]
         words = (model.get_input_embeddings(), ids)
-    return backbone, TokenHeads(model.config.vision_config.out_hidden_size, cfg.hidden, words)
+    width = model.config.text_config.hidden_size
+    return backbone, TokenHeads(model.config.vision_config.out_hidden_size, width, words)
 
 
 def train(cfg: BackboneTrainConfig) -> dict:
@@ -474,12 +555,12 @@ def train(cfg: BackboneTrainConfig) -> dict:
     metrics = (work / "metrics.jsonl").open("a")
     t_start = time.perf_counter()
     while step < total:
-        phase, chunks, cards, side = cfg.stage_at(step)
+        phase, chunks, cards, side, task = cfg.stage_at(step)
         rng = np.random.default_rng([cfg.seed, step])
         batch = cfg.vision_batch_size if phase == "vision" else cfg.batch_size
         seeds = rng.integers(0, HELD_OUT_SEED_OFFSET, batch)
         factor = backbone.geometry.factor
-        clips = [make_clip(int(s), cfg, chunks, cards, rng, factor, side) for s in seeds]
+        clips = [make_clip(int(s), cfg, chunks, cards, rng, factor, side, task) for s in seeds]
         if phase == "vision":
             for c in clips:
                 c.scales[:] = 1.0
@@ -498,7 +579,7 @@ def train(cfg: BackboneTrainConfig) -> dict:
         sched.step()
         step += 1
         record = {
-            "step": step, "phase": phase, "chunks": chunks, "cards": cards,
+            "step": step, "phase": phase, "task": task, "chunks": chunks, "cards": cards,
             "lm_loss": round(lm.item(), 4), "aux_loss": round(aux.item(), 4),
             "seconds": round(time.perf_counter() - t0, 3), **stats,
         }  # fmt: skip
@@ -506,8 +587,13 @@ def train(cfg: BackboneTrainConfig) -> dict:
             logger.info(json.dumps(record))
         if step % cfg.eval_every == 0 or step == total:
             backbone.model.eval()
-            record["val_full"] = evaluate(backbone, cfg, chunks, cards, None)
-            record["val_uniform_0.1"] = evaluate(backbone, cfg, chunks, cards, 0.1)
+            for part in MIXTURES.get(task, (task,)):
+                name = "" if part == "main" else f"_{part}"
+                record[f"val_full{name}"] = evaluate(backbone, cfg, chunks, cards, None, part)
+                record[f"val_uniform_0.1{name}"] = evaluate(backbone, cfg, chunks, cards, 0.1, part)
+                record[f"val_smallest{name}"] = evaluate(
+                    backbone, cfg, chunks, cards, None, part, SMALLEST_SCALE
+                )
             backbone.model.train()
             logger.info("step %d eval: %s", step, json.dumps(record))
         metrics.write(json.dumps(record) + "\n")

@@ -42,6 +42,21 @@ Tasks (``TASKS``; variants of one code path):
   temporal  "When is the <colour> card visible?" → "start,end" in seconds (problem_type
             "temporal_iou"); colour alone suffices, so low resolution is enough here.
   digit     "Which digit is on the <colour> card?" → "0"–"9" (problem_type "numeric").
+  count     "How many <colour> cards are there?" → "2"–"5" (problem_type "numeric"), T = 16. The
+            queried colour is on n cards, n uniform in COUNT_RANGE, a decoy colour on 7 − n
+            (``num_cards`` counts colours: 2; 1 drops the decoy). Every card is in its own chunk,
+            so the answer needs *every* chunk but only at low resolution (colour survives any
+            thumbnail): the opposite of main (one chunk, at full size).
+  mixed     (``MIXTURES``) each sample is main or count, chosen by its seed; the row keeps its
+            part's own ``task`` and ``problem_type``, so grading and per-task reports just work.
+
+Why count has no shortcut. The answer is the count of the colour the question names; the video
+alone shows two counts {n, 7 − n} and cannot say which one is asked: the best rule that ignores
+the question's colour scores 50 % (chance 25 %). Counting all cards does not help: there are
+always 7, in 7 of the 8 chunks. The length, the colour named and the cards' positions say nothing
+about n; the chunk of the first queried card says a little (five cards start earlier than two).
+Numeric rather than multiple choice: a count is a number, and its answer tokens ("2"–"5") differ
+from main's letters, so a model that confuses the two tasks is graded wrong rather than lucky.
 A curriculum for a trainer is the keyword arguments of :func:`generate_sample`: fewer frames,
 fewer cards and larger ``card_px`` are easier; :func:`token_labels` gives per-token colour and
 label targets for auxiliary losses.
@@ -127,6 +142,14 @@ ORIENTATIONS = ("horizontal", "vertical", "diagonal", "antidiagonal")
 WAVE_VECTORS = ((0, 1), (1, 0), (1, 1), (1, -1))
 """(x, y) wave vector of each orientation, in units of 1 / GRATING_PERIOD_PX."""
 DIGITS = tuple(str(d) for d in range(10))
+COUNT_RANGE = (2, 5)
+"""Smallest and largest answer of the count task (cards of the queried colour)."""
+COUNT_CARDS = sum(COUNT_RANGE)
+"""Cards of a two-colour count video (one chunk each): n of the queried colour, m = 7 − n of the
+decoy, so m ≠ n, and neither the number of cards nor the chunks holding one say anything about n.
+The count task needs at least 7 chunks (14 frames)."""
+COUNT_MAX_COLOURS = 2
+"""Colours of a count video: the queried one and one decoy."""
 OPTION_LETTERS = "ABCD"
 OPTION_TEXT = ("horizontal", "vertical", "diagonal (/)", "antidiagonal (\\)")
 
@@ -155,8 +178,14 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("long", "grating", "multiple_choice", 64, 3, "main, one evidence chunk of 32"),
         TaskSpec("temporal", "grating", "temporal_iou", 8, 3, "when the card is visible, seconds"),
         TaskSpec("digit", "digit", "numeric", 8, 3, "digit on the card"),
+        TaskSpec("count", "grating", "numeric", 16, 2, "cards of one colour, 2-5 (numeric)"),
     )
 }
+MIXTURES: dict[str, tuple[str, ...]] = {"mixed": ("main", "count")}
+"""Tasks whose samples come from several ``TASKS``: part ``seed % len(parts)`` at the same seed,
+so a row's own ``task`` and ``seed`` reproduce it."""
+TASK_CHOICES = (*TASKS, *MIXTURES)
+"""Every ``--task`` of ``python -m resadapt.synth``."""
 
 
 @dataclass(frozen=True)
@@ -191,10 +220,11 @@ class Sample:
     task: str
     seed: int
     evidence_frames: tuple[int, ...]
-    """Frames showing the queried card: the only ones that answer the question."""
+    """Frames showing the queried card (count: every card of the queried colour): the only ones
+    that answer the question."""
     cards: tuple[Card, ...]
     query: int
-    """Index into ``cards`` of the queried card."""
+    """Index into ``cards`` of the queried card (count: the first card of the queried colour)."""
     fps: float
 
     @property
@@ -227,20 +257,69 @@ def generate_sample(
     fps: float = DEFAULT_FPS,
 ) -> Sample:
     """Render one sample in memory (no file I/O). A Generator yields a fresh integer seed first,
-    so every sample can be reproduced from ``sample.seed`` and the same arguments."""
-    spec = _task_spec(task)
-    num_frames = spec.num_frames if num_frames is None else num_frames
-    num_cards = spec.num_cards if num_cards is None else num_cards
-    _validate(spec, num_frames, size, num_cards, card_px, fps)
+    so every sample can be reproduced from ``sample.seed`` and the same arguments. A mixture
+    (``MIXTURES``) renders its part ``seed % len(parts)`` at the same seed."""
     if isinstance(rng_or_seed, np.random.Generator):
         seed = int(rng_or_seed.integers(2**31))
     else:
         seed = int(rng_or_seed)
         if seed < 0:
             raise ResAdaptError(f"the seed must be a non-negative integer, got {seed}")
+    spec = _task_spec(part_of(task, seed))
+    num_frames = spec.num_frames if num_frames is None else num_frames
+    num_cards = spec.num_cards if num_cards is None else num_cards
+    _validate(spec, num_frames, size, num_cards, card_px, fps)
     rng = np.random.default_rng(seed)
 
     num_chunks = num_frames // FRAMES_PER_CHUNK
+    draw = _count_cards if spec.name == "count" else _distinct_cards
+    cards, phases, query = draw(rng, spec, num_chunks, num_cards, size, card_px)
+
+    video = _background(rng, num_frames, size)  # (T, H, W, 3) float32
+    for card, phase in zip(cards, phases, strict=True):
+        pattern = _card_pattern(spec.evidence, card.label_index, card_px, phase)  # (c, c)
+        rgb = np.asarray(COLOURS[card.colour], np.float32)
+        box = np.s_[card.top : card.top + card_px, card.left : card.left + card_px]
+        for t in card.frames:
+            video[t][box] = rgb + pattern[:, :, None]
+    video += NOISE_STD * rng.standard_normal((num_frames, size, size, 1), dtype=np.float32)
+    frames = np.clip(np.rint(video), 0, 255).astype(np.uint8)  # (T, H, W, 3)
+
+    queried = cards[query]
+    question, answer, options = _question_answer(spec, queried, fps, cards)
+    shown = [c for c in cards if c.colour == queried.colour]  # count: n cards; otherwise one
+    return Sample(
+        frames=frames,
+        question=question,
+        answer=answer,
+        options=options,
+        problem_type=spec.problem_type,
+        task=spec.name,
+        seed=seed,
+        evidence_frames=tuple(sorted(t for c in shown for t in c.frames)),
+        cards=cards,
+        query=query,
+        fps=float(fps),
+    )
+
+
+def part_of(task: str, seed: int) -> str:
+    """The task a sample of ``task`` at ``seed`` is: a mixture's part ``seed % len(parts)``, or
+    ``task`` itself."""
+    parts = MIXTURES.get(task, (task,))
+    return parts[seed % len(parts)]
+
+
+def _distinct_cards(
+    rng: np.random.Generator,
+    spec: TaskSpec,
+    num_chunks: int,
+    num_cards: int,
+    size: int,
+    card_px: int,
+) -> tuple[tuple[Card, ...], np.ndarray, int]:
+    """Cards of distinct colours and labels in distinct chunks, their grating phases (N,) and the
+    queried card's index (uniform among the cards)."""
     num_classes = len(ORIENTATIONS) if spec.evidence == "grating" else len(DIGITS)
     chunks = rng.choice(num_chunks, num_cards, replace=False)
     colours = rng.choice(len(COLOURS), num_cards, replace=False)
@@ -261,32 +340,44 @@ def generate_sample(
         )
         for i in range(num_cards)
     )
+    return cards, phases, query
 
-    video = _background(rng, num_frames, size)  # (T, H, W, 3) float32
-    for card, phase in zip(cards, phases, strict=True):
-        pattern = _card_pattern(spec.evidence, card.label_index, card_px, phase)  # (c, c)
-        rgb = np.asarray(COLOURS[card.colour], np.float32)
-        box = np.s_[card.top : card.top + card_px, card.left : card.left + card_px]
-        for t in card.frames:
-            video[t][box] = rgb + pattern[:, :, None]
-    video += NOISE_STD * rng.standard_normal((num_frames, size, size, 1), dtype=np.float32)
-    frames = np.clip(np.rint(video), 0, 255).astype(np.uint8)  # (T, H, W, 3)
 
-    queried = cards[query]
-    question, answer, options = _question_answer(spec, queried, fps)
-    return Sample(
-        frames=frames,
-        question=question,
-        answer=answer,
-        options=options,
-        problem_type=spec.problem_type,
-        task=spec.name,
-        seed=seed,
-        evidence_frames=queried.frames,
-        cards=cards,
-        query=query,
-        fps=float(fps),
+def _count_cards(
+    rng: np.random.Generator,
+    spec: TaskSpec,
+    num_chunks: int,
+    num_colours: int,
+    size: int,
+    card_px: int,
+) -> tuple[tuple[Card, ...], np.ndarray, int]:
+    """The count task's cards in chunk order: n of the queried colour (n uniform in COUNT_RANGE)
+    and, with two colours, COUNT_CARDS − n of a decoy colour; one card per chunk, random
+    gratings. Returns (cards, phases (N,), index of the first queried card)."""
+    low, high = COUNT_RANGE
+    n = int(rng.integers(low, high + 1))
+    counts = [n, COUNT_CARDS - n][:num_colours]
+    colours = rng.choice(len(COLOURS), num_colours, replace=False)  # [queried, decoy]
+    owner = np.repeat(np.arange(num_colours), counts)  # (N,) colour slot of each card
+    rng.shuffle(owner)
+    total = len(owner)
+    chunks = np.sort(rng.choice(num_chunks, total, replace=False))
+    labels = rng.integers(len(ORIENTATIONS), size=total)
+    corners = rng.integers(0, size - card_px + 1, size=(total, 2))
+    phases = rng.uniform(0.0, 2 * math.pi, total)
+    cards = tuple(
+        Card(
+            colour=COLOUR_NAMES[colours[owner[i]]],
+            label=ORIENTATIONS[labels[i]],
+            label_index=int(labels[i]),
+            chunk=int(chunks[i]),
+            top=int(corners[i, 0]),
+            left=int(corners[i, 1]),
+            size=card_px,
+        )
+        for i in range(total)
     )
+    return cards, phases, int(np.flatnonzero(owner == 0)[0])
 
 
 def token_labels(
@@ -342,15 +433,16 @@ def write_dataset(
         raise ResAdaptError(f"the seed must be a non-negative integer, got {seed}")
     if not 0 <= crf <= 51:
         raise ResAdaptError(f"crf must be in [0, 51], got {crf}")
-    spec = _task_spec(task)
-    _validate(
-        spec,
-        spec.num_frames if num_frames is None else num_frames,
-        size,
-        spec.num_cards if num_cards is None else num_cards,
-        card_px,
-        fps,
-    )
+    for part in MIXTURES.get(task, (task,)):
+        spec = _task_spec(part)
+        _validate(
+            spec,
+            spec.num_frames if num_frames is None else num_frames,
+            size,
+            spec.num_cards if num_cards is None else num_cards,
+            card_px,
+            fps,
+        )
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     rows_path = out_dir / "data.jsonl"
@@ -401,7 +493,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = DEF
 
 def _task_spec(task: str) -> TaskSpec:
     if task not in TASKS:
-        raise ResAdaptError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise ResAdaptError(f"unknown task {task!r}; choose one of {', '.join(TASK_CHOICES)}")
     return TASKS[task]
 
 
@@ -410,14 +502,17 @@ def _validate(
 ) -> None:
     """Raise ResAdaptError naming the first argument outside its allowed range."""
     max_cards = min(len(COLOURS), len(ORIENTATIONS) if spec.evidence == "grating" else len(DIGITS))
+    chunks_needed = num_cards
+    if spec.name == "count":  # num_cards counts colours; every card has its own chunk
+        max_cards, chunks_needed = COUNT_MAX_COLOURS, COUNT_CARDS
     if not 1 <= num_cards <= max_cards:
         raise ResAdaptError(
             f"num_cards must be in [1, {max_cards}] for task {spec.name!r}, got {num_cards}"
         )
-    if num_frames % FRAMES_PER_CHUNK or not num_cards * FRAMES_PER_CHUNK <= num_frames:
+    if num_frames % FRAMES_PER_CHUNK or not chunks_needed * FRAMES_PER_CHUNK <= num_frames:
         raise ResAdaptError(
             f"num_frames must be a multiple of {FRAMES_PER_CHUNK} with one chunk per card "
-            f"(at least {num_cards * FRAMES_PER_CHUNK}), got {num_frames}"
+            f"(at least {chunks_needed * FRAMES_PER_CHUNK}), got {num_frames}"
         )
     if num_frames > MAX_FRAMES:
         raise ResAdaptError(f"num_frames must be at most {MAX_FRAMES}, got {num_frames}")
@@ -477,9 +572,12 @@ def _card_pattern(evidence: str, label_index: int, card_px: int, phase: float) -
 
 
 def _question_answer(
-    spec: TaskSpec, card: Card, fps: float
+    spec: TaskSpec, card: Card, fps: float, cards: tuple[Card, ...]
 ) -> tuple[str, str, tuple[str, ...] | None]:
     """Question, answer and options (multiple choice only) about the queried ``card``."""
+    if spec.name == "count":
+        answer = sum(c.colour == card.colour for c in cards)
+        return f"How many {card.colour} cards are there?", str(answer), None
     if spec.problem_type == "temporal_iou":
         start_s = card.frames[0] / fps
         end_s = (card.frames[-1] + 1) / fps
@@ -518,7 +616,10 @@ class DatasetConfig:
     num: int = option("number of samples")
     seed: int = option("dataset seed (non-negative)", 0)
     task: str = option(
-        "; ".join(f"{s.name}: {s.help}" for s in TASKS.values()), "main", choices=TASKS
+        "; ".join(f"{s.name}: {s.help}" for s in TASKS.values())
+        + "; mixed: main and count, one or the other per sample",
+        "main",
+        choices=TASK_CHOICES,
     )
     frames: int | None = option("frames per video (default: the task's)", None)
     size: int = option("frame side in pixels", DEFAULT_SIZE)
