@@ -227,3 +227,27 @@ def uniform_step(
     ladder = size_ladder(geometry, base_height, base_width)
     fitting = [step for step in ladder if step.tokens * num_chunks <= max_tokens]
     return fitting[-1] if fitting else ladder[0]
+
+
+def keep_top_chunks(
+    ranks: np.ndarray,
+    geometry: Geometry,
+    base_h: int,
+    base_w: int,
+    cap: int | None,
+    policy: str = "keyframes",
+) -> np.ndarray:
+    """Frame selection under a visual-token cap: (K,) ranks → (K,) scales, 1.0 for the
+    highest-ranked chunks while their full-resolution tokens fit ``cap`` (all without a cap), 0.0
+    (dropped) for the others. Refuses a cap below one full-resolution chunk (BudgetError)."""
+    full = geometry.tokens(*geometry.scaled_size(base_h, base_w, 1.0))
+    count = len(ranks) if cap is None else min(len(ranks), cap // full)
+    if count < 1:
+        raise BudgetError(
+            f"{policy} keeps whole chunks at full resolution ({full} visual tokens each); a cap of "
+            f"{cap} visual tokens cannot hold one"
+        )
+    order = np.argsort(-ranks, kind="stable")  # ties: the earlier chunk first
+    scales = np.zeros(len(ranks))
+    scales[order[:count]] = 1.0
+    return scales
