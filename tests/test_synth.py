@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from resadapt.errors import ResAdaptError
-from resadapt.world import synth
+from resadapt.world import render, synth
 
 CHROMA_CARD = 60
 """max − min channel above which a pixel belongs to a card (cards ≥ 115, clutter < 30)."""
@@ -29,8 +29,8 @@ def _grating_energies(crop: np.ndarray) -> np.ndarray:
     grey -= grey.mean()
     y, x = np.mgrid[0 : grey.shape[0], 0 : grey.shape[1]]
     waves = [
-        np.exp(-2j * np.pi * (kx * x + ky * y) / synth.GRATING_PERIOD_PX)
-        for kx, ky in synth.WAVE_VECTORS
+        np.exp(-2j * np.pi * (kx * x + ky * y) / render.GRATING_PERIOD_PX)
+        for kx, ky in render.WAVE_VECTORS
     ]
     return np.array([abs((grey * wave).sum()) / grey.size for wave in waves])
 
@@ -154,7 +154,7 @@ def test_one_third_bicubic_leaves_about_one_grey_level_of_the_grating(orientatio
     """What any reader could still see: the card's pattern alone, resized like a Qwen chunk."""
     for phase in np.linspace(0, 2 * np.pi, 4, endpoint=False):
         canvas = np.zeros((168, 168), np.float32)
-        pattern = synth._card_pattern("grating", orientation, 48, phase)  # (48, 48), ±45
+        pattern = render.card_pattern("grating", orientation, 48, phase)  # (48, 48), ±45
         canvas[61:109, 60:108] = pattern
         small = np.asarray(Image.fromarray(canvas, mode="F").resize((56, 56), Image.BICUBIC))
         half = np.asarray(Image.fromarray(canvas, mode="F").resize((84, 84), Image.BICUBIC))

@@ -9,11 +9,11 @@ chunks, H W pixels) shows drifting, low-contrast grey blobs with faint sensor no
 one chunk — both frames (2k, 2k+1) of one chunk k, because Qwen-VL encodes frame pairs as one
 temporal patch — and each in a different chunk. Each card carries a fine evidence pattern:
 
-* ``grating`` (default): a sinusoidal grating of period ``GRATING_PERIOD_PX`` along each image axis
-  in one of four orientations (``ORIENTATIONS``: horizontal, vertical, diagonal "/", antidiagonal
-  "\\"). All four have the same per-axis frequency, so a separable resize treats them alike.
-  The grating fades in over ``GRATING_TAPER_PX`` from the card's edges, so that no edge band
-  betrays the orientation after downscaling.
+* ``grating`` (default): a sinusoidal grating of period ``render.GRATING_PERIOD_PX`` along each
+  image axis in one of four orientations (``ORIENTATIONS``: horizontal, vertical, diagonal "/",
+  antidiagonal "\\"). All four have the same per-axis frequency, so a separable resize treats
+  them alike. The grating fades in over ``render.GRATING_TAPER_PX`` from the card's edges, so that
+  no edge band betrays the orientation after downscaling.
 * ``digit``: one small dark digit (about ``card_px / 3`` pixels tall). Secondary: a thumbnail
   still shows how much ink a digit has ("1" is lighter than "8"), so it is not resolution-clean.
 
@@ -73,7 +73,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 
@@ -82,27 +81,18 @@ import numpy as np
 from resadapt import cli
 from resadapt.cli import option
 from resadapt.errors import ResAdaptError
+from resadapt.world.render import (
+    DEFAULT_CRF,
+    DIGITS,
+    background,
+    card_pattern,
+    write_video,
+)
 
 logger = logging.getLogger(__name__)
 
 FRAMES_PER_CHUNK = 2
 """Frames per temporal chunk (Qwen-VL's temporal_patch_size): a card spans exactly one chunk."""
-GRATING_PERIOD_PX = 3.5
-"""Grating period along each image axis, in pixels: read by 14-px patches at full size, removed
-by an antialiased resize to 1/3 (cut-off period 6 px)."""
-EVIDENCE_CONTRAST = 45.0
-"""Amplitude of the grating around the card colour, in 8-bit grey levels."""
-GRATING_TAPER_PX = 12
-"""Width of the raised-cosine ramp (at most card_px / 4) that fades the grating in from the card's
-edges. A grating cut off by a hard edge leaves orientation-dependent bands after downscaling
-(horizontal stripes brighten the top and bottom edges); the ramp keeps that residue near one grey
-level at 1/3."""
-DIGIT_CONTRAST = 110.0
-"""Darkening of digit strokes below the card colour, in 8-bit grey levels."""
-BACKGROUND_BLOBS = 12
-"""Drifting Gaussian blobs that make up the clutter."""
-BACKGROUND_CONTRAST = 25.0
-"""Largest blob amplitude, in grey levels (the card grating is 45)."""
 NOISE_STD = 2.0
 """Per-frame luminance noise, in grey levels."""
 MIN_SIZE, MAX_SIZE = 56, 1024
@@ -115,10 +105,6 @@ MAX_FPS = 60.0
 """Highest frame rate of written videos."""
 MAX_SAMPLES = 1_000_000
 """Most samples per written dataset."""
-DEFAULT_CRF = 12
-"""x264 constant rate factor of written videos: near-lossless, so the grating survives coding."""
-KEYFRAME_INTERVAL = 16
-"""Frames between H.264 keyframes, so that seeking decoders stay cheap on long videos."""
 DEFAULT_SIZE = 168
 """Default frame side, in pixels: 6 tokens of 28 px (Qwen2.5-VL) on a side."""
 DEFAULT_CARD_PX = 48
@@ -139,9 +125,6 @@ colour is far from grey (max − min channel ≥ 115) while the clutter is nearl
 COLOUR_NAMES = tuple(COLOURS)
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "antidiagonal")
 """Grating classes, named by the direction the stripes run ("diagonal" rises like "/")."""
-WAVE_VECTORS = ((0, 1), (1, 0), (1, 1), (1, -1))
-"""(x, y) wave vector of each orientation, in units of 1 / GRATING_PERIOD_PX."""
-DIGITS = tuple(str(d) for d in range(10))
 COUNT_RANGE = (2, 5)
 """Smallest and largest answer of the count task (cards of the queried colour)."""
 COUNT_CARDS = sum(COUNT_RANGE)
@@ -275,9 +258,9 @@ def generate_sample(
     draw = _count_cards if spec.name == "count" else _distinct_cards
     cards, phases, query = draw(rng, spec, num_chunks, num_cards, size, card_px)
 
-    video = _background(rng, num_frames, size)  # (T, H, W, 3) float32
+    video = background(rng, num_frames, size)  # (T, H, W, 3) float32
     for card, phase in zip(cards, phases, strict=True):
-        pattern = _card_pattern(spec.evidence, card.label_index, card_px, phase)  # (c, c)
+        pattern = card_pattern(spec.evidence, card.label_index, card_px, phase)  # (c, c)
         rgb = np.asarray(COLOURS[card.colour], np.float32)
         box = np.s_[card.top : card.top + card_px, card.left : card.left + card_px]
         for t in card.frames:
@@ -468,29 +451,6 @@ def write_dataset(
     return rows_path
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = DEFAULT_CRF) -> None:
-    """Encode ``frames`` (T, H, W, 3) uint8 RGB as H.264 yuv420p in an .mp4; frame t at t/fps s."""
-    import av  # imported here so that in-memory generation does not need PyAV
-
-    num_frames, height, width, _ = frames.shape
-    assert frames.dtype == np.uint8 and height % 2 == 0 and width % 2 == 0, frames.shape
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # x264's macroblock-tree rate control made identical inputs encode differently from run to
-        # run (measured with PyAV 18); without it, and on one thread, the bytes are reproducible.
-        stream.options = {
-            "crf": str(crf),
-            "g": str(KEYFRAME_INTERVAL),
-            "threads": "1",
-            "x264-params": "mbtree=0",
-        }
-        for t in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(frames[t], format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
 def _task_spec(task: str) -> TaskSpec:
     if task not in TASKS:
         raise ResAdaptError(f"unknown task {task!r}; choose one of {', '.join(TASK_CHOICES)}")
@@ -522,53 +482,6 @@ def _validate(
         raise ResAdaptError(f"card_px must be in [{MIN_CARD_PX}, {size}] (the size), got {card_px}")
     if not 0 < fps <= MAX_FPS:
         raise ResAdaptError(f"fps must be in (0, {MAX_FPS}], got {fps}")
-
-
-def _background(rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
-    """Near-grey clutter of drifting Gaussian blobs on a torus: (T, H, W, 3) float32."""
-    grey = rng.uniform(95.0, 150.0)
-    centres = rng.uniform(0.0, size, (BACKGROUND_BLOBS, 2))  # (B, 2) y, x
-    velocities = rng.uniform(-2.5, 2.5, (BACKGROUND_BLOBS, 2))  # pixels per frame
-    sigmas = rng.uniform(8.0, 24.0, BACKGROUND_BLOBS)
-    amplitudes = rng.uniform(-BACKGROUND_CONTRAST, BACKGROUND_CONTRAST, BACKGROUND_BLOBS)
-    tints = 1.0 + rng.uniform(-0.12, 0.12, (BACKGROUND_BLOBS, 3))  # (B, 3) near-grey
-    times = np.arange(num_frames, dtype=np.float32)
-    pixels = np.arange(size, dtype=np.float32)
-    centre_t = centres[:, None, :] + velocities[:, None, :] * times[None, :, None]  # (B, T, 2)
-    offset = pixels[None, None, None, :] - centre_t[..., None]  # (B, T, 2, H)
-    offset = (offset + size / 2) % size - size / 2  # wrap around the frame
-    profile = np.exp(-0.5 * (offset / sigmas[:, None, None, None]) ** 2)  # (B, T, 2, H)
-    profile = profile.astype(np.float32)
-    weights = (amplitudes[:, None] * tints).astype(np.float32)  # (B, 3)
-    rows = profile[:, :, 0].transpose(1, 2, 0)  # (T, H, B)
-    cols = profile[:, :, 1].transpose(1, 0, 2)  # (T, B, W)
-    video = np.stack([(rows * weights[:, c]) @ cols for c in range(3)], axis=-1)  # (T, H, W, 3)
-    return video + np.float32(grey)
-
-
-def _card_pattern(evidence: str, label_index: int, card_px: int, phase: float) -> np.ndarray:
-    """Luminance offsets of a card around its colour: (card_px, card_px) float32."""
-    if evidence == "grating":
-        y, x = np.mgrid[0:card_px, 0:card_px].astype(np.float32)
-        kx, ky = WAVE_VECTORS[label_index]
-        wave = np.cos(2 * np.pi * (kx * x + ky * y) / GRATING_PERIOD_PX + phase)
-        inset = np.arange(card_px) + 0.5
-        taper_px = min(GRATING_TAPER_PX, card_px / 4)  # small cards keep a flat centre
-        ramp = np.clip(np.minimum(inset, card_px - inset) / taper_px, 0.0, 1.0)
-        ramp = 0.5 - 0.5 * np.cos(np.pi * ramp)  # (c,) 0 at the edge, 1 inside
-        return (EVIDENCE_CONTRAST * wave * np.outer(ramp, ramp)).astype(np.float32)
-    import cv2  # only the digit task draws text
-
-    text = DIGITS[label_index]
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    (_, text_h), _ = cv2.getTextSize(text, font, 1.0, 1)
-    scale = card_px / 3 / text_h
-    thickness = max(1, round(card_px / 32))
-    (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
-    strokes = np.zeros((card_px, card_px), np.uint8)
-    origin = ((card_px - text_w) // 2, (card_px + text_h) // 2)
-    cv2.putText(strokes, text, origin, font, scale, 255, thickness, cv2.LINE_AA)
-    return (-DIGIT_CONTRAST / 255.0 * strokes).astype(np.float32)
 
 
 def _question_answer(
