@@ -31,6 +31,28 @@ the other chunks' draws put into chunk k's signal. Chunk k keeps its own explain
 e_{m,k}, the unexplained residual and the whole cost shaping (the cost is a sum over all chunks,
 so it stays shared). The ridge (λ > 0) keeps the fitted part a shrinkage, ‖Zĉ‖ ≤ ‖r‖, so it
 never amplifies noise when K ≥ M; β = 1 subtracts the fitted baseline in full.
+
+Probe credit (ours, ``--probe-credit w``, with any mode). The regression above is a baseline: it
+removes variance but adds no signal, so when the M draws of a group never find the evidence the
+group says nothing. Probes ask the backbone directly, at K extra rows per prompt: probe k shows
+chunk k at s_max and every other chunk at s_min (fitted to the budget like any allocation), and is
+scored with the run's reward, q_k ∈ [0, 1]:
+  1. probe credit, how much better the answer is when chunk k is the one seen in full, in units
+     of the probes' spread: d_k = (q_k − mean_j q_j) / max(std_j q_j, σ_q)  (K,), σ_q = 0.05 a
+     floor so that probes which barely differ give little credit; Σ_k d_k = 0 (a reallocation:
+     what one chunk gains the others give up), and d = 0 when all probes score the same.
+     Measured alternatives (README, "Probe credit"): the plain centred d = q − mean q gave one
+     evidence chunk among 8 +0.40 and each other chunk −0.06, too little to ever rank it first;
+     the margin d_k = q_k − max_{j≠k} q_j pushed every chunk down and the policy went uniform;
+  2. A_{m,k} = A_m + w · d_k · (a_{m,k} − mean_m a_{·,k}) / σ_U  (M, K), σ_U = 1/√12 the std of
+     a uniform action (A_m may already be per chunk).
+The centred action is independent of the other chunks' draws, so the added term is a
+score-function estimate of ∇ Σ_k (w/σ_U)·d_k·E[a_k]: it pushes chunk k's mean scale up in
+proportion to its probe credit, the reward's finite difference along chunk k, whatever the group's
+own rewards were. The action is centred, not standardised: the standardised Z would estimate
+∇ E[a_k]/σ_k, whose step grows without bound as the Beta sharpens (measured: a run with Z swung
+between 25 % and 52 % validation accuracy with gradient norms up to 120 as α + β passed 20). The
+probes are the backbone's answers, not its attention: still reward only.
 """
 
 from __future__ import annotations
@@ -61,6 +83,12 @@ CREDIT_RIDGE = 1.0
 """λ of the per-chunk credit regression (halves the credit of an orthogonal design)."""
 CREDIT_WEIGHT = 1.0
 """β: how much of the other chunks' explained reward is taken out of chunk k's advantage."""
+UNIFORM_ACTION_STD = 12**-0.5
+"""σ_U: the std of an action drawn from Beta(1, 1), the probe term's fixed action scale."""
+PROBE_MIN_STD = 0.05
+"""σ_q: floor of the probe rewards' std in ``probe_credit`` (reward units)."""
+PROBE_CREDIT = 0.0
+"""w of the probe credit (``probe_advantages``); 0: no probes."""
 CONCENTRATION_CAP_WEIGHT = 0.1
 """Weight of ``concentration_cap_loss`` (α + β above ``max_concentration``) in the total loss."""
 
@@ -226,6 +254,43 @@ def chunk_advantages(
     explained = z * credit  # (M, K) e_{m,j}
     others = explained.sum(dim=1, keepdim=True) - explained  # (M, K) Σ_{j≠k} e_{m,j}
     return advantages[:, None] - weight * others
+
+
+def probe_credit(probe_reward: torch.Tensor, *, min_std: float = PROBE_MIN_STD) -> torch.Tensor:
+    """d_k = (q_k − mean q) / max(std q, min_std): one prompt's probe rewards (K,) → (K,).
+
+    q_k is the reward of probe k (chunk k at s_max, the others at s_min); population std.
+    """
+    if probe_reward.ndim != 1 or probe_reward.numel() == 0:
+        raise ValueError(f"probe rewards must be (K,), got {tuple(probe_reward.shape)}")
+    q = probe_reward.float()
+    return (q - q.mean()) / q.std(unbiased=False).clamp_min(min_std)
+
+
+def probe_advantages(
+    advantages: torch.Tensor,
+    actions: torch.Tensor,
+    probe_reward: torch.Tensor,
+    *,
+    weight: float,
+) -> torch.Tensor:
+    """Per-chunk advantages with probe credit: A_{m,k} = A_m + w · d_k · (a_{m,k} − ā_k) / σ_U.
+
+    → (M, K); ā_k the group's mean action on chunk k, σ_U = ``UNIFORM_ACTION_STD``.
+
+    advantages (M,) shared or (M, K) per chunk; actions (M, K) the group's sampled Beta actions of
+    its valid chunks; probe_reward (K,) the rewards of the K probes. Equations and why the term is
+    a policy gradient: the module docstring.
+    """
+    m, k = actions.shape if actions.ndim == 2 else (-1, -1)
+    if m != advantages.shape[0] or probe_reward.shape != (k,) or advantages.ndim not in (1, 2):
+        raise ValueError(
+            f"need actions (M, K), advantages (M,) or (M, K) and probe rewards (K,), got "
+            f"{tuple(actions.shape)}, {tuple(advantages.shape)} and {tuple(probe_reward.shape)}"
+        )
+    base = advantages if advantages.ndim == 2 else advantages[:, None].expand(m, k)
+    centred = (actions.float() - actions.float().mean(dim=0, keepdim=True)) / UNIFORM_ACTION_STD
+    return base + weight * probe_credit(probe_reward)[None, :] * centred  # (M, K)
 
 
 def token_cost(visual_tokens: torch.Tensor, vanilla_tokens: torch.Tensor | int) -> torch.Tensor:

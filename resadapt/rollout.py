@@ -23,8 +23,10 @@ from allocator import log_prob, mean_scale, sample
 from resadapt.capo import (
     CREDIT_RIDGE,
     PER_CHUNK_MODES,
+    PROBE_CREDIT,
     capo_advantages,
     chunk_advantages,
+    probe_advantages,
     scale_cost,
     token_cost,
 )
@@ -136,8 +138,18 @@ ROLLOUT_STATS = (
     "policy_spread",
     "advantage",
     "advantage_sq",
+    "probe_rows",
+    "probe_gap",
 )
-"""Sums a step reports: counts, then per-rollout sums (policy_spread is per prompt)."""
+"""Sums a step reports: counts, then per-rollout sums (policy_spread, probe_gap are per prompt;
+probe_rows counts the backbone rows the probes ran, cached ones excluded)."""
+
+
+def probe_scales(chunks: int, scale_min: float, scale_max: float) -> np.ndarray:
+    """(K, K): probe k shows chunk k at ``scale_max`` and every other chunk at ``scale_min``."""
+    scales = np.full((chunks, chunks), scale_min, dtype=np.float64)
+    np.fill_diagonal(scales, scale_max)
+    return scales
 
 
 def score_allocations(
@@ -213,13 +225,19 @@ def collect_rollouts(
     top_p: float = 1.0,
     top_k: int = 0,
     credit_ridge: float = CREDIT_RIDGE,
+    probe_credit: float = PROBE_CREDIT,
+    probe_cache: dict | None = None,
 ) -> RolloutBatch:
     """Sample ``num_rollouts`` allocations per prompt, score them, and compute CAPO advantages.
 
     One allocator forward for all B prompts (eval mode); per prompt, one Beta per chunk and M
     draws from the prompt's own generator (exact per-chunk sampling); each allocation is fitted to
     the request's budget when it has one (``train --budget``), as at inference, and its cost is the
-    token fraction actually spent.
+    token fraction actually spent. With ``probe_credit`` > 0 the K probes of each prompt
+    (``probe_scales``, scored by the gold answer's probability) add probe credit
+    (``capo.probe_advantages``); their rewards are kept in ``probe_cache`` (by video, question and
+    chunk count; the backbone is frozen and the scoring deterministic), so a prompt seen again in a
+    later epoch costs no probe rows.
     """
     assert prompts, "collect_rollouts needs at least one prompt"
     cfg = allocator.config
@@ -263,10 +281,14 @@ def collect_rollouts(
         adv = capo_advantages(
             scores, costs, mode=advantage, correct_threshold=CORRECT_THRESHOLD
         )  # (M,)
+        per_chunk = adv
         if advantage in PER_CHUNK_MODES:
-            advantages[i, :, :k] = chunk_advantages(adv, scores, draws, ridge=credit_ridge)
-        else:
-            advantages[i, :, :k] = adv[:, None]
+            per_chunk = chunk_advantages(adv, scores, draws, ridge=credit_ridge)  # (M, K_i)
+        if probe_credit:
+            probes = _probe_rewards(pipeline, prompt, k, cfg, probe_cache, stats)  # (K_i,)
+            per_chunk = probe_advantages(per_chunk, draws, probes, weight=probe_credit)
+            stats["probe_gap"] += float(probes.max() - probes.mean())
+        advantages[i, :, :k] = per_chunk if per_chunk.ndim == 2 else per_chunk[:, None]
         actions[i, :, :k] = draws
         stats["prompts"] += 1
         stats["rollouts"] += m
@@ -291,6 +313,35 @@ def collect_rollouts(
         chunk_mask=mask,
         stats=stats,
     )
+
+
+def _probe_rewards(
+    pipeline: Pipeline, prompt: Prompt, k: int, cfg, cache: dict | None, stats: dict
+) -> torch.Tensor:
+    """Rewards (K,) of the prompt's K probes, from ``cache`` when it has them.
+
+    Probes are always scored by the gold answer's probability (``--reward logprob``), whatever
+    the run's reward: a finite difference needs a dense reward. Measured on the tiny backbone's
+    training clips: the graded probes of one clip were right on 7 of 8 chunks by guessing the
+    letter, while the log-probability scored the evidence chunk 1.0 and the others 0.52–0.60.
+    """
+    key = (prompt.example.video, prompt.request.question, k)
+    if cache is not None and key in cache:
+        return cache[key]
+    scores, _, _ = score_allocations(
+        pipeline,
+        prompt,
+        probe_scales(k, cfg.scale_min, cfg.scale_max),
+        reward="logprob",
+        answers_per_rollout=1,
+        max_new_tokens=1,
+        temperature=1.0,
+        seed=0,
+    )
+    stats["probe_rows"] += k
+    if cache is not None:
+        cache[key] = scores
+    return scores
 
 
 VALIDATION_STATS = ("videos", "accuracy", "retention", "visual_tokens", "scale_spread")

@@ -41,6 +41,11 @@ Where we differ from the paper and its reference code:
     regression of z(acc) on the standardised actions; each chunk's advantage loses what the other
     chunks' draws explain, a factorised action-dependent baseline; equations in
     :mod:`resadapt.capo`). CAPO gives every chunk of an allocation the same A_m;
+  * ``--probe-credit w`` is ours (off by default): K extra backbone rows per prompt (chunk k at
+    s_max, the others at s_min, scored by the gold answer's probability) give each chunk's reward
+    when it alone is seen in full; chunk k's advantage gains w·d_k·(a_k − ā_k)·√12, d_k its
+    probe's reward standardised over the K probes (equations in :mod:`resadapt.capo`). Probe rewards
+    are cached per (video, question) for the run, since the backbone is frozen;
   * ``--max-concentration`` (ours, off by default): a hinge penalty on α + β above the cap.
 
 Determinism and resume. The data order is a permutation per epoch drawn from (seed, epoch). The
@@ -93,7 +98,13 @@ from allocator.config import QUERY_ENCODERS
 from resadapt import cli
 from resadapt.assets import default_backbone
 from resadapt.benchmarks import BENCHMARK_NAMES
-from resadapt.capo import ADVANTAGE_MODES, CONCENTRATION_WEIGHT, CREDIT_RIDGE, SIMILARITY_WEIGHT
+from resadapt.capo import (
+    ADVANTAGE_MODES,
+    CONCENTRATION_WEIGHT,
+    CREDIT_RIDGE,
+    PROBE_CREDIT,
+    SIMILARITY_WEIGHT,
+)
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import DeviceConfig, Request
 from resadapt.rollout import COSTS, REWARDS
@@ -214,6 +225,13 @@ class TrainConfig(DeviceConfig):
     credit_ridge: float = cli.option(
         "ridge λ of the per-chunk credit regression (--advantage capo_chunk; > 0)", CREDIT_RIDGE
     )
+    probe_credit: float = cli.option(
+        "weight w of the probe credit: per prompt, K extra backbone rows (chunk k at full size, "
+        "the others at the smallest) say how much each chunk alone helps the answer; chunk k's "
+        "advantage gains w·d_k·(a_k − mean a_k)·√12, d_k its probe's reward standardised over "
+        "the K probes (resadapt.capo); 0: no probes",
+        PROBE_CREDIT,
+    )
     # --- optimisation -------------------------------------------------------------------------
     lr: float = cli.option(
         "AdamW peak learning rate (for our small allocator; the reference's 1e-5 to 5e-5 is for "
@@ -291,6 +309,7 @@ class TrainConfig(DeviceConfig):
         _check(self, "grad_clip", self.grad_clip > 0, "must be positive")
         _check(self, "attention_temperature", self.attention_temperature > 0, "must be positive")
         _check(self, "credit_ridge", self.credit_ridge > 0, "must be positive")
+        _check(self, "probe_credit", self.probe_credit >= 0, "must be 0 or positive")
         if self.max_concentration is not None:
             _check(self, "max_concentration", self.max_concentration > 2, "must be above 2")
         if self.max_pixels is not None:

@@ -208,6 +208,9 @@ class Trainer:
             )
         self.start_step = 0
         self.skipped_videos = 0
+        self.probe_cache: dict = {}
+        """Probe rewards by (video, question, chunks): the backbone is frozen and probes are
+        scored deterministically, so a prompt met again costs no probe rows (in memory only)."""
         self.best: dict | None = None
         """Best validation so far: step, accuracy, retention (in the training state)."""
         self.last_validation: dict | None = None
@@ -359,6 +362,8 @@ class Trainer:
                 top_k=config.top_k,
                 seed=config.seed,
                 credit_ridge=config.credit_ridge,
+                probe_credit=config.probe_credit,
+                probe_cache=self.probe_cache,
             )
         chunks = float(batch.chunk_mask.sum()) if batch is not None else 0.0
         pairs = (
@@ -442,6 +447,12 @@ class Trainer:
             ),
             "advantage_mean": adv_mean,
             "advantage_std": math.sqrt(max(adv_var, 0.0)) if n else math.nan,
+            "probe_rows": int(totals["probe_rows"]),
+            "probe_gap": (
+                mean_or_nan(totals["probe_gap"], totals["prompts"])
+                if config.probe_credit
+                else math.nan
+            ),
             "concentration_mean": mean_or_nan(con_sum, con_count),
             "concentration_max": con_max if con_count else math.nan,
             **losses,

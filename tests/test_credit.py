@@ -17,6 +17,8 @@ from resadapt.capo import (
     concentration_cap_loss,
     group_ppo_clip_loss,
     group_zscore,
+    probe_advantages,
+    probe_credit,
     standardize_actions,
     total_loss,
 )
@@ -146,3 +148,46 @@ def test_concentration_cap_is_a_hinge_above_the_cap():
     kw = dict(sim_weight=0.0, con_weight=0.0, attention_weight=0.0)
     close(total_loss(one, one, one, one, **kw, cap=torch.tensor(2.0), cap_weight=0.1), 1.2)
     close(total_loss(one, one, one, one, **kw), 1.0)
+
+
+# ------------------------------------------------------------------------------------ probe credit
+def test_probe_credit_is_each_probe_against_the_mean_in_units_of_their_spread():
+    # q = (0, 0, 0, 1): mean 0.25, population std √(3·0.0625 + 0.5625)/2 = √0.75/2 = 0.4330
+    d = probe_credit(torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    close(d, torch.tensor([-1.0, -1.0, -1.0, 3.0]) / 3**0.5)  # (q − 0.25) / 0.4330
+    close(d.sum(), 0.0)  # a reallocation
+    close(probe_credit(torch.full((4,), 0.6)), [0, 0, 0, 0])  # every probe alike: no credit
+    # barely different probes: std 0.005 is floored at 0.05, so d = (q − mean) / 0.05
+    close(probe_credit(torch.tensor([0.50, 0.51, 0.50, 0.51])), [-0.1, 0.1, -0.1, 0.1])
+
+
+def test_only_the_probed_evidence_chunk_is_pushed_up_even_when_the_group_is_flat():
+    actions = 0.5 + 0.1 * H  # (8, 4): centred actions 0.1 · H
+    u = 0.1 * 12**0.5  # (a − ā) / σ_U = 0.1 · √12 · H
+    flat = torch.zeros(8)  # every allocation failed alike: A_m = 0, the group says nothing
+    q = torch.tensor([0.0, 0.0, 0.0, 1.0])  # d = (−1, −1, −1, 3) / √3
+    adv = probe_advantages(flat, actions, q, weight=2.0)
+    r3 = 3**0.5
+    # A_{m,k} = 0 + 2 · d_k · u · H_{m,k}
+    close(adv, torch.cat([-2 / r3 * u * H[:, :3], 6 / r3 * u * H[:, 3:]], dim=1))
+    # E over the group of A_{m,k} · H_{m,k}: positive on chunk 3 (its scale goes up) only
+    close((adv * H).mean(dim=0), [-2 / r3 * u, -2 / r3 * u, -2 / r3 * u, 6 / r3 * u])
+
+
+def test_probe_credit_adds_to_per_chunk_advantages():
+    actions = 0.5 + 0.1 * H
+    per_chunk = torch.arange(32, dtype=torch.float32).view(8, 4)
+    probes = torch.tensor([1.0, 0.0, 0.0, 0.0])  # d = (3, −1, −1, −1) / √3
+    adv = probe_advantages(per_chunk, actions, probes, weight=1.0)
+    expected = 0.1 * 12**0.5 * H * torch.tensor([3.0, -1.0, -1.0, -1.0]) / 3**0.5
+    close(adv - per_chunk, expected)
+    shared = torch.ones(8)
+    close(probe_advantages(shared, actions, probes, weight=0.0), torch.ones(8, 4))
+
+
+def test_bad_probe_inputs_are_refused():
+    actions = 0.5 + 0.1 * H
+    with pytest.raises(ValueError, match="probe rewards"):
+        probe_advantages(torch.zeros(8), actions, torch.zeros(3), weight=1.0)
+    with pytest.raises(ValueError, match="probe rewards"):
+        probe_credit(torch.zeros(0))

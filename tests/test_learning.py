@@ -3,7 +3,8 @@
 The reward pays only when chunk ``TARGET`` is drawn at a high scale. Everything but the reward is
 the trainer's own path: the real :class:`Allocator`, exact per-chunk Beta draws
 (``allocator.sample``), the advantages of :mod:`resadapt.capo` as :func:`collect_rollouts` computes
-them (``capo_advantages``, then ``chunk_advantages`` for capo_chunk), the terms of
+them (``capo_advantages``, then ``chunk_advantages`` for capo_chunk, ``probe_advantages`` with
+probe credit: the probe of the target chunk is the only one the reward pays), the terms of
 :func:`resadapt.trainer.policy_terms`, ``total_loss`` with CAPO's weights, AdamW and the gradient
 clip. The policy's Beta-mean scale on the target chunk must rise past ``RISE``; with the sign of
 the policy-gradient term flipped (the loss function the trainer calls is replaced by its negative)
@@ -23,6 +24,7 @@ from resadapt.capo import (
     SIMILARITY_WEIGHT,
     capo_advantages,
     chunk_advantages,
+    probe_advantages,
     scale_cost,
     total_loss,
 )
@@ -35,6 +37,7 @@ PAY_SCALE = 0.6
 RISE = 0.8
 """Pass mark: the policy's mean target scale after training (it starts at init_mean_scale 0.6)."""
 STEPS = 20
+MODES = ["capo", "capo_chunk", "direct", "capo_chunk+probe"]
 SMALL = dict(hidden_dim=32, num_layers=1, num_heads=2, vocab_size=64, query_embed_dim=8)
 
 
@@ -69,7 +72,11 @@ def target_scale(model: Allocator, inputs: dict[str, torch.Tensor]) -> float:
 
 
 def train_toy(mode: str) -> tuple[float, float]:
-    """STEPS bandit updates on the toy reward: (target scale before, after)."""
+    """STEPS bandit updates on the toy reward: (target scale before, after).
+
+    ``mode`` is an advantage mode, with ``+probe`` for probe credit (``--probe-credit 1``).
+    """
+    mode, probes = mode.removesuffix("+probe"), mode.endswith("+probe")
     torch.manual_seed(0)
     model = Allocator(AllocatorConfig(thumb_side=32, **SMALL))
     cfg = model.config
@@ -94,6 +101,9 @@ def train_toy(mode: str) -> tuple[float, float]:
                 advantages[i] = chunk_advantages(adv, acc, actions[i])
             else:
                 advantages[i] = adv[:, None]
+            if probes:  # probe k: chunk k at s_max, the rest at s_min; only the target's pays
+                paid = torch.tensor([float(k == TARGET) for k in range(CHUNKS)])  # (K,)
+                advantages[i] = probe_advantages(advantages[i], actions[i], paid, weight=1.0)
         old = log_prob(alpha, beta, actions)  # (B, M, K)
         model.train()
         optimizer.zero_grad(set_to_none=True)
@@ -116,13 +126,13 @@ def train_toy(mode: str) -> tuple[float, float]:
     return before, target_scale(model, inputs)
 
 
-@pytest.mark.parametrize("mode", ["capo", "capo_chunk", "direct"])
+@pytest.mark.parametrize("mode", MODES)
 def test_the_update_raises_the_scale_the_reward_pays_for(mode):
     before, after = train_toy(mode)
     assert before < 0.65 and after > RISE, (mode, before, after)
 
 
-@pytest.mark.parametrize("mode", ["capo", "capo_chunk", "direct"])
+@pytest.mark.parametrize("mode", MODES)
 def test_a_flipped_policy_gradient_sign_fails_to_learn(mode, monkeypatch):
     """The same run with the trainer's clipped loss negated: the target scale falls."""
     right = trainer.group_ppo_clip_loss

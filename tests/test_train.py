@@ -236,6 +236,21 @@ def test_reward_cost_and_update_variants_run(data, tmp_path, variant):
         assert record["attention_loss"] > 0 and 0 <= record["attention_agreement"] <= 1
 
 
+def test_probe_credit_runs_k_probes_per_prompt_once_per_run(data, tmp_path):
+    """2 prompts of 4 chunks: step 1 scores 8 probe rows; step 2 (the next epoch, the same two
+    prompts) finds them all in the run's cache."""
+    out = tmp_path / "run"
+    argv = ["--data", str(data["val"]), "--backbone", BACKBONE, "--out-dir", str(out)]
+    argv += ["--steps", "2", "--num-frames", "8", "--prompts-per-step", "2", "--num-rollouts", "3"]
+    argv += ["--hidden-dim", "64", "--num-layers", "1", "--num-heads", "2", "--max-new-tokens", "4"]
+    argv += ["--probe-credit", "1", "--advantage", "capo_chunk", "--attention-weight", "0"]
+    assert main(argv) == 0
+    first, second = metric_lines(out)
+    assert (first["probe_rows"], second["probe_rows"]) == (8, 0)
+    assert 0 <= first["probe_gap"] <= 1 and second["probe_gap"] == first["probe_gap"]
+    assert first["loss"] is not None and (out / FINAL / "model.safetensors").is_file()
+
+
 def test_attention_distillation_needs_the_query_detector(data, tmp_path, capsys):
     config = tmp_path / "allocator.json"
     config.write_text(json.dumps({**SMALL_ALLOCATOR, "query_match": False}))
@@ -265,6 +280,7 @@ def test_budget_fits_every_sampled_allocation(data, tmp_path):
         (["--steps", "two"], "invalid int value"),
         (["--lr", "0"], "--lr must be positive"),
         (["--budget", "1.5"], "--budget must be in (0, 1]"),
+        (["--probe-credit", "-1"], "--probe-credit must be 0 or positive"),
         (["--answers-per-rollout", "2", "--reward", "logprob"], "needs --reward grade"),
         (["--init-allocator", "x", "--hidden-dim", "64"], "drop --hidden-dim"),
         (["--bogus", "1"], "unrecognized arguments"),
