@@ -385,6 +385,28 @@ def _means(cell: Counter) -> dict:
     }
 
 
+ROW_CELLS = (("accuracy", 8, ".3f"), ("mean_retention", 9, ".3f"))
+ROW_CELLS += (("mean_retention_with_probe", 7, ".3f"), ("mean_visual_tokens", 8, ".1f"))
+ROW_CELLS += (("mean_scale_spread", 6, ".3f"), ("mean_latency_s", 8, ".3f"))
+"""(key, width, format) of the numbers of a ``format_table`` row; seconds end in "s"."""
+TASK_CELLS = ROW_CELLS[:2] + (("mean_scale_spread", 6, ".3f"), ("mean_e2e_s", 8, ".3f"))
+"""The same for one task's part of a row in ``format_task_table``."""
+
+
+def _cells(stats: dict, cells: tuple[tuple[str, int, str], ...]) -> str:
+    """The right-aligned numbers of ``stats`` (dashes when it has no examples); a key ending in
+    ``_s`` is seconds, printed one column narrower with an "s"."""
+    out = []
+    for key, width, spec in cells:
+        if not stats["examples"]:
+            out.append(f"{'-':>{width}}")
+        elif key.endswith("_s"):
+            out.append(f"{stats[key]:>{width - 1}{spec}}s")
+        else:
+            out.append(f"{stats[key]:>{width}{spec}}")
+    return " ".join(out)
+
+
 def format_table(rows: list[dict]) -> str:
     """The rows as a compact fixed-width table (one line per policy × budget × frame count)."""
     head = (
@@ -395,15 +417,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         budget = Budget(r["budget"], r["max_visual_tokens"]).label
         line = f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {r['examples']:>4} "
-        if r["examples"]:
-            line += (
-                f"{r['accuracy']:>8.3f} {r['mean_retention']:>9.3f} "
-                f"{r['mean_retention_with_probe']:>7.3f} {r['mean_visual_tokens']:>8.1f} "
-                f"{r['mean_scale_spread']:>6.3f} {r['mean_latency_s']:>7.3f}s"
-            )
-        else:
-            line += f"{'-':>8} {'-':>9} {'-':>7} {'-':>8} {'-':>6} {'-':>8}"
-        lines.append(line)
+        lines.append(line + _cells(r, ROW_CELLS))
     lines.append("+probe: retention counting the attention policy's probe pass")
     if any(not r["examples"] for r in rows):
         lines.append(
@@ -427,14 +441,7 @@ def format_task_table(rows: list[dict]) -> str:
             line = (
                 f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {task:<10} {t['examples']:>4} "
             )
-            if t["examples"]:
-                line += (
-                    f"{t['accuracy']:>8.3f} {t['mean_retention']:>9.3f} "
-                    f"{t['mean_scale_spread']:>6.3f} {t['mean_e2e_s']:>7.3f}s"
-                )
-            else:
-                line += f"{'-':>8} {'-':>9} {'-':>6} {'-':>8}"
-            lines.append(line)
+            lines.append(line + _cells(t, TASK_CELLS))
     return "\n".join(lines)
 
 

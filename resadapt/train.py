@@ -351,6 +351,12 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 def train(config: TrainConfig) -> Allocator:
     """Run CAPO training as configured; returns the trained allocator (every process)."""
+    if config.probe_credit and config.reward != "logprob":
+        logging.getLogger(__name__).info(
+            "--probe-credit: the probes are scored by the gold answer's probability, not by "
+            "--reward %s (a finite difference needs a dense reward)",
+            config.reward,
+        )
     return Trainer(config).run()
 
 

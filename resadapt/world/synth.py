@@ -311,18 +311,7 @@ def _distinct_cards(
     phases = rng.uniform(0.0, 2 * math.pi, num_cards)
     query = int(rng.integers(num_cards))
     names = ORIENTATIONS if spec.evidence == "grating" else DIGITS
-    cards = tuple(
-        Card(
-            colour=COLOUR_NAMES[colours[i]],
-            label=names[labels[i]],
-            label_index=int(labels[i]),
-            chunk=int(chunks[i]),
-            top=int(corners[i, 0]),
-            left=int(corners[i, 1]),
-            size=card_px,
-        )
-        for i in range(num_cards)
-    )
+    cards = _cards([COLOUR_NAMES[c] for c in colours], names, labels, chunks, corners, card_px)
     return cards, phases, query
 
 
@@ -348,19 +337,33 @@ def _count_cards(
     labels = rng.integers(len(ORIENTATIONS), size=total)
     corners = rng.integers(0, size - card_px + 1, size=(total, 2))
     phases = rng.uniform(0.0, 2 * math.pi, total)
-    cards = tuple(
+    card_colours = [COLOUR_NAMES[colours[o]] for o in owner]
+    cards = _cards(card_colours, ORIENTATIONS, labels, chunks, corners, card_px)
+    return cards, phases, int(np.flatnonzero(owner == 0)[0])
+
+
+def _cards(
+    colours: list[str],
+    names: tuple[str, ...],
+    labels: np.ndarray,
+    chunks: np.ndarray,
+    corners: np.ndarray,
+    card_px: int,
+) -> tuple[Card, ...]:
+    """Cards from per-card draws: colour names (N,), label indices into ``names`` (N,), chunks
+    (N,), top-left corners (N, 2)."""
+    return tuple(
         Card(
-            colour=COLOUR_NAMES[colours[owner[i]]],
-            label=ORIENTATIONS[labels[i]],
+            colour=colour,
+            label=names[labels[i]],
             label_index=int(labels[i]),
             chunk=int(chunks[i]),
             top=int(corners[i, 0]),
             left=int(corners[i, 1]),
             size=card_px,
         )
-        for i in range(total)
+        for i, colour in enumerate(colours)
     )
-    return cards, phases, int(np.flatnonzero(owner == 0)[0])
 
 
 def token_labels(
