@@ -22,8 +22,11 @@ SIGNATURE_FIELDS = (
     "backbone_vocab_size",
     "backbone_vocab_sha256",
     "backbone_chat_template_sha256",
+    "backbone_weights_sha256",
 )
 """Config fields an allocator and a backbone must agree on (the backbone's side: its signature)."""
+OPTIONAL_SIGNATURE_FIELDS = ("backbone_weights_sha256",)
+"""Signature fields that allocators stamped before them lack: compared only where recorded."""
 THUMB_ENCODERS = ("conv", "pretrained")
 
 
@@ -122,6 +125,9 @@ class AllocatorConfig:
     """sha256 of its tokenizer's vocabulary (the sorted (token, id) pairs as JSON)."""
     backbone_chat_template_sha256: str | None = None
     """sha256 of its processor's chat template."""
+    backbone_weights_sha256: str | None = None
+    """Fingerprint of its weights: sha256 of a strided sample of its input embeddings, rounded to
+    bfloat16 (two checkpoints with one tokenizer, e.g. a fine-tune, differ here)."""
 
     def __post_init__(self) -> None:
         positive = (

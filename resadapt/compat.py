@@ -2,7 +2,8 @@
 config, and refusing an allocator trained against another backbone.
 
 Owns what "the same backbone" means (model type, patch factor, frames per chunk, the tokenizer's
-vocabulary and the chat template — the name or path is only shown) and the one-sentence refusal.
+vocabulary, the chat template and a fingerprint of the weights — the name or path is only shown)
+and the one-sentence refusal.
 Knows nothing about how allocators are trained or run.
 """
 
@@ -14,8 +15,10 @@ import json
 import logging
 from typing import Any
 
+import torch
+
 from allocator import AllocatorConfig
-from allocator.config import SIGNATURE_FIELDS
+from allocator.config import OPTIONAL_SIGNATURE_FIELDS, SIGNATURE_FIELDS
 from resadapt.backbone import Backbone
 from resadapt.errors import PolicyError
 from resadapt.policies import check_fit
@@ -31,6 +34,7 @@ FIELD_NAMES = {
     "backbone_vocab_size": "vocabulary size",
     "backbone_vocab_sha256": "vocabulary",
     "backbone_chat_template_sha256": "chat template",
+    "backbone_weights_sha256": "weights",
 }
 """How a signature field is named in a refusal."""
 
@@ -38,6 +42,25 @@ FIELD_NAMES = {
 def _sha256(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+FINGERPRINT_VALUES = 4096
+"""Values of the input-embedding matrix that the weights fingerprint reads (strided over it)."""
+
+
+def weights_fingerprint(backbone: Backbone) -> str | None:
+    """sha256 of FINGERPRINT_VALUES values taken at an even stride through the language model's
+    input embeddings, rounded to bfloat16, with the matrix's shape: cheap at any model size, equal
+    for a float32 and a bfloat16 load of one checkpoint, different for two trainings that share a
+    tokenizer (the tokenizer hashes cannot tell them apart). None when the embeddings are not
+    materialised (an offloaded ``meta`` tensor)."""
+    weight = backbone.model.get_input_embeddings().weight
+    if weight.device.type == "meta":
+        return None
+    flat = weight.detach().reshape(-1)
+    sample = flat[:: max(1, flat.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES]
+    bits = sample.to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16).numpy()
+    return hashlib.sha256(json.dumps(list(weight.shape)).encode() + bits.tobytes()).hexdigest()
 
 
 def backbone_signature(backbone: Backbone) -> dict[str, Any]:
@@ -54,6 +77,7 @@ def backbone_signature(backbone: Backbone) -> dict[str, Any]:
         "backbone_vocab_size": len(vocab),
         "backbone_vocab_sha256": _sha256(vocab),
         "backbone_chat_template_sha256": _sha256(template) if template is not None else None,
+        "backbone_weights_sha256": weights_fingerprint(backbone),
     }
 
 
@@ -87,7 +111,12 @@ def mismatches(config: AllocatorConfig, backbone: Backbone) -> list[str] | None:
     if recorded is None:
         return None
     actual = backbone_signature(backbone)
-    return [name for name in SIGNATURE_FIELDS if recorded[name] != actual[name]]
+    return [
+        name
+        for name in SIGNATURE_FIELDS
+        if recorded[name] != actual[name]
+        and not (name in OPTIONAL_SIGNATURE_FIELDS and None in (recorded[name], actual[name]))
+    ]
 
 
 def _describe(name: str, values: dict[str, Any]) -> str:

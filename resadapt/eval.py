@@ -33,8 +33,9 @@ Contract:
 Outputs in ``--out``: ``records.jsonl`` (one line per example × policy × budget × frame count:
 video, question, gold, response, correct, status, visual_tokens, retention, probe_visual_tokens,
 retention_with_probe, latency_s, probe_s, scales, chunk_tokens, ...), ``results.json`` (config,
-skip counts, rows), ``results.csv`` (the rows) and ``frontier.png`` (accuracy against mean
-retention, one line per policy, one panel per frame count). With ``--benchmark`` (``--data`` is
+skip counts, rows), ``results.csv`` (the rows), ``frontier.png`` (accuracy against mean
+retention, one line per policy, one panel per frame count) and, for rows of several tasks,
+``frontier_<task>.png``. With ``--benchmark`` (``--data`` is
 then that benchmark's own file, its videos under ``--video-root``) every row also carries
 ``benchmark``: the benchmark's headline ``score`` and the categories it reports
 (resadapt.benchmarks.Breakdown), as extra columns of results.csv and a second printed table.
@@ -394,16 +395,14 @@ TASK_CELLS = ROW_CELLS[:2] + (("mean_scale_spread", 6, ".3f"), ("mean_e2e_s", 8,
 
 
 def _cells(stats: dict, cells: tuple[tuple[str, int, str], ...]) -> str:
-    """The right-aligned numbers of ``stats`` (dashes when it has no examples); a key ending in
-    ``_s`` is seconds, printed one column narrower with an "s"."""
+    """The right-aligned numbers of ``stats`` (dashes without examples); ``*_s`` keys end in "s"."""
     out = []
     for key, width, spec in cells:
         if not stats["examples"]:
             out.append(f"{'-':>{width}}")
-        elif key.endswith("_s"):
-            out.append(f"{stats[key]:>{width - 1}{spec}}s")
         else:
-            out.append(f"{stats[key]:>{width}{spec}}")
+            seconds = key.endswith("_s")
+            out.append(f"{stats[key]:>{width - seconds}{spec}}" + "s" * seconds)
     return " ".join(out)
 
 
@@ -438,10 +437,8 @@ def format_task_table(rows: list[dict]) -> str:
     for r in rows:
         budget = Budget(r["budget"], r["max_visual_tokens"]).label
         for task, t in r.get("by_task", {}).items():
-            line = (
-                f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {task:<10} {t['examples']:>4} "
-            )
-            lines.append(line + _cells(t, TASK_CELLS))
+            line = f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {task:<10} "
+            lines.append(line + f"{t['examples']:>4} " + _cells(t, TASK_CELLS))
     return "\n".join(lines)
 
 
@@ -490,7 +487,7 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
 
 
 def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict], skipped) -> None:
-    """results.json, results.csv and frontier.png in ``out``."""
+    """results.json, results.csv, frontier.png (and frontier_<task>.png) in ``out``."""
     meta = {"backbone": backbone, "config": config.to_json(), "skipped_rows": dict(skipped)}
     (out / "results.json").write_text(json.dumps(meta | {"rows": rows}, indent=2) + "\n")
     flat = [
@@ -504,6 +501,10 @@ def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict]
         writer.writeheader()
         writer.writerows(flat)
     plot_frontier(rows, out / "frontier.png", f"{Path(backbone).name}")
+    tasks = dict.fromkeys(task for r in rows for task in r.get("by_task", {}))
+    for task in tasks if len(tasks) > 1 else ():
+        task_rows = [r | r["by_task"][task] for r in rows if task in r.get("by_task", {})]
+        plot_frontier(task_rows, out / f"frontier_{task}.png", f"{Path(backbone).name}, {task}")
 
 
 # ---------------------------------------------------------------------------------------- entry

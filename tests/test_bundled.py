@@ -25,7 +25,8 @@ def test_bundled_backbone_is_the_default_and_small():
     assert Path(default_backbone()) == ASSETS / "backbone"
     assert (ASSETS / "backbone" / "model.safetensors").stat().st_size <= 25 * 2**20
     size = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
-    assert size < 40 * 2**20, f"assets/ holds {size / 2**20:.1f} MiB"
+    # two backbone/allocator pairs (main-only, and count/main beside it): tens of MB in all
+    assert size < 50 * 2**20, f"assets/ holds {size / 2**20:.1f} MiB"
 
 
 @pytest.mark.parametrize("index", range(3))

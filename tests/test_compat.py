@@ -96,6 +96,27 @@ def test_another_chat_template_is_a_mismatch(qwen25, tmp_path):
         load_allocator(path, real)
 
 
+def test_other_weights_behind_the_same_tokenizer_are_a_mismatch(qwen25, tmp_path):
+    """Two trainings that share a tokenizer and template differ in the weights fingerprint; a
+    bfloat16 load of the same weights does not."""
+    path = save(tmp_path, compat.stamp(AllocatorConfig(**SMALL), qwen25))
+    other = Backbone.load("tiny-random-qwen2.5-vl")
+    with torch.no_grad():
+        other.model.get_input_embeddings().weight.mul_(1.5)
+    with pytest.raises(PolicyError, match="they differ in weights"):
+        load_allocator(path, other)
+    same = Backbone.load("tiny-random-qwen2.5-vl")
+    same.model.to(torch.bfloat16)
+    assert compat.matches(
+        AllocatorConfig.from_dict(json.loads(Path(path, "config.json").read_text())), same
+    )
+    # an allocator stamped before the fingerprint existed is still checked on the other fields
+    old = dataclasses.replace(
+        compat.stamp(AllocatorConfig(**SMALL), qwen25), backbone_weights_sha256=None
+    )
+    assert compat.matches(old, other)
+
+
 def test_an_unstamped_allocator_is_refused_unless_allowed(qwen25, tmp_path):
     path = save(tmp_path, AllocatorConfig(**SMALL))
     with pytest.raises(PolicyError, match="records no backbone"):
@@ -174,9 +195,22 @@ def test_the_bundled_allocator_records_the_bundled_backbone():
     config = AllocatorConfig.from_dict(json.loads((BUNDLED_ALLOCATOR / "config.json").read_text()))
     pipeline = load_pipeline(ModelConfig(backbone=str(BUNDLED_BACKBONE)))
     assert compat.matches(config, pipeline.backbone) and config.backbone == "assets/backbone"
+    assert config.backbone_weights_sha256 is not None
     assert pipeline.learned.path == str(BUNDLED_ALLOCATOR) and pipeline.learned.warning is None
     card = (BUNDLED_ALLOCATOR / "README.md").read_text()
     assert config.backbone_vocab_sha256 in card and "python -m resadapt.train" in card
+
+
+def test_the_two_bundled_pairs_cannot_be_crossed():
+    """The count/main pair shares the main-only backbone's tokenizer and template: only the
+    weights fingerprint tells the two backbones apart, and it does, both ways."""
+    mixed = load_pipeline(ModelConfig(backbone="assets/backbone_mixed")).backbone
+    main = load_pipeline(ModelConfig(backbone=str(BUNDLED_BACKBONE))).backbone
+    with pytest.raises(PolicyError, match="they differ in weights"):
+        load_allocator(str(BUNDLED_ALLOCATOR), mixed)
+    with pytest.raises(PolicyError, match="they differ in weights"):
+        load_allocator("assets/allocator_mixed", main)
+    assert load_allocator("assets/allocator_mixed", mixed).warning is None
 
 
 def test_the_app_refuses_a_mismatched_allocator_before_serving(capsys):

@@ -171,6 +171,7 @@ def test_records_one_line_per_example_policy_budget_and_frame_count(run):
 def test_frontier_png_is_a_valid_image_with_one_panel_per_frame_count(run):
     """Two frame counts: two columns; two rows (against retention, against end-to-end time)."""
     out, _, _ = run
+    assert not list(out.glob("frontier_*.png"))  # one task: no per-task frontiers
     png = (out / "frontier.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     width, height = struct.unpack(">II", png[16:24])
@@ -266,3 +267,6 @@ def test_per_task_rows_add_up_to_the_row(tmp_path):
     columns, _ = _csv_rows(out)
     assert "count_accuracy" in columns and "main_mean_e2e_s" in columns
     assert "per task" in stdout.getvalue()
+    for task in ("main", "count"):  # a frontier per question type beside the overall one
+        png = (out / f"frontier_{task}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and png != (out / "frontier.png").read_bytes()

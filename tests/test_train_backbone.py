@@ -80,7 +80,7 @@ def test_count_stages_continue_a_checkpoint(run, tmp_path):
     final, work = tmp_path / "final", tmp_path / "work"
     argv = [
         *SMALL, "--init-from", str(out), "--vision-schedule", "",
-        "--schedule", "7x1:1@count,7x2:2@mixed", "--uniform-mix", "0.5",
+        "--schedule", "5x1:1@count,5x2:2@mixed", "--uniform-mix", "0.5", "--presence-weight", "1",
         "--out-dir", str(final), "--work-dir", str(work),
     ]  # fmt: skip
     assert recipe.main(argv) == 0
@@ -88,6 +88,7 @@ def test_count_stages_continue_a_checkpoint(run, tmp_path):
     assert [(r["phase"], r["task"]) for r in rows] == [("joint", "count")] + [
         ("joint", "mixed")
     ] * 2
+    assert all("present_acc" in r for r in rows) and "count_probe_acc" in rows[0]
     for key in ("val_full", "val_smallest", "val_full_count", "val_smallest_count"):
         assert 0 <= rows[-1][key] <= 1, key
     before = Backbone.load(str(out)).model.state_dict()
@@ -108,30 +109,49 @@ def test_attention_target_only_where_the_evidence_is_one_chunk(run):
     factor = backbone.geometry.factor
 
     def clips(task):
-        made = [recipe.make_clip(s, cfg, 7, 2, rng, factor, 168, task) for s in range(2)]
+        made = [recipe.make_clip(s, cfg, 5, 2, rng, factor, 168, task) for s in range(2)]
         for c in made:
             c.scales[:] = 1.0
         return made
 
     _, _, stats = recipe.batch_losses(backbone, heads, clips("count"), True, bind_layer=0)
     assert "bind_attention" not in stats and "query_colour_acc" in stats
+    assert "count_probe_acc" in stats and "present_acc" not in stats  # presence is off by default
+    count = clips("count")
+    _, aux_off, _ = recipe.batch_losses(backbone, heads, count, True, bind_layer=0)
+    _, aux_on, stats = recipe.batch_losses(
+        backbone, heads, count, True, bind_layer=0, presence_weight=1.0
+    )
+    assert "present_acc" in stats and aux_on > aux_off  # count's own targets
     _, _, stats = recipe.batch_losses(backbone, heads, clips("main"), True, bind_layer=0)
-    assert "bind_attention" in stats
+    assert "bind_attention" in stats and "count_probe_acc" not in stats
 
 
-def test_count_clips_are_never_resampled_and_keep_two_colours():
+def test_count_clips_are_never_resampled_and_mark_the_chunks_with_a_card():
     cfg = recipe.BackboneTrainConfig(long_mix=1.0)
     rng = np.random.default_rng(0)
-    for seed in range(3):
+    for seed in range(6):
         clip = recipe.make_clip(seed, cfg, 8, 3, rng, 28, 168, "count")
         assert clip.sample.task == "count" and clip.frames.shape[0] == 16
-        assert len(set(np.unique(clip.colour_ids)) - {0}) == 2
-        assert sum(clip.colour_ids[k].any() for k in range(8)) == 7  # one card per chunk
+        n = int(clip.sample.answer)  # the stage's 3 cards do not apply: count draws 2-5
+        assert len(set(np.unique(clip.colour_ids)) - {0}) == n
+        assert [clip.colour_ids[k].any() for k in range(8)] == clip.present.tolist()
+        assert clip.present.sum() == n  # one card per chunk
+
+
+def test_presence_targets_follow_resampled_frames():
+    """A main clip sampled from twice as many frames: a chunk shows a card when either of its
+    sampled frames does."""
+    cfg = recipe.BackboneTrainConfig(long_mix=1.0)
+    clip = recipe.make_clip(5, cfg, 4, 3, np.random.default_rng(0), 28, 168)
+    shown = {t for card in clip.sample.cards for t in card.frames}
+    pairs = clip.video.indices.reshape(4, 2)
+    assert clip.present.tolist() == [bool(shown & set(p.tolist())) for p in pairs]
 
 
 @pytest.mark.parametrize(
     ("schedule", "fragment"),
-    [("4x2:5@count", "needs at least 7 chunks"), ("8x2:5@nope", "names task 'nope'")],
+    [("4x2:5@count", "needs at least 5 chunks"), ("8x2:5@nope", "names task 'nope'")],
 )
 def test_bad_task_stage_is_one_error_line(capsys, schedule, fragment):
     assert recipe.main(["--schedule", schedule]) == 2

@@ -17,7 +17,6 @@ from resadapt.data import Example
 from resadapt.pipeline import Pipeline, Request
 from resadapt.video import SampledVideo, sample_indices
 from resadapt.world.synth import (
-    COUNT_MAX_COLOURS,
     FRAMES_PER_CHUNK,
     Sample,
     generate_sample,
@@ -54,6 +53,13 @@ class Clip:
     def frames(self) -> np.ndarray:
         return self.video.frames  # (T, H, W, 3) uint8
 
+    @property
+    def present(self) -> np.ndarray:
+        """(K,) bool: chunk k shows a card (in either of its sampled frames), at any size."""
+        shown = {t for card in self.sample.cards for t in card.frames}
+        indices = np.asarray(self.video.indices).reshape(-1, FRAMES_PER_CHUNK)  # (K, 2)
+        return np.array([any(int(t) in shown for t in pair) for pair in indices])
+
 
 def sampled(sample: Sample, indices: np.ndarray) -> SampledVideo:
     """The frames ``indices`` (T,) of an in-memory sample, as a decoder would hand them over."""
@@ -88,7 +94,7 @@ def make_clip(
     frames_out = chunks * FRAMES_PER_CHUNK
     long = task == "main" and rng.random() < cfg.long_mix and chunks > 1
     source = frames_out * (2 if long else 1)
-    cards = min(cards, COUNT_MAX_COLOURS) if task == "count" else min(cards, source // 2)
+    cards = None if task == "count" else min(cards, source // 2)  # count: 2-5 cards, its own
     sample = generate_sample(
         seed, task=task, num_frames=source, num_cards=cards, size=size, card_px=cfg.card_px
     )

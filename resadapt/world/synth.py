@@ -42,19 +42,17 @@ Tasks (``TASKS``; variants of one code path):
   temporal  "When is the <colour> card visible?" → "start,end" in seconds (problem_type
             "temporal_iou"); colour alone suffices, so low resolution is enough here.
   digit     "Which digit is on the <colour> card?" → "0"–"9" (problem_type "numeric").
-  count     "How many <colour> cards are there?" → "2"–"5" (problem_type "numeric"), T = 16. The
-            queried colour is on n cards, n uniform in COUNT_RANGE, a decoy colour on 7 − n
-            (``num_cards`` counts colours: 2; 1 drops the decoy). Every card is in its own chunk,
-            so the answer needs *every* chunk but only at low resolution (colour survives any
-            thumbnail): the opposite of main (one chunk, at full size).
+  count     "How many cards appear in the video?" → "2"–"5" (problem_type "numeric"), T = 16:
+            n cards (n uniform in 2..``num_cards``, 5 by default) of distinct colours, each in its
+            own chunk. The answer needs *every* chunk but only at low resolution (a card's colour
+            survives any thumbnail): the opposite of main (one chunk, at full size).
   mixed     (``MIXTURES``) each sample is main or count, chosen by its seed; the row keeps its
             part's own ``task`` and ``problem_type``, so grading and per-task reports just work.
 
-Why count has no shortcut. The answer is the count of the colour the question names; the video
-alone shows two counts {n, 7 − n} and cannot say which one is asked: the best rule that ignores
-the question's colour scores 50 % (chance 25 %). Counting all cards does not help: there are
-always 7, in 7 of the 8 chunks. The length, the colour named and the cards' positions say nothing
-about n; the chunk of the first queried card says a little (five cards start earlier than two).
+Why count has no shortcut. The question is always the same words, the video always the same
+length, and the cards' colours, positions and gratings are drawn independently of n; only seeing
+which chunks show a card gives n. The chunk of the first card says a little (five cards start
+earlier than two: 36 % against 25 % chance), and the first card's colour nothing.
 Numeric rather than multiple choice: a count is a number, and its answer tokens ("2"–"5") differ
 from main's letters, so a model that confuses the two tasks is graded wrong rather than lucky.
 A curriculum for a trainer is the keyword arguments of :func:`generate_sample`: fewer frames,
@@ -126,13 +124,8 @@ COLOUR_NAMES = tuple(COLOURS)
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "antidiagonal")
 """Grating classes, named by the direction the stripes run ("diagonal" rises like "/")."""
 COUNT_RANGE = (2, 5)
-"""Smallest and largest answer of the count task (cards of the queried colour)."""
-COUNT_CARDS = sum(COUNT_RANGE)
-"""Cards of a two-colour count video (one chunk each): n of the queried colour, m = 7 − n of the
-decoy, so m ≠ n, and neither the number of cards nor the chunks holding one say anything about n.
-The count task needs at least 7 chunks (14 frames)."""
-COUNT_MAX_COLOURS = 2
-"""Colours of a count video: the queried one and one decoy."""
+"""Smallest and largest answer of the count task (cards in the video); its ``num_cards`` is the
+largest answer, so it needs that many chunks."""
 OPTION_LETTERS = "ABCD"
 OPTION_TEXT = ("horizontal", "vertical", "diagonal (/)", "antidiagonal (\\)")
 
@@ -161,7 +154,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("long", "grating", "multiple_choice", 64, 3, "main, one evidence chunk of 32"),
         TaskSpec("temporal", "grating", "temporal_iou", 8, 3, "when the card is visible, seconds"),
         TaskSpec("digit", "digit", "numeric", 8, 3, "digit on the card"),
-        TaskSpec("count", "grating", "numeric", 16, 2, "cards of one colour, 2-5 (numeric)"),
+        TaskSpec("count", "grating", "numeric", 16, 5, "how many cards, 2-5 (numeric)"),
     )
 }
 MIXTURES: dict[str, tuple[str, ...]] = {"mixed": ("main", "count")}
@@ -203,11 +196,11 @@ class Sample:
     task: str
     seed: int
     evidence_frames: tuple[int, ...]
-    """Frames showing the queried card (count: every card of the queried colour): the only ones
-    that answer the question."""
+    """Frames showing the queried card (count: every card): the only ones that answer the
+    question."""
     cards: tuple[Card, ...]
     query: int
-    """Index into ``cards`` of the queried card (count: the first card of the queried colour)."""
+    """Index into ``cards`` of the queried card (count: the first card)."""
     fps: float
 
     @property
@@ -270,7 +263,7 @@ def generate_sample(
 
     queried = cards[query]
     question, answer, options = _question_answer(spec, queried, fps, cards)
-    shown = [c for c in cards if c.colour == queried.colour]  # count: n cards; otherwise one
+    shown = cards if spec.name == "count" else [queried]
     return Sample(
         frames=frames,
         question=question,
@@ -319,27 +312,22 @@ def _count_cards(
     rng: np.random.Generator,
     spec: TaskSpec,
     num_chunks: int,
-    num_colours: int,
+    max_count: int,
     size: int,
     card_px: int,
 ) -> tuple[tuple[Card, ...], np.ndarray, int]:
-    """The count task's cards in chunk order: n of the queried colour (n uniform in COUNT_RANGE)
-    and, with two colours, COUNT_CARDS − n of a decoy colour; one card per chunk, random
-    gratings. Returns (cards, phases (N,), index of the first queried card)."""
-    low, high = COUNT_RANGE
-    n = int(rng.integers(low, high + 1))
-    counts = [n, COUNT_CARDS - n][:num_colours]
-    colours = rng.choice(len(COLOURS), num_colours, replace=False)  # [queried, decoy]
-    owner = np.repeat(np.arange(num_colours), counts)  # (N,) colour slot of each card
-    rng.shuffle(owner)
-    total = len(owner)
-    chunks = np.sort(rng.choice(num_chunks, total, replace=False))
-    labels = rng.integers(len(ORIENTATIONS), size=total)
-    corners = rng.integers(0, size - card_px + 1, size=(total, 2))
-    phases = rng.uniform(0.0, 2 * math.pi, total)
-    card_colours = [COLOUR_NAMES[colours[o]] for o in owner]
-    cards = _cards(card_colours, ORIENTATIONS, labels, chunks, corners, card_px)
-    return cards, phases, int(np.flatnonzero(owner == 0)[0])
+    """The count task's cards in chunk order: n (uniform in COUNT_RANGE[0]..``max_count``) cards of
+    distinct colours, one per chunk, random gratings. Returns (cards, phases (N,), 0)."""
+    n = int(rng.integers(COUNT_RANGE[0], max_count + 1))
+    chunks = np.sort(rng.choice(num_chunks, n, replace=False))
+    colours = rng.choice(len(COLOURS), n, replace=False)
+    labels = rng.integers(len(ORIENTATIONS), size=n)
+    corners = rng.integers(0, size - card_px + 1, size=(n, 2))
+    phases = rng.uniform(0.0, 2 * math.pi, n)
+    cards = _cards(
+        [COLOUR_NAMES[c] for c in colours], ORIENTATIONS, labels, chunks, corners, card_px
+    )
+    return cards, phases, 0
 
 
 def _cards(
@@ -466,11 +454,13 @@ def _validate(
     """Raise ResAdaptError naming the first argument outside its allowed range."""
     max_cards = min(len(COLOURS), len(ORIENTATIONS) if spec.evidence == "grating" else len(DIGITS))
     chunks_needed = num_cards
-    if spec.name == "count":  # num_cards counts colours; every card has its own chunk
-        max_cards, chunks_needed = COUNT_MAX_COLOURS, COUNT_CARDS
-    if not 1 <= num_cards <= max_cards:
+    min_cards = 1
+    if spec.name == "count":  # num_cards is the largest count; every card has its own chunk
+        min_cards, max_cards = COUNT_RANGE
+    if not min_cards <= num_cards <= max_cards:
         raise ResAdaptError(
-            f"num_cards must be in [1, {max_cards}] for task {spec.name!r}, got {num_cards}"
+            f"num_cards must be in [{min_cards}, {max_cards}] for task {spec.name!r}, "
+            f"got {num_cards}"
         )
     if num_frames % FRAMES_PER_CHUNK or not chunks_needed * FRAMES_PER_CHUNK <= num_frames:
         raise ResAdaptError(
@@ -492,8 +482,7 @@ def _question_answer(
 ) -> tuple[str, str, tuple[str, ...] | None]:
     """Question, answer and options (multiple choice only) about the queried ``card``."""
     if spec.name == "count":
-        answer = sum(c.colour == card.colour for c in cards)
-        return f"How many {card.colour} cards are there?", str(answer), None
+        return "How many cards appear in the video?", str(len(cards)), None
     if spec.problem_type == "temporal_iou":
         start_s = card.frames[0] / fps
         end_s = (card.frames[-1] + 1) / fps
