@@ -304,8 +304,7 @@ def batch_losses(
     stats: dict = {}
     # Card presence, on every token of every chunk at any size: "my chunk shows a card". A count
     # is then the share of visual tokens that say so, times the chunks, when every chunk has the
-    # same size (uniform downscaling). Off in the main-only recipe. (The answer loss alone left an
-    # earlier two-colour count at chance for 450 steps; with this target the count is learned.)
+    # same size (uniform downscaling). Off in the main-only recipe.
     if presence_weight:
         present = torch.cat(
             [

@@ -529,7 +529,9 @@ class DatasetConfig:
     frames: int | None = option("frames per video (default: the task's)", None)
     size: int = option("frame side in pixels", DEFAULT_SIZE)
     fps: float = option("frame rate of the videos", DEFAULT_FPS)
-    num_cards: int | None = option("cards per video (default: the task's)", None)
+    num_cards: int | None = option(
+        "cards per video (default: the task's); count: the largest count, 2-5", None
+    )
     card_px: int = option("card side in pixels", DEFAULT_CARD_PX)
     crf: int = option("x264 quality, 0 = lossless", DEFAULT_CRF)
 
