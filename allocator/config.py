@@ -126,8 +126,8 @@ class AllocatorConfig:
     backbone_chat_template_sha256: str | None = None
     """sha256 of its processor's chat template."""
     backbone_weights_sha256: str | None = None
-    """Fingerprint of its weights: sha256 of a strided sample of its input embeddings, rounded to
-    bfloat16 (two checkpoints with one tokenizer, e.g. a fine-tune, differ here)."""
+    """Fingerprint of its weights: sha256 of the signs of a strided sample of its input embeddings
+    (two checkpoints with one tokenizer, e.g. a fine-tune, differ here; dtypes do not)."""
 
     def __post_init__(self) -> None:
         positive = (

@@ -15,6 +15,7 @@ import json
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from allocator import AllocatorConfig
@@ -44,23 +45,27 @@ def _sha256(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-FINGERPRINT_VALUES = 4096
-"""Values of the input-embedding matrix that the weights fingerprint reads (strided over it)."""
+FINGERPRINT_VALUES = 65536
+"""Values of the input-embedding matrix whose signs the weights fingerprint reads (strided)."""
 
 
 def weights_fingerprint(backbone: Backbone) -> str | None:
-    """sha256 of FINGERPRINT_VALUES values taken at an even stride through the language model's
-    input embeddings, rounded to bfloat16, with the matrix's shape: cheap at any model size, equal
-    for a float32 and a bfloat16 load of one checkpoint, different for two trainings that share a
-    tokenizer (the tokenizer hashes cannot tell them apart). None when the embeddings are not
-    materialised (an offloaded ``meta`` tensor)."""
+    """sha256 of the signs of FINGERPRINT_VALUES values taken at an even stride through the
+    language model's input embeddings, with the matrix's shape: cheap at any model size, and
+    different for two trainings that share a tokenizer (the tokenizer hashes cannot tell them
+    apart; a fine-tune that moves the embeddings flips the signs of the values near zero).
+
+    Signs, not rounded values: a sign survives every cast, so a float32, bfloat16 or float16 load
+    of one checkpoint agrees, where any rounding grid has values on its boundaries (measured:
+    rounding to bfloat16 gave a float16 load of a float32 checkpoint another hash). None when the
+    embeddings are not materialised (an offloaded ``meta`` tensor)."""
     weight = backbone.model.get_input_embeddings().weight
     if weight.device.type == "meta":
         return None
     flat = weight.detach().reshape(-1)
     sample = flat[:: max(1, flat.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES]
-    bits = sample.to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16).numpy()
-    return hashlib.sha256(json.dumps(list(weight.shape)).encode() + bits.tobytes()).hexdigest()
+    signs = np.packbits(torch.signbit(sample).cpu().numpy())
+    return hashlib.sha256(json.dumps(list(weight.shape)).encode() + signs.tobytes()).hexdigest()
 
 
 def backbone_signature(backbone: Backbone) -> dict[str, Any]:
@@ -136,6 +141,16 @@ def check(
     that sentence as a warning (the caller shows it with the result)."""
     differ = mismatches(config, backbone)
     if differ == []:
+        if None in (config.backbone_weights_sha256, weights_fingerprint(backbone)):
+            logger.warning(
+                "allocator %s matches backbone %s on its tokenizer and template, but the weights "
+                "could not be compared (%s)",
+                path,
+                backbone.name,
+                "the allocator records no weights fingerprint"
+                if config.backbone_weights_sha256 is None
+                else "the backbone's embeddings are not materialised",
+            )
         return None
     actual = backbone_signature(backbone)
     if differ is None:

@@ -306,12 +306,9 @@ def batch_losses(
     # is then the share of visual tokens that say so, times the chunks, when every chunk has the
     # same size (uniform downscaling). Off in the main-only recipe.
     if presence_weight:
-        present = torch.cat(
-            [
-                torch.full((tokens.shape[0],), float(clip.present[k]))
-                for (clip, k), tokens in zip(items, vision.pooler_output, strict=True)
-            ]
-        )  # (N,)
+        flags = np.concatenate([clip.present for clip in clips])  # (sum of K,) in items' order
+        sizes = torch.tensor([tokens.shape[0] for tokens in vision.pooler_output])
+        present = torch.from_numpy(flags).float().repeat_interleave(sizes)  # (N,)
         logits = heads.present(torch.cat(vision.pooler_output))[:, 0]  # (N,)
         bce = nn.functional.binary_cross_entropy_with_logits(logits, present)
         aux = aux + presence_weight * bce
