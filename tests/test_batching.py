@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from resadapt import eval as evaluator
-from resadapt import grid
+from resadapt import eval_config
 from resadapt.backbone import default_max_batch_tokens, micro_batches
 from resadapt.data import load_examples
 from resadapt.pipeline import Pipeline, load_backbone
@@ -45,7 +45,7 @@ def world(tmp_path_factory):
         data=str(rows),
         out=str(root / "out"),
         backbone="tiny-random-qwen2.5-vl",
-        policies=grid.parse_policies("vanilla,uniform"),
+        policies=eval_config.parse_policies("vanilla,uniform"),
         budgets=(0.5,),
         frames=(4,),
         max_new_tokens=6,
@@ -86,7 +86,7 @@ def test_rollout_scores_equal_under_a_small_budget(world, reward):
     config, pipeline = world
     examples, _ = load_examples(config.data)
     request = evaluator.Evaluator(config, pipeline)._request(
-        examples[0], grid.PolicySpec("uniform"), grid.Budget(), 4
+        examples[0], eval_config.PolicySpec("uniform"), eval_config.Budget(), 4
     )
     prompt = Prompt(examples[0], request, pipeline.decode(examples[0].video, request), 0)
     scales = np.array([[1.0, 1.0], [0.5, 0.3], [0.2, 0.9]])  # (M, K)

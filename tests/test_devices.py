@@ -11,7 +11,7 @@ import resadapt.world  # noqa: F401 (registers the tiny backbones)
 from resadapt import cli
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.errors import BackboneError
-from resadapt.grid import EvalConfig
+from resadapt.eval_config import EvalConfig
 from resadapt.pipeline import DeviceConfig, ModelConfig
 from resadapt.relevance import chunk_attention
 from resadapt.train import TrainConfig

@@ -1,7 +1,8 @@
-"""The evaluation grid: which policies, budgets and frame counts an evaluation runs, and its config.
+"""The evaluation's config: the policies, budgets and frame counts `python -m resadapt.eval` runs.
 
 Owns ``EvalConfig`` (every ``python -m resadapt.eval`` flag), the policy and budget specs and their
-parsing. Knows nothing about running the grid or writing results (:mod:`resadapt.eval`).
+parsing. Knows nothing about running the grid (:mod:`resadapt.eval`) or reporting its results
+(:mod:`resadapt.report`).
 """
 
 from __future__ import annotations
