@@ -120,136 +120,236 @@ def show_comparison(comparison: dict | None):
 
 
 # ---------------------------------------------------------------------------------------- layout
+@dataclass
+class Page:
+    """The page's components that events read or write (built by :func:`build_layout`)."""
+
+    video: gr.Video
+    question: gr.Textbox
+    ask_btn: gr.Button
+    compare_btn: gr.Button
+    stop_btn: gr.Button
+    policy: gr.Radio
+    budget: gr.Slider
+    max_visual_tokens: gr.Number
+    num_frames: gr.Number
+    fps: gr.Number
+    max_new_tokens: gr.Slider
+    answer_box: gr.Textbox
+    summary: gr.Markdown
+    tokens_plot: gr.LinePlot
+    scale_plot: gr.LinePlot
+    gallery: gr.Gallery
+    result_json: gr.JSON
+    compare_table: gr.Dataframe
+    compare_plot: gr.LinePlot
+    compare_json: gr.JSON
+    examples: gr.Examples
+    api_only: gr.Button
+    """Hidden: the button behind /answer (the JSON object without the streamed views)."""
+
+    @property
+    def inputs(self) -> list:
+        """The question's form, in the order of the callbacks' arguments."""
+        return [
+            self.video,
+            self.question,
+            self.policy,
+            self.budget,
+            self.max_visual_tokens,
+            self.num_frames,
+            self.fps,
+            self.max_new_tokens,
+        ]
+
+    @property
+    def live(self) -> list:
+        """What a streamed answer updates, in the order of ``ui.answer_views``' outputs."""
+        return [
+            self.answer_box,
+            self.tokens_plot,
+            self.scale_plot,
+            self.gallery,
+            self.summary,
+            self.result_json,
+        ]
+
+
+def build_layout(pipeline: Pipeline) -> Page:
+    """The page's widgets, placed in the open ``gr.Blocks``; no event is wired here."""
+    gr.Markdown(
+        "# ResAdapt — where did the visual-token budget go?\n"
+        "A policy picks a resolution for every 2-frame chunk *before* the frozen Qwen-VL "
+        "backbone encodes it. Upload a video (or pick an example), ask, and see the budget "
+        "per frame against full resolution."
+    )
+    gr.Markdown(ui.status_markdown(pipeline), elem_id="status")
+    with gr.Row():
+        with gr.Column(scale=2) as left:
+            form = _form(pipeline)
+        with gr.Column(scale=3):
+            views = _answer_views()
+    comparison = _comparison_views()
+    with left:
+        examples = gr.Examples(
+            ui.example_rows(),
+            [form["video"], form["question"]],
+            label="Examples (one click runs them)",
+            cache_examples=False,
+            api_visibility="private",
+        )
+    api_only = gr.Button(visible=False)
+    return Page(**form, **views, **comparison, examples=examples, api_only=api_only)
+
+
+def _form(pipeline: Pipeline) -> dict:
+    """The video, the question, the buttons and the policy / budget / frames settings."""
+    video = gr.Video(label="Video", sources=["upload"], height=260)
+    question = gr.Textbox(label="Question", lines=2, placeholder="Ask about the video")
+    with gr.Row():
+        ask_btn = gr.Button("Answer", variant="primary", elem_id="ask")
+        compare_btn = gr.Button("Compare policies", elem_id="compare")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+    with gr.Accordion("Policy, budget and frames"):
+        policy = gr.Radio(
+            ui.policy_choices(pipeline),
+            value=pipeline.default_policy,
+            label="Policy",
+        )
+        budget = gr.Slider(
+            0,
+            1,
+            value=ui.DEFAULT_RETENTION,
+            step=0.05,
+            label="Budget: retention of the full-resolution tokens (0 = no cap)",
+        )
+        max_visual_tokens = gr.Number(
+            0, precision=0, minimum=0, label="Visual-token cap (0 = none)"
+        )
+        with gr.Row():
+            num_frames = gr.Number(0, precision=0, minimum=0, label="Frames (0 = by fps)")
+            fps = gr.Number(ui.Form.fps, minimum=0.05, label="Frames per second")
+        max_new_tokens = gr.Slider(
+            1, 256, value=ui.Form.max_new_tokens, step=1, label="Max new tokens"
+        )
+    return dict(
+        video=video,
+        question=question,
+        ask_btn=ask_btn,
+        compare_btn=compare_btn,
+        stop_btn=stop_btn,
+        policy=policy,
+        budget=budget,
+        max_visual_tokens=max_visual_tokens,
+        num_frames=num_frames,
+        fps=fps,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def _answer_views() -> dict:
+    """The answer, the summary, the budget charts, the resized frames and the JSON result."""
+    answer_box = gr.Textbox(label="Answer", lines=2, elem_id="answer")
+    summary = gr.Markdown(elem_id="summary")
+    with gr.Row():
+        tokens_plot = gr.LinePlot(
+            x="time_s",
+            y="tokens",
+            title="Visual tokens over time (per 2-frame chunk)",
+            x_title="time (s)",
+            y_title="tokens",
+            height=240,
+            elem_id="budget-chart",
+            tooltip=["time_s", "frame", "chunk", "scale", "tokens", "size"],
+        )
+        scale_plot = gr.LinePlot(
+            x="time_s",
+            y="scale",
+            title="Scale per frame",
+            x_title="time (s)",
+            y_title="scale",
+            y_lim=[0, 1],
+            height=240,
+            elem_id="scale-chart",
+        )
+    gallery = gr.Gallery(
+        label="Sampled frames at their allocated resolution (on a full-size canvas)",
+        columns=4,
+        height=380,
+        object_fit="contain",
+        elem_id="frames",
+    )
+    with gr.Accordion("JSON (what /answer returns)", open=False):
+        result_json = gr.JSON(label="Result")
+    return dict(
+        answer_box=answer_box,
+        summary=summary,
+        tokens_plot=tokens_plot,
+        scale_plot=scale_plot,
+        gallery=gallery,
+        result_json=result_json,
+    )
+
+
+def _comparison_views() -> dict:
+    """The policies side by side: a table, a tokens-over-time chart and the JSON comparison."""
+    with gr.Accordion("Compare policies at the same budget (button above)"):
+        compare_table = gr.Dataframe(
+            headers=list(ui.COMPARE_COLUMNS), label="Side by side", elem_id="compare-table"
+        )
+        compare_plot = gr.LinePlot(
+            x="time_s",
+            y="tokens",
+            color="policy",
+            title="Visual tokens per frame by policy",
+            x_title="time (s)",
+            y_title="tokens",
+            height=240,
+            elem_id="compare-chart",
+        )
+        with gr.Accordion("JSON (what /compare returns)", open=False):
+            compare_json = gr.JSON(label="Comparison")
+    return dict(
+        compare_table=compare_table,
+        compare_plot=compare_plot,
+        compare_json=compare_json,
+    )
+
+
+# ---------------------------------------------------------------------------------------- wiring
+def wire_events(page: Page) -> None:
+    """The page's events, registered in the open ``gr.Blocks``: an answer (streamed) from an
+    example, the button or Enter; Stop; the comparison; the /answer and /compare endpoints."""
+    inputs, live = page.inputs, page.live
+    private = dict(concurrency_id=MODEL_GROUP, api_visibility="private")
+    # Stopping (the button, or a client that went away) closes the running generator, which
+    # stops generation at its next step (Backbone.stream): the next queued request starts.
+    runs = [
+        page.examples.load_input_event.then(answer_live, inputs, live, **private),
+        page.ask_btn.click(answer_live, inputs, live, **private),
+        page.question.submit(answer_live, inputs, live, **private),
+    ]
+    page.stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
+    page.compare_btn.click(
+        compare, inputs, page.compare_json, concurrency_id=MODEL_GROUP, api_name="compare"
+    ).success(
+        show_comparison,
+        page.compare_json,
+        [page.compare_table, page.compare_plot],
+        api_visibility="private",
+    )
+    page.api_only.click(
+        answer, inputs, page.result_json, concurrency_id=MODEL_GROUP, api_name="answer"
+    )
+
+
 def build_demo(pipeline: Pipeline) -> gr.Blocks:
     """The app around a loaded pipeline, its queue configured (not launched)."""
     global PIPELINE
     PIPELINE = pipeline
     gr.set_static_paths([str(EXAMPLES)])
     with gr.Blocks(title="ResAdapt") as demo:
-        gr.Markdown(
-            "# ResAdapt — where did the visual-token budget go?\n"
-            "A policy picks a resolution for every 2-frame chunk *before* the frozen Qwen-VL "
-            "backbone encodes it. Upload a video (or pick an example), ask, and see the budget "
-            "per frame against full resolution."
-        )
-        gr.Markdown(ui.status_markdown(pipeline), elem_id="status")
-        with gr.Row():
-            with gr.Column(scale=2) as left:
-                video = gr.Video(label="Video", sources=["upload"], height=260)
-                question = gr.Textbox(label="Question", lines=2, placeholder="Ask about the video")
-                with gr.Row():
-                    ask_btn = gr.Button("Answer", variant="primary", elem_id="ask")
-                    compare_btn = gr.Button("Compare policies", elem_id="compare")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                with gr.Accordion("Policy, budget and frames"):
-                    policy = gr.Radio(
-                        ui.policy_choices(pipeline),
-                        value=pipeline.default_policy,
-                        label="Policy",
-                    )
-                    budget = gr.Slider(
-                        0,
-                        1,
-                        value=ui.DEFAULT_RETENTION,
-                        step=0.05,
-                        label="Budget: retention of the full-resolution tokens (0 = no cap)",
-                    )
-                    max_visual_tokens = gr.Number(
-                        0, precision=0, minimum=0, label="Visual-token cap (0 = none)"
-                    )
-                    with gr.Row():
-                        num_frames = gr.Number(
-                            0, precision=0, minimum=0, label="Frames (0 = by fps)"
-                        )
-                        fps = gr.Number(ui.Form.fps, minimum=0.05, label="Frames per second")
-                    max_new_tokens = gr.Slider(
-                        1, 256, value=ui.Form.max_new_tokens, step=1, label="Max new tokens"
-                    )
-            with gr.Column(scale=3):
-                answer_box = gr.Textbox(label="Answer", lines=2, elem_id="answer")
-                summary = gr.Markdown(elem_id="summary")
-                with gr.Row():
-                    tokens_plot = gr.LinePlot(
-                        x="time_s",
-                        y="tokens",
-                        title="Visual tokens over time (per 2-frame chunk)",
-                        x_title="time (s)",
-                        y_title="tokens",
-                        height=240,
-                        elem_id="budget-chart",
-                        tooltip=["time_s", "frame", "chunk", "scale", "tokens", "size"],
-                    )
-                    scale_plot = gr.LinePlot(
-                        x="time_s",
-                        y="scale",
-                        title="Scale per frame",
-                        x_title="time (s)",
-                        y_title="scale",
-                        y_lim=[0, 1],
-                        height=240,
-                        elem_id="scale-chart",
-                    )
-                gallery = gr.Gallery(
-                    label="Sampled frames at their allocated resolution (on a full-size canvas)",
-                    columns=4,
-                    height=380,
-                    object_fit="contain",
-                    elem_id="frames",
-                )
-                with gr.Accordion("JSON (what /answer returns)", open=False):
-                    result_json = gr.JSON(label="Result")
-        with gr.Accordion("Compare policies at the same budget (button above)"):
-            compare_table = gr.Dataframe(
-                headers=list(ui.COMPARE_COLUMNS), label="Side by side", elem_id="compare-table"
-            )
-            compare_plot = gr.LinePlot(
-                x="time_s",
-                y="tokens",
-                color="policy",
-                title="Visual tokens per frame by policy",
-                x_title="time (s)",
-                y_title="tokens",
-                height=240,
-                elem_id="compare-chart",
-            )
-            with gr.Accordion("JSON (what /compare returns)", open=False):
-                compare_json = gr.JSON(label="Comparison")
-
-        inputs = [
-            video,
-            question,
-            policy,
-            budget,
-            max_visual_tokens,
-            num_frames,
-            fps,
-            max_new_tokens,
-        ]
-        live = [answer_box, tokens_plot, scale_plot, gallery, summary, result_json]
-        private = dict(concurrency_id=MODEL_GROUP, api_visibility="private")
-        with left:
-            examples = gr.Examples(
-                ui.example_rows(),
-                [video, question],
-                label="Examples (one click runs them)",
-                cache_examples=False,
-                api_visibility="private",
-            )
-        # Stopping (the button, or a client that went away) closes the running generator, which
-        # stops generation at its next step (Backbone.stream): the next queued request starts.
-        runs = [
-            examples.load_input_event.then(answer_live, inputs, live, **private),
-            ask_btn.click(answer_live, inputs, live, **private),
-            question.submit(answer_live, inputs, live, **private),
-        ]
-        stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
-        compare_btn.click(
-            compare, inputs, compare_json, concurrency_id=MODEL_GROUP, api_name="compare"
-        ).success(
-            show_comparison, compare_json, [compare_table, compare_plot], api_visibility="private"
-        )
-        api_only = gr.Button(visible=False)  # /answer: the JSON object without the streamed views
-        api_only.click(answer, inputs, result_json, concurrency_id=MODEL_GROUP, api_name="answer")
+        wire_events(build_layout(pipeline))
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
 
