@@ -578,6 +578,39 @@ def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
     return backbone, TokenHeads(model.config.vision_config.out_hidden_size, width, words)
 
 
+def draw_clips(cfg: BackboneTrainConfig, step: int, factor: int) -> list[Clip]:
+    """The clips of training step ``step`` (0-based), drawn from (seed, step) at its stage's chunk
+    and card counts, frame side and task; in the vision phase every chunk is at full size."""
+    phase, chunks, cards, side, task = cfg.stage_at(step)
+    rng = np.random.default_rng([cfg.seed, step])
+    batch = cfg.vision_batch_size if phase == "vision" else cfg.batch_size
+    seeds = rng.integers(0, HELD_OUT_SEED_OFFSET, batch)
+    clips = [make_clip(int(s), cfg, chunks, cards, rng, factor, side, task) for s in seeds]
+    if phase == "vision":
+        for c in clips:
+            c.scales[:] = 1.0
+    return clips
+
+
+def held_out_scores(
+    backbone: Backbone, cfg: BackboneTrainConfig, chunks: int, cards: int, task: str
+) -> dict[str, float]:
+    """Held-out accuracy of each part of ``task`` at full size (``val_full``), at one scale fitted
+    to 10 % of the tokens (``val_uniform_0.1``) and at the smallest size (``val_smallest``); a part
+    other than main suffixes its keys (``_count``). The model is left in training mode."""
+    scores = {}
+    backbone.model.eval()
+    for part in MIXTURES.get(task, (task,)):
+        name = "" if part == "main" else f"_{part}"
+        scores[f"val_full{name}"] = evaluate(backbone, cfg, chunks, cards, None, part)
+        scores[f"val_uniform_0.1{name}"] = evaluate(backbone, cfg, chunks, cards, 0.1, part)
+        scores[f"val_smallest{name}"] = evaluate(
+            backbone, cfg, chunks, cards, None, part, SMALLEST_SCALE
+        )
+    backbone.model.train()
+    return scores
+
+
 def train(cfg: BackboneTrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -611,14 +644,7 @@ def train(cfg: BackboneTrainConfig) -> dict:
     t_start = time.perf_counter()
     while step < total:
         phase, chunks, cards, side, task = cfg.stage_at(step)
-        rng = np.random.default_rng([cfg.seed, step])
-        batch = cfg.vision_batch_size if phase == "vision" else cfg.batch_size
-        seeds = rng.integers(0, HELD_OUT_SEED_OFFSET, batch)
-        factor = backbone.geometry.factor
-        clips = [make_clip(int(s), cfg, chunks, cards, rng, factor, side, task) for s in seeds]
-        if phase == "vision":
-            for c in clips:
-                c.scales[:] = 1.0
+        clips = draw_clips(cfg, step, backbone.geometry.factor)
         t0 = time.perf_counter()
         # The colour targets join once the grating is learned on small frames (measured: with
         # them from the start, the grating class stays at chance for 200+ steps).
@@ -641,15 +667,7 @@ def train(cfg: BackboneTrainConfig) -> dict:
         if step % 10 == 0 or step == total:
             logger.info(json.dumps(record))
         if step % cfg.eval_every == 0 or step == total:
-            backbone.model.eval()
-            for part in MIXTURES.get(task, (task,)):
-                name = "" if part == "main" else f"_{part}"
-                record[f"val_full{name}"] = evaluate(backbone, cfg, chunks, cards, None, part)
-                record[f"val_uniform_0.1{name}"] = evaluate(backbone, cfg, chunks, cards, 0.1, part)
-                record[f"val_smallest{name}"] = evaluate(
-                    backbone, cfg, chunks, cards, None, part, SMALLEST_SCALE
-                )
-            backbone.model.train()
+            record |= held_out_scores(backbone, cfg, chunks, cards, task)
             logger.info("step %d eval: %s", step, json.dumps(record))
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
