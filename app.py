@@ -122,57 +122,29 @@ def show_comparison(comparison: dict | None):
 # ---------------------------------------------------------------------------------------- layout
 @dataclass
 class Page:
-    """The page's components that events read or write (built by :func:`build_layout`)."""
+    """The components the page's events read or write (built by :func:`build_layout`)."""
 
-    video: gr.Video
-    question: gr.Textbox
-    ask_btn: gr.Button
-    compare_btn: gr.Button
-    stop_btn: gr.Button
-    policy: gr.Radio
-    budget: gr.Slider
-    max_visual_tokens: gr.Number
-    num_frames: gr.Number
-    fps: gr.Number
-    max_new_tokens: gr.Slider
-    answer_box: gr.Textbox
-    summary: gr.Markdown
-    tokens_plot: gr.LinePlot
-    scale_plot: gr.LinePlot
-    gallery: gr.Gallery
-    result_json: gr.JSON
-    compare_table: gr.Dataframe
-    compare_plot: gr.LinePlot
-    compare_json: gr.JSON
+    inputs: list
+    """The question's form, in the order of the callbacks' arguments."""
+    live: list
+    """What a streamed answer updates, in the order of ``ui.answer_views``' outputs."""
+    buttons: tuple[gr.Button, gr.Button, gr.Button]
+    """Answer, Compare policies, Stop."""
+    comparison: tuple[gr.JSON, gr.Dataframe, gr.LinePlot]
+    """What /compare returns, then the table and the chart made from it."""
     examples: gr.Examples
     api_only: gr.Button
     """Hidden: the button behind /answer (the JSON object without the streamed views)."""
 
     @property
-    def inputs(self) -> list:
-        """The question's form, in the order of the callbacks' arguments."""
-        return [
-            self.video,
-            self.question,
-            self.policy,
-            self.budget,
-            self.max_visual_tokens,
-            self.num_frames,
-            self.fps,
-            self.max_new_tokens,
-        ]
+    def question(self) -> gr.Textbox:
+        """The question box (Enter in it answers)."""
+        return self.inputs[1]
 
     @property
-    def live(self) -> list:
-        """What a streamed answer updates, in the order of ``ui.answer_views``' outputs."""
-        return [
-            self.answer_box,
-            self.tokens_plot,
-            self.scale_plot,
-            self.gallery,
-            self.summary,
-            self.result_json,
-        ]
+    def result_json(self) -> gr.JSON:
+        """The JSON result, also what /answer returns."""
+        return self.live[-1]
 
 
 def build_layout(pipeline: Pipeline) -> Page:
@@ -186,24 +158,25 @@ def build_layout(pipeline: Pipeline) -> Page:
     gr.Markdown(ui.status_markdown(pipeline), elem_id="status")
     with gr.Row():
         with gr.Column(scale=2) as left:
-            form = _form(pipeline)
+            inputs, buttons = _form(pipeline)
         with gr.Column(scale=3):
-            views = _answer_views()
+            live = _answer_views()
     comparison = _comparison_views()
     with left:
         examples = gr.Examples(
             ui.example_rows(),
-            [form["video"], form["question"]],
+            inputs[:2],  # the video and the question
             label="Examples (one click runs them)",
             cache_examples=False,
             api_visibility="private",
         )
     api_only = gr.Button(visible=False)
-    return Page(**form, **views, **comparison, examples=examples, api_only=api_only)
+    return Page(inputs, live, buttons, comparison, examples, api_only)
 
 
-def _form(pipeline: Pipeline) -> dict:
-    """The video, the question, the buttons and the policy / budget / frames settings."""
+def _form(pipeline: Pipeline) -> tuple[list, tuple[gr.Button, gr.Button, gr.Button]]:
+    """The video, the question, the buttons and the policy / budget / frames settings: the form's
+    components (``Page.inputs``) and the buttons (``Page.buttons``)."""
     video = gr.Video(label="Video", sources=["upload"], height=260)
     question = gr.Textbox(label="Question", lines=2, placeholder="Ask about the video")
     with gr.Row():
@@ -232,23 +205,13 @@ def _form(pipeline: Pipeline) -> dict:
         max_new_tokens = gr.Slider(
             1, 256, value=ui.Form.max_new_tokens, step=1, label="Max new tokens"
         )
-    return dict(
-        video=video,
-        question=question,
-        ask_btn=ask_btn,
-        compare_btn=compare_btn,
-        stop_btn=stop_btn,
-        policy=policy,
-        budget=budget,
-        max_visual_tokens=max_visual_tokens,
-        num_frames=num_frames,
-        fps=fps,
-        max_new_tokens=max_new_tokens,
-    )
+    inputs = [video, question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens]
+    return inputs, (ask_btn, compare_btn, stop_btn)
 
 
-def _answer_views() -> dict:
-    """The answer, the summary, the budget charts, the resized frames and the JSON result."""
+def _answer_views() -> list:
+    """The answer, the summary, the budget charts, the resized frames and the JSON result, in the
+    order of ``Page.live``."""
     answer_box = gr.Textbox(label="Answer", lines=2, elem_id="answer")
     summary = gr.Markdown(elem_id="summary")
     with gr.Row():
@@ -281,18 +244,11 @@ def _answer_views() -> dict:
     )
     with gr.Accordion("JSON (what /answer returns)", open=False):
         result_json = gr.JSON(label="Result")
-    return dict(
-        answer_box=answer_box,
-        summary=summary,
-        tokens_plot=tokens_plot,
-        scale_plot=scale_plot,
-        gallery=gallery,
-        result_json=result_json,
-    )
+    return [answer_box, tokens_plot, scale_plot, gallery, summary, result_json]
 
 
-def _comparison_views() -> dict:
-    """The policies side by side: a table, a tokens-over-time chart and the JSON comparison."""
+def _comparison_views() -> tuple[gr.JSON, gr.Dataframe, gr.LinePlot]:
+    """The policies side by side: the JSON comparison, a table and a tokens-over-time chart."""
     with gr.Accordion("Compare policies at the same budget (button above)"):
         compare_table = gr.Dataframe(
             headers=list(ui.COMPARE_COLUMNS), label="Side by side", elem_id="compare-table"
@@ -309,11 +265,7 @@ def _comparison_views() -> dict:
         )
         with gr.Accordion("JSON (what /compare returns)", open=False):
             compare_json = gr.JSON(label="Comparison")
-    return dict(
-        compare_table=compare_table,
-        compare_plot=compare_plot,
-        compare_json=compare_json,
-    )
+    return compare_json, compare_table, compare_plot
 
 
 # ---------------------------------------------------------------------------------------- wiring
@@ -321,22 +273,21 @@ def wire_events(page: Page) -> None:
     """The page's events, registered in the open ``gr.Blocks``: an answer (streamed) from an
     example, the button or Enter; Stop; the comparison; the /answer and /compare endpoints."""
     inputs, live = page.inputs, page.live
+    ask_btn, compare_btn, stop_btn = page.buttons
+    compare_json, compare_table, compare_plot = page.comparison
     private = dict(concurrency_id=MODEL_GROUP, api_visibility="private")
     # Stopping (the button, or a client that went away) closes the running generator, which
     # stops generation at its next step (Backbone.stream): the next queued request starts.
     runs = [
         page.examples.load_input_event.then(answer_live, inputs, live, **private),
-        page.ask_btn.click(answer_live, inputs, live, **private),
+        ask_btn.click(answer_live, inputs, live, **private),
         page.question.submit(answer_live, inputs, live, **private),
     ]
-    page.stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
-    page.compare_btn.click(
-        compare, inputs, page.compare_json, concurrency_id=MODEL_GROUP, api_name="compare"
+    stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
+    compare_btn.click(
+        compare, inputs, compare_json, concurrency_id=MODEL_GROUP, api_name="compare"
     ).success(
-        show_comparison,
-        page.compare_json,
-        [page.compare_table, page.compare_plot],
-        api_visibility="private",
+        show_comparison, compare_json, [compare_table, compare_plot], api_visibility="private"
     )
     page.api_only.click(
         answer, inputs, page.result_json, concurrency_id=MODEL_GROUP, api_name="answer"
