@@ -74,8 +74,9 @@ def examples() -> list[dict]:
     """Bundled example clips: ``{"video": absolute path, "question": prompt, "answer": gold,
     "problem_type", "num_options"}``.
 
-    ``assets/examples/data.jsonl`` is written by ``python -m resadapt.synth`` (see the README); the
-    question is the prompt the backbone sees (multiple-choice options listed with their letters).
+    ``assets/examples/data.jsonl`` is written by ``python -m resadapt.synth``
+    (docs/offline-world.md); the question is the prompt the backbone sees (multiple-choice options
+    listed with their letters).
     """
     from resadapt.data import read_examples
 

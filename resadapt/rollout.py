@@ -46,7 +46,7 @@ COSTS = ("tokens", "scale")
 """tokens: fraction of the full-resolution visual tokens spent (ours); scale: the reference's
 normalised mean scale."""
 CORRECT_THRESHOLD = 0.35
-"""An allocation whose reward exceeds this counts as correct (CAPO.md step 4); also the logged
+"""An allocation whose reward exceeds this counts as correct (docs/capo.md step 4); also the logged
 accuracy, so it means the same under both rewards."""
 SAMPLING_STREAM, ANSWER_STREAM = 0, 1
 """Sub-streams of a prompt's seed: allocation draws, and answer sampling when N > 1."""
@@ -321,9 +321,7 @@ def _probe_rewards(
     """Rewards (K,) of the prompt's K probes, from ``cache`` when it has them.
 
     Probes are always scored by the gold answer's probability (``--reward logprob``), whatever
-    the run's reward: a finite difference needs a dense reward. Measured on the tiny backbone's
-    training clips: the graded probes of one clip were right on 7 of 8 chunks by guessing the
-    letter, while the log-probability scored the evidence chunk 1.0 and the others 0.52–0.60.
+    the run's reward: a finite difference needs a dense reward (docs/results.md, "Probe credit").
     """
     key = (prompt.example.video, prompt.request.question, k)
     if cache is not None and key in cache:

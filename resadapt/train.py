@@ -5,8 +5,8 @@ is :mod:`resadapt.trainer`, rollouts and rewards :mod:`resadapt.rollout`, the ob
 arithmetic :mod:`resadapt.capo`, checkpoints and resume :mod:`resadapt.checkpoint`; the backbone is
 never trained.
 
-Contract (CAPO.md). A step takes ``prompts_per_step`` rows in a seeded per-epoch order. Per prompt:
-decode once; one allocator forward gives a Beta(α_k, β_k) per chunk k; M = ``num_rollouts``
+Contract (docs/capo.md). A step takes ``prompts_per_step`` rows in a seeded per-epoch order. Per
+prompt: decode once; one allocator forward gives a Beta(α_k, β_k) per chunk k; M = ``num_rollouts``
 actions a_k are drawn per chunk, s_k = s_min + a_k (s_max − s_min); the frozen backbone answers
 all M allocations in one batch; each is graded (multiple-choice letter, exact, numeric, temporal
 IoU) or scored by the probability of the gold answer; its cost is the fraction of the
@@ -115,8 +115,8 @@ PROG = "python -m resadapt.train"
 DESCRIPTION = "Train the resolution allocator with CAPO against a frozen Qwen-VL backbone."
 TRACKERS = ("none", "tensorboard", "wandb", "all")
 MAX_CONCENTRATION = None
-"""Default of ``--max-concentration``: off. The measured α + β of a healthy allocator and of a
-collapsed one overlap (README, "The trainer's safeguards"), so no cap is imposed by default."""
+"""Default of ``--max-concentration``: off, no cap is imposed by default (why: docs/results.md,
+"The concentration guard")."""
 MAX_NEW_TOKENS = 1024
 """Longest answer the backbone may generate during training."""
 

@@ -5,8 +5,8 @@ a locally trained tokenizer) answer the synthetic tasks of :mod:`resadapt.world.
 and writes it as an ordinary checkpoint folder (``assets/backbone`` by default) that
 ``Backbone.load`` reads like any real one. Knows nothing about allocators or CAPO.
 
-Recipe (TINY_WORLD.md: naive end-to-end training stays at chance, because at initialisation the
-visual tokens are all alike and the tower's gradients are tiny):
+Recipe (early probes in docs/results.md: naive end-to-end training stays at chance, because at
+initialisation the visual tokens are all alike and the tower's gradients are tiny):
   1. Vision warm-up: the tower alone learns the grating class of every card chunk through a
      linear head on its max-pooled merged tokens, first on 56-px frames (mostly card), then at
      full size with a per-token card-colour head added (``synth.token_labels``).
@@ -37,7 +37,7 @@ exactly what the pipeline gives it.
 Long runs checkpoint atomically every ``--checkpoint-every`` steps into ``--work-dir`` and
 ``--resume`` continues from there. Command (one CPU thread):
 ``python -m resadapt.train_backbone --out-dir assets/backbone --threads 1``; the count/mixed
-continuation is in the README (``--init-from assets/backbone``).
+continuation is in docs/offline-world.md (``--init-from assets/backbone``).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class BackboneTrainConfig:
     vision_depth: int = option("vision-tower blocks", 4)
     heads: int = option("attention heads", 4)
     batch_size: int = option("clips per joint step", 16)
-    vision_batch_size: int = option("clips per vision warm-up step (measured: 16 stalls)", 32)
+    vision_batch_size: int = option("clips per vision warm-up step", 32)
     lr: float = option("peak AdamW learning rate", 1e-3)
     weight_decay: float = option("AdamW weight decay", 0.01)
     grad_clip: float = option("gradient-norm clip", 1.0)
@@ -334,7 +334,7 @@ def batch_losses(
 # Auxiliary targets exist for full-size chunks (their token grid is the label grid): the card
 # colour of every token, and the grating class of every chunk that shows a card, read from
 # its max-pooled tokens. (Measured: a per-token grating loss stays at chance for hundreds of
-# steps; the max-pooled one learns in under 100, as TINY_WORLD.md found.)
+# steps; the max-pooled one learns in under 100, as docs/results.md records.)
 @dataclass
 class FullSizeTargets:
     """The tokens and targets of a batch's full-size chunks, in the clips' chunk order."""
