@@ -479,15 +479,11 @@ def validate(
     stats = dict.fromkeys(VALIDATION_STATS, 0.0)
     was_training = allocator.training
     allocator.eval()
-    cfg = allocator.config
     backbone = pipeline.backbone
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         inputs = _contexts(pipeline, batch, allocator)
-        out = allocator(**inputs)
-        scales = mean_scale(
-            out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max
-        ).cpu()  # (B, K)
+        scales = _mean_scales(allocator, allocator(**inputs))  # (B, K)
         counts = inputs["chunk_mask"].sum(dim=1).tolist()  # (B,)
         allocations = [
             pipeline.allocate(p.video, p.request, scales=scales[i, :k].double().numpy())

@@ -13,7 +13,7 @@ from functools import partial
 from allocator.config import QUERY_ENCODERS
 from resadapt.assets import default_backbone
 from resadapt.capo import CONCENTRATION_WEIGHT, SIMILARITY_WEIGHT
-from resadapt.cli import check_field, option
+from resadapt.cli import check_choices, check_field, option
 from resadapt.data import DataConfig
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import BackboneConfig
@@ -135,6 +135,7 @@ class TrainConfig(RolloutConfig, DataConfig, BackboneConfig):
         check("attention_temperature", self.attention_temperature > 0, "must be positive")
         if self.max_concentration is not None:
             check("max_concentration", self.max_concentration > 2, "must be above 2")
+        check_choices(self)  # the command line checks these too; this covers TrainConfig(...)
         if self.init_allocator is not None:
             given = [k for k in ALLOCATOR_KNOBS if getattr(self, k) is not None]
             if self.allocator_config is not None:
