@@ -21,6 +21,7 @@ except ImportError:
 
 import gradio as gr
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli, ui
 from resadapt.assets import EXAMPLES
 from resadapt.errors import ResAdaptError

@@ -45,7 +45,7 @@ from resadapt import cli
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline, Request
 from resadapt.policies import POLICY_NAMES
-from resadapt.world.tiny import _mrope, _token_ids, build_tiny
+from resadapt.world.tiny import build_tiny, mrope_section, vision_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -164,7 +164,7 @@ def model_config(family: str, text_layers: int, vision_blocks: int, tiny: bool, 
         vision.update(TINY_WIDTHS["vision_config"], out_hidden_size=text["hidden_size"])
         head_dim = text["hidden_size"] // text["num_attention_heads"]
         text["head_dim"] = head_dim
-        text["rope_parameters"]["mrope_section"] = _mrope(head_dim)
+        text["rope_parameters"]["mrope_section"] = mrope_section(head_dim)
     text["num_hidden_layers"] = text_layers
     ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     text.update(ids, bos_token_id=tokenizer.pad_token_id)  # the tiny tokenizer's ids
@@ -172,7 +172,7 @@ def model_config(family: str, text_layers: int, vision_blocks: int, tiny: bool, 
     for key in LAYER_LISTS:
         if key in vision:
             vision[key] = [i for i in vision[key] if i < vision_blocks] or [vision_blocks - 1]
-    return values | _token_ids(tokenizer)
+    return values | vision_token_ids(tokenizer)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
 from resadapt.pipeline import ModelConfig, Request, load_pipeline
 

@@ -61,6 +61,22 @@ def default_of(cls: type, name: str):
     raise KeyError(f"{cls.__name__} has no field {name!r}")
 
 
+def check_field(config, name: str, ok: bool, rule: str) -> None:
+    """Raise the one-sentence error of a field outside its range, naming the flag and value."""
+    if not ok:
+        value = getattr(config, name)
+        raise ResAdaptError(f"--{name.replace('_', '-')} {rule}, got {value!r}")
+
+
+def check_choices(config) -> None:
+    """Raise for any field of dataclass ``config`` whose value is not among its ``choices`` (the
+    command line checks these too; this covers a config built in code)."""
+    for f in fields(config):
+        allowed, value = f.metadata.get("choices"), getattr(config, f.name)
+        if allowed is not None and value is not None:
+            check_field(config, f.name, value in allowed, f"must be one of {', '.join(allowed)}")
+
+
 # ------------------------------------------------------------------------------------ conversion
 @dataclass(frozen=True)
 class _Kind:

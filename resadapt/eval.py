@@ -39,7 +39,7 @@ retention, one line per policy, one panel per frame count) and, for rows of seve
 ``frontier_<task>.png``. With ``--benchmark`` (``--data`` is
 then that benchmark's own file, its videos under ``--video-root``) every row also carries
 ``benchmark``: the benchmark's headline ``score`` and the categories it reports
-(resadapt.benchmarks.Breakdown), as extra columns of results.csv and a second printed table.
+(resadapt.benchmark_readers.Breakdown), as extra columns of results.csv and a second printed table.
 When the rows carry a ``task`` (the offline world's datasets do) and there are several, every row
 also carries ``by_task``: the row's numbers (``report.TASK_COLUMNS``) over each task's examples
 alone, as ``<task>_<column>`` columns of results.csv and a per-task printed table.
@@ -58,8 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
-from resadapt.benchmarks import format_breakdown
+from resadapt.benchmark_readers import format_breakdown
 from resadapt.data import Example, load_examples
 from resadapt.errors import (
     PolicyError,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from resadapt.benchmarks import BENCHMARK_NAMES
 from resadapt.cli import default_of, option
+from resadapt.data import DataConfig
 from resadapt.errors import (
     BudgetError,
     PolicyError,
@@ -96,22 +96,9 @@ def _unique(values: tuple) -> tuple:
 
 
 @dataclass(kw_only=True)
-class EvalConfig(ModelConfig):
-    """The evaluation grid and run settings, and the models (every field is a CLI flag)."""
+class EvalConfig(DataConfig, ModelConfig):
+    """The evaluation grid and run settings, the data and the models (every field is a CLI flag)."""
 
-    data: str = option(
-        "dataset: .jsonl or .parquet rows (see resadapt.data), or the --benchmark's own file "
-        "(MVBench: its json folder)"
-    )
-    benchmark: str | None = option(
-        "read --data as this benchmark's published file and report its categories "
-        "(see resadapt.benchmarks)",
-        None,
-        choices=BENCHMARK_NAMES,
-    )
-    video_root: str | None = option(
-        "folder of the --benchmark's videos (default: the folder of --data)", None
-    )
     out: str = option("output folder for results.json/.csv, records.jsonl and frontier.png")
     policies: tuple[PolicySpec, ...] = option(
         "comma list of vanilla, uniform, content, random, attention, learned[:PATH] (learned "

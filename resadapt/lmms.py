@@ -44,6 +44,7 @@ except ImportError as e:  # the module is only imported by lmms-eval, or by a us
 
 import torch
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import MAX_NEW_TOKENS, ModelConfig, Request

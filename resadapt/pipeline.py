@@ -199,14 +199,28 @@ class DeviceConfig:
 
 
 @dataclass
-class ModelConfig(DeviceConfig):
-    """Which backbone and allocator a pipeline loads, and where (ask, eval and the app share it)."""
+class BackboneConfig(DeviceConfig):
+    """Which backbone is loaded, at which pixel cap, and where (every entry point shares these)."""
 
     backbone: str | None = option(
         "tiny-random-qwen2.5-vl, tiny-random-qwen3-vl, a local checkpoint folder or a hub id "
         "(default: $RESADAPT_BACKBONE, else the bundled backbone)",
         None,
     )
+    max_pixels: int | None = option(
+        "per-frame pixel cap: the full-resolution (scale 1) size (default: the processor's)", None
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise BudgetError(f"--max-pixels must be positive, got {self.max_pixels}")
+
+
+@dataclass
+class ModelConfig(BackboneConfig):
+    """Which backbone and allocator a pipeline loads, and where (ask, eval and the app share it)."""
+
     allocator: str | None = option(
         "allocator folder or hub id of --policy learned (default: $RESADAPT_ALLOCATOR, else the "
         "bundled allocator when the backbone is the one it was trained against, else none)",
@@ -217,9 +231,6 @@ class ModelConfig(DeviceConfig):
         "nothing about): logged, and shown as allocator_warning in every result",
         False,
     )
-    max_pixels: int | None = option(
-        "per-frame pixel cap: the full-resolution (scale 1) size (default: the processor's)", None
-    )
     stream_timeout_s: float = option(
         "longest wait for the next piece of a streamed answer, in seconds, before the request "
         "ends with an error",
@@ -228,17 +239,15 @@ class ModelConfig(DeviceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_pixels is not None and self.max_pixels <= 0:
-            raise BudgetError(f"--max-pixels must be positive, got {self.max_pixels}")
         if not self.stream_timeout_s > 0:
             raise BudgetError(f"--stream-timeout-s must be positive, got {self.stream_timeout_s}")
 
 
-def load_backbone(config: ModelConfig, device: str | None = None) -> Backbone:
+def load_backbone(config: BackboneConfig, device: str | None = None) -> Backbone:
     """Load the configured backbone (the default one when none is named); warn when random.
 
-    ``config`` is any :class:`DeviceConfig` with ``backbone`` and ``max_pixels`` fields (the
-    trainer's too); ``device`` overrides its device (a training process's own).
+    ``config`` is any :class:`BackboneConfig` (the trainer's too); ``device`` overrides its device
+    (a training process's own).
     """
     from resadapt.assets import default_backbone, is_random_backbone
 

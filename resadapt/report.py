@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resadapt.benchmarks import Breakdown
+from resadapt.benchmark_readers import Breakdown
 from resadapt.eval_config import Budget, EvalConfig
 
 ROW_COLUMNS = (

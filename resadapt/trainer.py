@@ -65,7 +65,7 @@ from resadapt.rollout import (
     mean_or_nan,
     validate,
 )
-from resadapt.run_inputs import (
+from resadapt.train_data import (
     build_allocator,
     decode_prompts,
     epoch_order,
@@ -73,7 +73,7 @@ from resadapt.run_inputs import (
 )
 
 if TYPE_CHECKING:
-    from resadapt.train import TrainConfig
+    from resadapt.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -385,22 +385,7 @@ class Trainer:
         batch = None
         if prompts:
             batch = collect_rollouts(
-                self.pipeline,
-                self.allocator,
-                prompts,
-                num_rollouts=config.num_rollouts,
-                answers_per_rollout=config.answers_per_rollout,
-                reward=config.reward,
-                cost=config.cost,
-                advantage=config.advantage,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                top_k=config.top_k,
-                seed=config.seed,
-                credit_ridge=config.credit_ridge,
-                probe_credit=config.probe_credit,
-                probe_cache=self.probe_cache,
+                self.pipeline, self.allocator, prompts, config, probe_cache=self.probe_cache
             )
         return batch
 

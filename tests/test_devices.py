@@ -14,7 +14,7 @@ from resadapt.errors import BackboneError
 from resadapt.eval_config import EvalConfig
 from resadapt.pipeline import DeviceConfig, ModelConfig
 from resadapt.relevance import chunk_attention
-from resadapt.train import TrainConfig
+from resadapt.train_config import TrainConfig
 
 DEVICE_FIELDS = ("device", "dtype", "attn_implementation", "device_map", "max_batch_tokens")
 

@@ -60,7 +60,7 @@ from resadapt.backbone import Backbone
 from resadapt.checkpoint import save_folder_atomic
 from resadapt.cli import option
 from resadapt.errors import ResAdaptError
-from resadapt.world.clips import Clip, chunked_video, example_of, make_clip, sampled  # noqa: F401 (also read as recipe.*)
+from resadapt.world.clips import Clip, chunked_video, example_of, make_clip, sampled
 from resadapt.world.synth import (
     COLOUR_NAMES,
     COUNT_RANGE,
