@@ -1,7 +1,7 @@
 """The import graph of the project's own modules, drawn from their source with ast.
 
 Every import counts: at the top, inside functions and under ``TYPE_CHECKING`` (a type is a
-dependency). The rules (DESIGN.md): no import circle among resadapt/, allocator/ and app.py; the
+dependency). The rules (docs/design.md): no import circle among resadapt/, allocator/ and app.py; the
 core never imports the offline world (only the world itself, the entry points and the tests do);
 the allocator imports nothing from resadapt.
 """
@@ -182,4 +182,4 @@ def test_the_allocator_imports_nothing_from_resadapt():
         if module.split(".")[0] == "allocator"
         and any(n.split(".")[0] == "resadapt" for n in imported_names(module, path))
     )
-    assert not reaching, f"allocator/ must not import resadapt (DESIGN.md): {reaching}"
+    assert not reaching, f"allocator/ must not import resadapt (docs/design.md): {reaching}"
