@@ -76,7 +76,7 @@ from resadapt.pipeline import (
     load_allocator,
     load_backbone,
 )
-from resadapt.policies import Learned, Policy, make_policy
+from resadapt.policies import Learned, Policy, Vanilla, make_policy, policy_class
 from resadapt.video import SampledVideo
 
 logger = logging.getLogger("resadapt.eval")
@@ -261,7 +261,8 @@ class Evaluator:
             assert produced == encoded, "tokens"
             tower = time.perf_counter()
             inputs = self.pipeline.encode(inputs, [ready[b].allocation for b in index])
-            tower_s = (time.perf_counter() - tower) / len(index) if spec.name == "prune" else 0.0
+            full_size = policy_class(spec.name).operator.full_size_tower
+            tower_s = (time.perf_counter() - tower) / len(index) if full_size else 0.0
             responses = backbone.generate(inputs, self.config.max_new_tokens)
             backbone_s = (time.perf_counter() - start) / len(index)
             yield from self._graded([ready[b] for b in index], responses, backbone_s, tower_s)
@@ -467,7 +468,7 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
                 continue
             x, y = zip(*points, strict=True)
             style = {"color": f"C{i}", "label": policy}
-            if policy == "vanilla":
+            if policy == Vanilla.name:
                 ax.plot(x, y, linestyle="none", marker="*", markersize=14, **style)
             else:
                 ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], alpha=0.85, **style)
@@ -513,13 +514,13 @@ def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
     backbone = load_backbone(config)
     learned = {}
     for spec in config.policies:
-        if spec.name != "learned":
+        if not policy_class(spec.name).needs_allocator:
             continue
         path = spec.allocator or default_allocator_for(config, backbone)
         if path is None:
             raise PolicyError(
-                f"learned needs an allocator trained against {backbone.name}: write learned:PATH "
-                "in --policies"
+                f"{spec.name} needs an allocator trained against {backbone.name}: write "
+                f"{spec.name}:PATH in --policies"
             )
         allow = config.allow_mismatched_allocator
         learned[spec.label] = load_allocator(path, backbone, allow_mismatched=allow)
