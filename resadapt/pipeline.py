@@ -444,7 +444,7 @@ class Pipeline:
     def encode(self, inputs, allocations: list[Allocation]):
         """The language model's inputs for prepared rows: ``inputs`` themselves, or for pruned
         allocations the pruned inputs (the vision tower runs here; every allocation of a batch has
-        the same treatment). Fills each pruned allocation's ``kept_tokens``."""
+        the same operator). Fills each pruned allocation's ``kept_tokens``."""
         if allocations[0].pruned_to is None:
             return inputs
         pruned = prune.prune(

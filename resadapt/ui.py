@@ -98,9 +98,10 @@ def _count(name: str, value: float | None) -> int | None:
 
 
 def offered_policies() -> tuple[str, ...]:
-    """The registered policies the app offers (``Policy.app_rank`` not None), in the order shown."""
-    offered = [n for n in policy_names() if policy_class(n).app_rank is not None]
-    return tuple(sorted(offered, key=lambda n: policy_class(n).app_rank))  # ties: registry order
+    """The registered policies the app offers (``Policy.app`` not None), in the order shown."""
+    entries = {n: policy_class(n).app for n in policy_names()}
+    offered = [n for n, entry in entries.items() if entry is not None]
+    return tuple(sorted(offered, key=lambda n: entries[n].rank))  # ties: registration order
 
 
 def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
@@ -121,7 +122,7 @@ def compare_policies(pipeline: Pipeline) -> tuple[str, ...]:
     offered policies marked ``compared`` (the two peer families, keyframes: frame selection and
     prune: post-encoder pruning; uniform and vanilla)."""
     default = pipeline.default_policy
-    compared = (n for n in offered_policies() if policy_class(n).compared and n != default)
+    compared = (n for n in offered_policies() if policy_class(n).app.compared and n != default)
     return (default, *compared)
 
 

@@ -17,6 +17,7 @@ from resadapt.policies.base import (
     PROBE_BUDGET,
     THUMB_SIDE,
     AllocationContext,
+    InApp,
     Policy,
     PolicyOptions,
     ProbeCost,
@@ -52,10 +53,11 @@ from resadapt.policies.operators import PRUNE, RESIZE, SELECT, Operator
 __all__ = [
     "ATTENTION_QUERIES", "ATTENTION_SHARPNESS", "HUB_ID", "MIN_SCALE", "POLICY_NAMES",
     "PROBE_BUDGET", "PRUNE", "QUERY_HEAD_SHARE", "RESIZE", "SELECT", "THUMB_SIDE",
-    "AllocationContext", "Attention", "Content", "Keyframes", "Learned", "Operator", "Policy",
-    "PolicyOptions", "ProbeCost", "Prune", "Random", "Uniform", "Vanilla", "allocator_inputs",
-    "attention_scales", "check_allocator_path", "check_fit", "describe_policies", "make_policy",
-    "policy_class", "policy_names", "query_window", "register_policy", "unregister_policy",
+    "AllocationContext", "Attention", "Content", "InApp", "Keyframes", "Learned", "Operator",
+    "Policy", "PolicyOptions", "ProbeCost", "Prune", "Random", "Uniform", "Vanilla",
+    "allocator_inputs", "attention_scales", "check_allocator_path", "check_fit",
+    "describe_policies", "make_policy", "policy_class", "policy_names", "query_window",
+    "register_policy", "unregister_policy",
 ]  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from resadapt.policies.base import (
     MIN_SCALE,
     PROBE_BUDGET,
     AllocationContext,
+    InApp,
     Policy,
     PolicyOptions,
     ProbeCost,
@@ -57,7 +58,7 @@ class Attention(Policy):
     name = "attention"
     description = "training-free, query-aware probe"
     runs_probe = True
-    app_rank = 20
+    app = InApp(20)
 
     probe_budget: float = PROBE_BUDGET
     probe_layers: int | None = None
@@ -111,8 +112,7 @@ class Keyframes(Attention):
     name = "keyframes"
     description = "frame selection: drop the least-attended chunks"
     operator = SELECT
-    app_rank = 30
-    compared = True
+    app = InApp(30, compared=True)
 
     def scales(self, ctx: AllocationContext) -> np.ndarray:
         shares = self.shares(ctx)

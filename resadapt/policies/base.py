@@ -45,6 +45,16 @@ APP_RANK = 50
 the peers, before the training-free baselines."""
 
 
+@dataclass(frozen=True)
+class InApp:
+    """Where the app shows a policy."""
+
+    rank: int = APP_RANK
+    """Place in the app's list of policies (lower first; ties in registration order)."""
+    compared: bool = False
+    """Whether the app's comparison runs it (besides the pipeline's default policy)."""
+
+
 @dataclass
 class ProbeCost:
     """What a policy's own pass of the backbone cost (reported with the result)."""
@@ -128,10 +138,8 @@ class Policy(ABC):
     ``--policies`` then takes ``NAME:PATH``."""
     runs_probe: ClassVar[bool] = False
     """Whether it runs a probe pass of the backbone (and sets ``AllocationContext.probe``)."""
-    app_rank: ClassVar[int | None] = APP_RANK
-    """Place in the app's list of policies (lower first); None: not offered in the app."""
-    compared: ClassVar[bool] = False
-    """Whether the app's comparison runs it (besides the pipeline's default policy)."""
+    app: ClassVar[InApp | None] = InApp()
+    """Where the app shows it; None: not offered in the app."""
     thumb_side: int = THUMB_SIDE
     """Side of the square thumbnails the policy reads, in pixels."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from resadapt.policies.base import MIN_SCALE, AllocationContext, Policy, register_policy
+from resadapt.policies.base import MIN_SCALE, AllocationContext, InApp, Policy, register_policy
 
 
 @register_policy
@@ -27,7 +27,7 @@ class Content(Policy):
 
     name = "content"
     description = "training-free"
-    app_rank = 60
+    app = InApp(60)
 
     def scales(self, ctx: AllocationContext) -> np.ndarray:
         chunks = ctx.chunked_thumbs().astype(np.float32)  # (K, F, S, S, 3)

@@ -13,6 +13,7 @@ from resadapt.errors import BudgetError
 from resadapt.policies.base import (
     MIN_SCALE,
     AllocationContext,
+    InApp,
     Policy,
     PolicyOptions,
     register_policy,
@@ -28,8 +29,7 @@ class Vanilla(Policy):
     name = "vanilla"
     description = "full resolution"
     capped = False
-    app_rank = 80
-    compared = True
+    app = InApp(80, compared=True)
 
     def scales(self, ctx: AllocationContext) -> np.ndarray:
         return np.ones(ctx.num_chunks)
@@ -42,8 +42,7 @@ class Uniform(Policy):
 
     name = "uniform"
     description = "one scale"
-    app_rank = 70
-    compared = True
+    app = InApp(70, compared=True)
 
     scale: float = 0.5
 
@@ -64,7 +63,7 @@ class Random(Policy):
 
     name = "random"
     description = "seeded random scales: the control for any learned signal"
-    app_rank = None
+    app = None  # a control for experiments, not a choice for users
 
     seed: int = 0
 

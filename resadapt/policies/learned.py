@@ -20,7 +20,7 @@ import torch
 
 from allocator import Allocator, AllocatorConfig, mean_scale
 from resadapt.errors import ChunkLimitError, PolicyError
-from resadapt.policies.base import AllocationContext, Policy, PolicyOptions, register_policy
+from resadapt.policies.base import AllocationContext, InApp, Policy, PolicyOptions, register_policy
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Learned(Policy):
     name = "learned"
     description = "allocator"
     needs_allocator = True
-    app_rank = 10
+    app = InApp(10)
 
     def __init__(self, allocator, tokenizer, *, path: str | None = None):
         self.allocator = allocator.eval()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resadapt.policies.base import AllocationContext, Policy, PolicyOptions, register_policy
+from resadapt.policies.base import AllocationContext, InApp, Policy, PolicyOptions, register_policy
 from resadapt.policies.operators import PRUNE
 from resadapt.prune import CONTEXTUAL_SHARE
 
@@ -26,8 +26,7 @@ class Prune(Policy):
     name = "prune"
     description = "full-resolution tower, then keep the most-attended tokens"
     operator = PRUNE
-    app_rank = 40
-    compared = True
+    app = InApp(40, compared=True)
 
     contextual_share: float = CONTEXTUAL_SHARE
 
