@@ -395,7 +395,7 @@ class Pipeline:
         scales = np.clip(np.asarray(scales, dtype=np.float64), 1e-6, 1.0)  # (K,)
         assert scales.shape == (k,), (scales.shape, k)
         cap = self.token_cap(request, vanilla)
-        fit = (policy or policy_class(self.policy_name(request))).fit
+        fit = (policy if policy is not None else policy_class(self.policy_name(request))).fit
         scales, pruned_to = fit(scales, geometry, base_h, base_w, cap, operator)
         sizes = [geometry.scaled_size(base_h, base_w, s) if s > 0 else (0, 0) for s in scales]
         tokens = [geometry.tokens(h, w) if h else 0 for h, w in sizes]
