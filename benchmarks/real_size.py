@@ -10,7 +10,7 @@ reader scales the per-stage times linearly to 28 / 36 language layers and 32 / 2
 One run measures, for each family, ``--rows`` questions about one generated ``--frames``-frame
 ``--side``² clip under
   * ``vanilla`` (every chunk at full resolution) and ``fixed`` (a learned-style, peaked scale vector
-    fitted to ``--budget`` retention; any other policy of ``resadapt.policies.POLICY_NAMES``, e.g.
+    fitted to ``--budget`` retention; any other policy of ``resadapt.policies.policy_names()``, e.g.
     ``attention`` (its probe pass counts in ``allocate``), can be named in ``--policies``), and
   * one prefill for all rows (``batched``) against micro-batches under ``--max-batch-tokens``
     (``budgeted``),
@@ -44,7 +44,7 @@ from benchmarks.decode import peak_rss_bytes, write_clip
 from resadapt import cli
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline, Request
-from resadapt.policies import POLICY_NAMES
+from resadapt.policies import policy_class, policy_names
 from resadapt.world.tiny import build_tiny, mrope_section, vision_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ class RealSizeConfig:
 
     def __post_init__(self) -> None:
         for name in self.policies:
-            if name != "fixed" and name not in POLICY_NAMES:
+            if name != "fixed" and name not in policy_names():
                 raise cli.UsageError(f"--policies: unknown policy {name!r}")
         if self.frames < 2 or self.side < 32 or self.rows < 1:
             raise cli.UsageError("--frames ≥ 2, --side ≥ 32 and --rows ≥ 1 are needed")
@@ -268,7 +268,7 @@ def measure(config: RealSizeConfig, family: str, policy: str, batching: str, vid
     request = Request(
         question=QUESTION,
         policy=None if policy == "fixed" else policy,
-        budget=None if policy == "vanilla" else config.budget,
+        budget=config.budget if policy == "fixed" or policy_class(policy).capped else None,
         num_frames=config.frames,
         max_new_tokens=config.max_new_tokens,
     )

@@ -77,7 +77,7 @@ from resadapt.pipeline import (
     load_allocator,
     load_backbone,
 )
-from resadapt.policies import Learned, Policy, make_policy
+from resadapt.policies import Learned, Policy, make_policy, policy_class
 from resadapt.report import Summary, format_table, format_task_table, write_outputs
 from resadapt.video import SampledVideo
 
@@ -227,7 +227,8 @@ class Evaluator:
             assert produced == encoded, "tokens"
             tower = time.perf_counter()
             inputs = self.pipeline.encode(inputs, [ready[b].allocation for b in index])
-            tower_s = (time.perf_counter() - tower) / len(index) if spec.name == "prune" else 0.0
+            full_size = policy_class(spec.name).operator.full_size_tower
+            tower_s = (time.perf_counter() - tower) / len(index) if full_size else 0.0
             responses = backbone.generate(inputs, self.config.max_new_tokens)
             backbone_s = (time.perf_counter() - start) / len(index)
             yield from self._graded([ready[b] for b in index], responses, backbone_s, tower_s)
@@ -271,13 +272,13 @@ def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
     backbone = load_backbone(config)
     learned = {}
     for spec in config.policies:
-        if spec.name != "learned":
+        if not policy_class(spec.name).needs_allocator:
             continue
         path = spec.allocator or default_allocator_for(config, backbone)
         if path is None:
             raise PolicyError(
-                f"learned needs an allocator trained against {backbone.name}: write learned:PATH "
-                "in --policies"
+                f"{spec.name} needs an allocator trained against {backbone.name}: write "
+                f"{spec.name}:PATH in --policies"
             )
         allow = config.allow_mismatched_allocator
         learned[spec.label] = load_allocator(path, backbone, allow_mismatched=allow)

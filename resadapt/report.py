@@ -22,6 +22,7 @@ import numpy as np
 
 from resadapt.benchmark_readers import Breakdown
 from resadapt.eval_config import Budget, EvalConfig
+from resadapt.policies import Vanilla
 
 ROW_COLUMNS = (
     "policy",
@@ -227,7 +228,7 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
                 continue
             x, y = zip(*points, strict=True)
             style = {"color": f"C{i}", "label": policy}
-            if policy == "vanilla":
+            if policy == Vanilla.name:
                 ax.plot(x, y, linestyle="none", marker="*", markersize=14, **style)
             else:
                 ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], alpha=0.85, **style)

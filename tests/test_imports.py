@@ -1,9 +1,9 @@
 """The import graph of the project's own modules, drawn from their source with ast.
 
 Every import counts: at the top, inside functions and under ``TYPE_CHECKING`` (a type is a
-dependency). The rules (docs/design.md): no import circle among resadapt/, allocator/ and app.py; the
-core never imports the offline world (only the world itself, the entry points and the tests do);
-the allocator imports nothing from resadapt.
+dependency). The rules (docs/design.md): no import circle among resadapt/, allocator/ and
+app.py; the core never imports the offline world (only the world itself, the entry points and the
+tests do); the allocator imports nothing from resadapt.
 """
 
 from __future__ import annotations
