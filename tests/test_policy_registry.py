@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from resadapt.eval_config import EvalConfig
 
-from resadapt import ask, cli, grid, policies, ui
+from resadapt import ask, cli, eval_config, policies, ui
 from resadapt.backbone import Backbone
 from resadapt.errors import PolicyError
+from resadapt.eval_config import EvalConfig
 from resadapt.pipeline import Pipeline, Request
 from resadapt.policies import (
     MIN_SCALE,
@@ -82,10 +82,10 @@ def test_a_registered_policy_is_in_the_ask_help(first_chunk, capsys, monkeypatch
 
 
 def test_a_registered_policy_is_in_the_evaluators_grid(first_chunk, tmp_path):
-    specs = grid.parse_policies(f"vanilla,{first_chunk}")
+    specs = eval_config.parse_policies(f"vanilla,{first_chunk}")
     assert [s.name for s in specs] == ["vanilla", first_chunk]
     with pytest.raises(PolicyError, match="allocator path") as err:
-        grid.parse_policies(f"{first_chunk}:/some/allocator")
+        eval_config.parse_policies(f"{first_chunk}:/some/allocator")
     assert "\n" not in str(err.value)
     assert first_chunk in cli.help_of(EvalConfig.__dataclass_fields__["policies"])
     argv = ["--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "out")]
@@ -157,7 +157,7 @@ def test_unknown_names_are_refused_with_one_sentence(video, capsys):
         lambda: Request(QUESTION, policy="oracle"),
         lambda: ui.Form(QUESTION, policy="oracle").request(),
         lambda: ui.Form(QUESTION, policy="random").request(),  # not offered by the app
-        lambda: grid.parse_policies("vanilla,oracle"),
+        lambda: eval_config.parse_policies("vanilla,oracle"),
         lambda: unregister_policy("oracle"),
     ):
         with pytest.raises(PolicyError) as err:
