@@ -210,32 +210,33 @@ def _form(pipeline: Pipeline) -> tuple[list, tuple[gr.Button, gr.Button, gr.Butt
     return inputs, (ask_btn, compare_btn, stop_btn)
 
 
+def _time_plot(y: str, title: str, elem_id: str, **extra) -> gr.LinePlot:
+    """A line plot of column ``y`` against ``time_s`` (seconds), 240 px high."""
+    return gr.LinePlot(
+        x="time_s",
+        y=y,
+        title=title,
+        x_title="time (s)",
+        y_title=y,
+        height=240,
+        elem_id=elem_id,
+        **extra,
+    )
+
+
 def _answer_views() -> list:
     """The answer, the summary, the budget charts, the resized frames and the JSON result, in the
     order of ``Page.live``."""
     answer_box = gr.Textbox(label="Answer", lines=2, elem_id="answer")
     summary = gr.Markdown(elem_id="summary")
     with gr.Row():
-        tokens_plot = gr.LinePlot(
-            x="time_s",
-            y="tokens",
-            title="Visual tokens over time (per 2-frame chunk)",
-            x_title="time (s)",
-            y_title="tokens",
-            height=240,
-            elem_id="budget-chart",
+        tokens_plot = _time_plot(
+            "tokens",
+            "Visual tokens over time (per 2-frame chunk)",
+            "budget-chart",
             tooltip=["time_s", "frame", "chunk", "scale", "tokens", "size"],
         )
-        scale_plot = gr.LinePlot(
-            x="time_s",
-            y="scale",
-            title="Scale per frame",
-            x_title="time (s)",
-            y_title="scale",
-            y_lim=[0, 1],
-            height=240,
-            elem_id="scale-chart",
-        )
+        scale_plot = _time_plot("scale", "Scale per frame", "scale-chart", y_lim=[0, 1])
     gallery = gr.Gallery(
         label="Sampled frames at their allocated resolution (on a full-size canvas)",
         columns=4,
@@ -254,15 +255,8 @@ def _comparison_views() -> tuple[gr.JSON, gr.Dataframe, gr.LinePlot]:
         compare_table = gr.Dataframe(
             headers=list(ui.COMPARE_COLUMNS), label="Side by side", elem_id="compare-table"
         )
-        compare_plot = gr.LinePlot(
-            x="time_s",
-            y="tokens",
-            color="policy",
-            title="Visual tokens per frame by policy",
-            x_title="time (s)",
-            y_title="tokens",
-            height=240,
-            elem_id="compare-chart",
+        compare_plot = _time_plot(
+            "tokens", "Visual tokens per frame by policy", "compare-chart", color="policy"
         )
         with gr.Accordion("JSON (what /compare returns)", open=False):
             compare_json = gr.JSON(label="Comparison")

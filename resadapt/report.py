@@ -167,17 +167,28 @@ def _cells(stats: dict, cells: tuple[tuple[str, int, str], ...]) -> str:
     return " ".join(out)
 
 
+ROW_HEAD = f"{'policy':<12} {'budget':>10} {'frames':>6} "
+"""The first columns of both printed tables: a row's key."""
+
+
+def _row_key(row: dict) -> str:
+    """A row's policy, budget and frames, aligned under :data:`ROW_HEAD`."""
+    budget = Budget(row["budget"], row["max_visual_tokens"]).label
+    return f"{row['policy']:<12} {budget:>10} {row['frames']!s:>6} "
+
+
+def _ruled(head: str) -> list[str]:
+    """A table's header line and the rule under it."""
+    return [head, "-" * len(head)]
+
+
 def format_table(rows: list[dict]) -> str:
     """The rows as a compact fixed-width table (one line per policy × budget × frame count)."""
-    head = (
-        f"{'policy':<12} {'budget':>10} {'frames':>6} {'n':>4} {'accuracy':>8} "
-        f"{'retention':>9} {'+probe':>7} {'tokens':>8} {'spread':>6} {'latency':>8}"
+    lines = _ruled(
+        ROW_HEAD + f"{'n':>4} {'accuracy':>8} {'retention':>9} {'+probe':>7} {'tokens':>8} "
+        f"{'spread':>6} {'latency':>8}"
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        budget = Budget(r["budget"], r["max_visual_tokens"]).label
-        line = f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {r['examples']:>4} "
-        lines.append(line + _cells(r, ROW_CELLS))
+    lines += [_row_key(r) + f"{r['examples']:>4} " + _cells(r, ROW_CELLS) for r in rows]
     lines.append("+probe: retention counting the attention policy's probe pass")
     if any(not r["examples"] for r in rows):
         lines.append(
@@ -190,16 +201,15 @@ def format_table(rows: list[dict]) -> str:
 def format_task_table(rows: list[dict]) -> str:
     """Each row's numbers per task (rows with ``by_task`` only): accuracy, retention, scale spread
     and end-to-end seconds of each task's examples."""
-    head = (
-        f"{'policy':<12} {'budget':>10} {'frames':>6} {'task':<10} {'n':>4} {'accuracy':>8} "
-        f"{'retention':>9} {'spread':>6} {'e2e':>8}"
+    lines = _ruled(
+        ROW_HEAD + f"{'task':<10} {'n':>4} {'accuracy':>8} {'retention':>9} {'spread':>6} "
+        f"{'e2e':>8}"
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        budget = Budget(r["budget"], r["max_visual_tokens"]).label
-        for task, t in r.get("by_task", {}).items():
-            line = f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {task:<10} "
-            lines.append(line + f"{t['examples']:>4} " + _cells(t, TASK_CELLS))
+    lines += [
+        _row_key(r) + f"{task:<10} {t['examples']:>4} " + _cells(t, TASK_CELLS)
+        for r in rows
+        for task, t in r.get("by_task", {}).items()
+    ]
     return "\n".join(lines)
 
 

@@ -150,7 +150,7 @@ def test_spaces_front_matter_matches_requirements():
 
 
 def test_no_gradio_under_resadapt():
-    for path in (ROOT / "resadapt").glob("*.py"):
+    for path in (ROOT / "resadapt").rglob("*.py"):
         assert not re.search(r"^\s*(import|from) gradio", path.read_text(), re.M), path
 
 
