@@ -47,6 +47,12 @@ class BackboneError(ResAdaptError):
     """A backbone name or checkpoint cannot be loaded."""
 
 
+class EngineError(ResAdaptError):
+    """The answering engine (a vLLM server) cannot be built, reached or started, or refused."""
+
+    reason = "engine_error"
+
+
 class DataError(ResAdaptError):
     """A data file cannot be read at all (missing, wrong format, no valid rows)."""
 

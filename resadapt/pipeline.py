@@ -28,7 +28,8 @@ from resadapt.backbone import (
     check_attn_implementation,
 )
 from resadapt.cli import option
-from resadapt.errors import BudgetError, validate_question
+from resadapt.engines import EngineConfig, VllmEngine, make_engine
+from resadapt.errors import BudgetError, EngineError, validate_question
 from resadapt.policies import (
     PROBE_BUDGET,
     RESIZE,
@@ -223,8 +224,9 @@ class BackboneConfig(DeviceConfig):
 
 
 @dataclass
-class ModelConfig(BackboneConfig):
-    """Which backbone and allocator a pipeline loads, and where (ask, eval and the app share it)."""
+class ModelConfig(BackboneConfig, EngineConfig):
+    """Which backbone and allocator a pipeline loads, where, and which engine answers (ask, eval and
+    the app share it)."""
 
     allocator: str | None = option(
         "allocator folder or hub id of --policy learned (default: $RESADAPT_ALLOCATOR, else the "
@@ -243,7 +245,8 @@ class ModelConfig(BackboneConfig):
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        BackboneConfig.__post_init__(self)
+        EngineConfig.__post_init__(self)
         if not self.stream_timeout_s > 0:
             raise BudgetError(f"--stream-timeout-s must be positive, got {self.stream_timeout_s}")
 
@@ -324,20 +327,28 @@ def default_allocator_for(config: ModelConfig, backbone: Backbone) -> str | None
 
 
 def load_pipeline(config: ModelConfig) -> Pipeline:
-    """Load the backbone and the allocator (see :func:`default_allocator_for`) once."""
+    """Load the backbone, the allocator (see :func:`default_allocator_for`) and the engine once.
+
+    With ``--engine vllm`` the backbone still loads here: its geometry, prompt and probe stay in
+    front of the vLLM server, which answers.
+    """
     backbone = load_backbone(config)
     path = default_allocator_for(config, backbone)
     allow = config.allow_mismatched_allocator
     learned = load_allocator(path, backbone, allow_mismatched=allow) if path else None
-    return Pipeline(backbone, learned)
+    return Pipeline(backbone, learned, engine=make_engine(config, backbone))
 
 
 class Pipeline:
     """A loaded backbone (and optional allocator) that answers questions about videos."""
 
-    def __init__(self, backbone: Backbone, learned: Learned | None = None):
+    def __init__(
+        self, backbone: Backbone, learned: Learned | None = None, engine: VllmEngine | None = None
+    ):
         self.backbone = backbone
         self.learned = learned
+        self.engine = engine
+        """The vLLM engine that answers, or None: the backbone itself (transformers)."""
         if learned is not None:
             learned.check_fit(backbone.geometry.frames_per_chunk)
 
@@ -494,6 +505,9 @@ class Pipeline:
         """
         t3 = time.perf_counter()
         chunked = self.chunked(video, allocation)
+        if self.engine is not None:
+            yield from self._remote_stream(video, allocation, request, timings, chunked, t3)
+            return
         inputs = self.backbone.prepare([chunked], [request.question])
         produced = self.backbone.chunk_tokens(inputs)
         assert produced == [t for t in allocation.tokens if t], (produced, allocation.tokens)
@@ -515,6 +529,31 @@ class Pipeline:
             result.answer = "".join(pieces).strip()
             result.timings["backbone_s"] = time.perf_counter() - t3
             yield result
+        result.timings["backbone_s"] = time.perf_counter() - t3
+        result.timings["total_s"] = sum(
+            result.timings[k] for k in ("decode_s", "allocate_s", "backbone_s")
+        )
+        yield result
+
+    def _remote_stream(
+        self,
+        video: SampledVideo,
+        allocation: Allocation,
+        request: Request,
+        timings: dict,
+        chunked: ChunkedVideo,
+        t3: float,
+    ) -> Iterator[Result]:
+        """:meth:`answer_stream` through :attr:`engine`: the whole answer in one piece, after the
+        check that the server's processor produced the allocated visual tokens."""
+        check_remote(allocation)
+        result = self._result(video, allocation, request, "")
+        result.timings = {**timings, "probe_s": allocation.probe_s, "tower_s": 0.0}
+        result.timings |= {"backbone_s": 0.0, "total_s": 0.0}
+        yield result
+        reply = self.engine.generate(chunked, request.question, request.max_new_tokens)
+        check_tokens(reply.visual_tokens, allocation)
+        result.answer = reply.text
         result.timings["backbone_s"] = time.perf_counter() - t3
         result.timings["total_s"] = sum(
             result.timings[k] for k in ("decode_s", "allocate_s", "backbone_s")
@@ -568,4 +607,23 @@ class Pipeline:
             probe_visual_tokens=allocation.probe_visual_tokens,
             allocator_warning=learned.warning if learned is not None else None,
             notes=list(allocation.notes),
+        )
+
+
+def check_remote(allocation: Allocation) -> None:
+    """Raise EngineError for an allocation a vLLM server cannot run (post-encoder pruning)."""
+    if allocation.pruned_to is not None:
+        raise EngineError(
+            "post-encoder pruning (prune operators) runs inside the transformers engine; use "
+            "--engine transformers for this policy"
+        )
+
+
+def check_tokens(produced: int, allocation: Allocation) -> None:
+    """Raise EngineError when the server's processor produced other visual tokens than allocated
+    (a checkpoint whose processor resizes frames would spend another budget)."""
+    if produced != allocation.visual_tokens:
+        raise EngineError(
+            f"the vLLM server produced {produced} visual tokens for an allocation of "
+            f"{allocation.visual_tokens}; its processor resized the chunks"
         )
