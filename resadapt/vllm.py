@@ -225,6 +225,13 @@ def _save_state(env: Path, state: dict) -> None:
     (env / STATE_FILE).write_text(json.dumps(state, indent=1))
 
 
+def record_server(env: Path, model: str, server: LocalServer) -> None:
+    """Record ``server`` as the running server of ``model`` in ``env`` (others reuse it)."""
+    state = _state(env)
+    state[model] = {"url": server.url, "pid": server.pid, "log": str(server.log)}
+    _save_state(env, state)
+
+
 def running_server(env: Path, model: str) -> LocalServer | None:
     """The recorded server of ``model`` in ``env`` when its process runs and it answers."""
     from resadapt.engines import VllmEngine
@@ -325,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=args.start_timeout_s,
             port=args.port,
         )
-        state[model] = {"url": server.url, "pid": server.pid, "log": str(server.log)}
-        _save_state(env, state)
+        record_server(env, model, server)
         print(f"serving {model} at {server.url} (log: {server.log}); stop with Ctrl-C")
         try:
             server.process.wait()
