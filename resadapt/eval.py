@@ -62,6 +62,7 @@ import resadapt.world  # noqa: F401 (an entry point: registers the tiny random b
 from resadapt import cli
 from resadapt.benchmark_readers import format_breakdown
 from resadapt.data import Example, load_examples
+from resadapt.engines import make_engine
 from resadapt.errors import (
     PolicyError,
     ResAdaptError,
@@ -73,6 +74,8 @@ from resadapt.pipeline import (
     Allocation,
     Pipeline,
     Request,
+    check_remote,
+    check_tokens,
     default_allocator_for,
     load_allocator,
     load_backbone,
@@ -221,6 +224,9 @@ class Evaluator:
         backbone = self.pipeline.backbone
         chunked = [self.pipeline.chunked(r.video, r.allocation) for r in ready]
         start = time.perf_counter()  # a micro-batch's time includes its preparation
+        if self.pipeline.engine is not None:  # --engine vllm: the server batches the requests
+            yield from self._served(ready, chunked, start)
+            return
         for index, inputs in backbone.batches(chunked, [r.question for r in ready]):
             produced = backbone.chunk_tokens(inputs)
             encoded = [t for b in index for t in ready[b].allocation.tokens if t]
@@ -233,6 +239,18 @@ class Evaluator:
             backbone_s = (time.perf_counter() - start) / len(index)
             yield from self._graded([ready[b] for b in index], responses, backbone_s, tower_s)
             start = time.perf_counter()
+
+    def _served(self, ready: list[_Ready], chunked: list, start: float) -> Iterator[dict]:
+        """Records of ``ready`` answered by the vLLM engine, all requests in flight at once."""
+        for r in ready:
+            check_remote(r.allocation)
+        replies = self.pipeline.engine.generate_many(
+            chunked, [r.question for r in ready], self.config.max_new_tokens
+        )
+        for r, reply in zip(ready, replies, strict=True):
+            check_tokens(reply.visual_tokens, r.allocation)
+        backbone_s = (time.perf_counter() - start) / len(ready)
+        yield from self._graded(ready, [reply.text for reply in replies], backbone_s, 0.0)
 
     def _graded(
         self, ready: list[_Ready], responses: list[str], backbone_s: float, tower_s: float
@@ -268,7 +286,8 @@ class Evaluator:
 
 # ---------------------------------------------------------------------------------------- entry
 def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
-    """Load the backbone once and every allocator the policies name; returns the backbone name."""
+    """Load the backbone and the engine once, and every allocator the policies name; returns the
+    backbone name."""
     backbone = load_backbone(config)
     learned = {}
     for spec in config.policies:
@@ -282,7 +301,7 @@ def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
             )
         allow = config.allow_mismatched_allocator
         learned[spec.label] = load_allocator(path, backbone, allow_mismatched=allow)
-    return Pipeline(backbone), learned, backbone.name
+    return Pipeline(backbone, engine=make_engine(config, backbone)), learned, backbone.name
 
 
 def evaluate(config: EvalConfig) -> list[dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import torch
 from transformers.video_utils import VideoMetadata
 
 from resadapt import ask
+from resadapt import eval as evaluator
 from resadapt.assets import default_backbone, examples
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.engines import VllmEngine
@@ -195,3 +197,23 @@ def test_ask_reuses_the_recorded_local_server(served, capsys):
     argv = [example["video"], example["question"], "--json", "--engine", "vllm"]
     assert ask.main([*argv, "--vllm-env", str(ENV), "--vllm-start-timeout-s", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["answer"] == example["answer"]
+
+
+def test_eval_through_the_server_grades_as_the_transformers_engine(served, tmp_path, capsys):
+    backbone, engine, _ = served
+    if backbone.family != "qwen2_5_vl":
+        pytest.skip("the bundled examples are the bundled Qwen2.5-VL backbone's")
+    data = str(Path(default_backbone()).parent / "examples" / "data.jsonl")
+    argv = ["--data", data, "--policies", "uniform,learned", "--budgets", "0.15", "--frames", "16"]
+    records = {}
+    for name, extra in (("vllm", ["--engine", "vllm", "--vllm-url", engine.url]), ("tf", [])):
+        out = tmp_path / name
+        assert evaluator.main([*argv, *extra, "--out", str(out)]) == 0
+        lines = (out / "records.jsonl").read_text().splitlines()
+        records[name] = [json.loads(line) for line in lines]
+    capsys.readouterr()
+    keys = ("policy", "response", "correct", "visual_tokens")
+    assert [[r[k] for k in keys] for r in records["vllm"]] == [
+        [r[k] for k in keys] for r in records["tf"]
+    ]
+    assert all(r["status"] == "ok" for r in records["vllm"])
