@@ -29,6 +29,7 @@ import numpy as np
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.cli import option
 from resadapt.errors import EngineError
+from resadapt.vllm import START_TIMEOUT_S, local_server
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ TRANSFORMERS = "transformers"
 VLLM = "vllm"
 REQUEST_TIMEOUT_S = 300.0
 """Default longest wait for one answer from a vLLM server, in seconds."""
-START_TIMEOUT_S = 900.0
-"""Default longest wait for a local vLLM server to start (load and profile), in seconds."""
 MAX_CONCURRENT = 32
 """Requests a batch of answers keeps in flight at once (the server batches them)."""
 
@@ -256,8 +255,6 @@ def vllm_engine(config: EngineConfig, backbone: Backbone) -> VllmEngine:
         served = engine.health(timeout_s=min(30.0, config.vllm_timeout_s)).get("model")
         logger.info("answering with the vLLM server at %s (model %s)", config.vllm_url, served)
         return engine
-    from resadapt.vllm import local_server
-
     server = local_server(config, backbone)
     return VllmEngine(
         server.url, backbone, timeout_s=config.vllm_timeout_s, alive=server.why_gone, owner=server

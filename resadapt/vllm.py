@@ -24,10 +24,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from resadapt.errors import EngineError
+from resadapt.vllm_plugin.server import HEALTH_ROUTE
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ STATE_FILE = "resadapt-servers.json"
 """Running servers of an environment, by model: ``{model: {"url", "pid", "log"}}``."""
 CPU_KV_CACHE_GIB = 2.0
 """Key/value cache of a server on a CPU, in GiB (vLLM's default reserves most of the memory)."""
+START_TIMEOUT_S = 900.0
+"""Default longest wait for a local vLLM server to start (load and profile), in seconds."""
 POLL_S = 0.5
 """Seconds between health checks while a server starts."""
 
@@ -114,6 +118,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def healthy(url: str, timeout_s: float = 5.0) -> bool:
+    """Whether the server at ``url`` answers ``/health`` within ``timeout_s``."""
+    try:
+        with urllib.request.urlopen(url + HEALTH_ROUTE, timeout=timeout_s) as response:
+            return response.status == 200
+    except (OSError, ValueError):  # refused, reset, timed out (URLError and TimeoutError are)
+        return False
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -175,7 +188,7 @@ def start_server(
     *,
     dtype: str = "float32",
     max_chunks: int = 64,
-    timeout_s: float = 900.0,
+    timeout_s: float = START_TIMEOUT_S,
     port: int | None = None,
 ) -> LocalServer:
     """Start a thin server of ``model`` from ``env`` and wait until it answers ``/health``.
@@ -183,8 +196,6 @@ def start_server(
     The server dying, or not answering within ``timeout_s``, ends with one EngineError sentence
     (the server is then stopped); its output goes to a log file in the environment.
     """
-    from resadapt.engines import VllmEngine
-
     python = env_python(env)
     port = port or free_port()
     log = env / "logs" / f"server-{port}.log"
@@ -195,18 +206,14 @@ def start_server(
             command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=os.getcwd()
         )
     server = LocalServer(f"http://127.0.0.1:{port}", process.pid, log, process)
-    client = VllmEngine(server.url, None, timeout_s=5.0)  # health checks only
     deadline = time.monotonic() + timeout_s
     logger.info("starting a vLLM server of %s on port %d (log: %s)", model, port, log)
     while True:
         gone = server.why_gone()
         if gone:
             raise EngineError(f"the vLLM server of {model} did not start: {gone}")
-        try:
-            client.health(timeout_s=5.0)
+        if healthy(server.url):
             return server
-        except EngineError:
-            pass
         if time.monotonic() > deadline:
             server.stop()
             raise EngineError(
@@ -234,14 +241,8 @@ def record_server(env: Path, model: str, server: LocalServer) -> None:
 
 def running_server(env: Path, model: str) -> LocalServer | None:
     """The recorded server of ``model`` in ``env`` when its process runs and it answers."""
-    from resadapt.engines import VllmEngine
-
     entry = _state(env).get(model)
-    if not entry or not _pid_alive(entry["pid"]):
-        return None
-    try:
-        VllmEngine(entry["url"], None).health(timeout_s=5.0)
-    except EngineError:
+    if not entry or not _pid_alive(entry["pid"]) or not healthy(entry["url"]):
         return None
     return LocalServer(entry["url"], entry["pid"], Path(entry["log"]))
 
@@ -276,7 +277,6 @@ def local_server(config, backbone) -> LocalServer:
 
 def main(argv: list[str] | None = None) -> int:
     from resadapt import cli
-    from resadapt.engines import START_TIMEOUT_S
 
     parser = argparse.ArgumentParser(
         prog="python -m resadapt.vllm", description="The separate vLLM environment and its server."
