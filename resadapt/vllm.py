@@ -239,6 +239,15 @@ def record_server(env: Path, model: str, server: LocalServer) -> None:
     _save_state(env, state)
 
 
+def forget_server(env: Path, model: str) -> dict | None:
+    """Remove the record of ``model``'s server from ``env``; return it (None when none)."""
+    state = _state(env) if env.is_dir() else {}
+    entry = state.pop(model, None)
+    if env.is_dir():
+        _save_state(env, state)
+    return entry
+
+
 def running_server(env: Path, model: str) -> LocalServer | None:
     """The recorded server of ``model`` in ``env`` when its process runs and it answers."""
     entry = _state(env).get(model)
@@ -316,12 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         model = (
             str(Path(args.backbone).absolute()) if Path(args.backbone).is_dir() else args.backbone
         )
-        state = _state(env) if env.is_dir() else {}
         if args.command == "stop":
-            entry = state.pop(model, None)
+            entry = forget_server(env, model)
             if entry and _pid_alive(entry["pid"]):
                 os.killpg(entry["pid"], signal.SIGTERM)
-            _save_state(env, state)
             print(f"stopped the server of {model}" if entry else f"no server of {model} recorded")
             return
         server = start_server(
@@ -339,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             server.stop()
         finally:
-            _save_state(env, {k: v for k, v in _state(env).items() if k != model})
+            forget_server(env, model)
 
     return cli.run(body)
 

@@ -25,7 +25,7 @@ from resadapt.assets import default_backbone, examples
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.engines import VllmEngine
 from resadapt.video import load_video
-from resadapt.vllm import env_path, record_server, start_server
+from resadapt.vllm import env_path, forget_server, record_server, start_server
 from tests.media import write_video
 
 ENV = env_path()
@@ -69,6 +69,7 @@ def served(request, tmp_path_factory):
     server = start_server(ENV, path, dtype="float32", max_chunks=16, timeout_s=900)
     record_server(ENV, path, server)  # ask --engine vllm without a URL reuses it
     yield backbone, VllmEngine(server.url, backbone, alive=server.why_gone), clip
+    forget_server(ENV, path)
     server.stop()
 
 
