@@ -155,6 +155,10 @@ def request_body(
         "videos": videos,
         "max_tokens": max_new_tokens,
         "logprobs": logprobs,
+        # the checkpoint's own, as the transformers engine's greedy decoding keeps it
+        "repetition_penalty": float(
+            getattr(backbone.model.generation_config, "repetition_penalty", None) or 1.0
+        ),
         # the frames are at their final sizes already (resadapt.geometry made them)
         "mm_processor_kwargs": {"do_resize": False},
     }

@@ -95,15 +95,23 @@ def setup_commands(env: Path, gpu: bool) -> list[list[str]]:
     return commands
 
 
-def setup(env: Path, gpu: bool | None = None) -> float:
+def setup(env: Path, gpu: bool | None = None, *, force: bool = False) -> float:
     """Build the environment at ``env`` (CUDA build when ``gpu``, default: when a GPU is seen);
-    check that vLLM and the plugin import; return the seconds it took."""
+    check that vLLM and the plugin import; return the seconds it took. An environment where vLLM
+    already imports only gets this checkout reinstalled, unless ``force``."""
     gpu = has_cuda() if gpu is None else gpu
     if not (project_root() / "pyproject.toml").is_file():
         raise EngineError(f"setup installs the plugin from a checkout; none at {project_root()}")
     start = time.perf_counter()
-    check = [str(env / "bin" / "python"), "-c", "import vllm, resadapt.vllm_plugin.server"]
-    for command in [*setup_commands(env, gpu), check]:
+    python = env / "bin" / "python"
+    commands = setup_commands(env, gpu)
+    if not force and python.is_file():
+        has_vllm = subprocess.run([str(python), "-c", "import vllm"], capture_output=True)
+        if has_vllm.returncode == 0:
+            logger.info("vLLM already imports in %s: reinstalling this checkout only", env)
+            commands = commands[-1:]
+    check = [str(python), "-c", "import vllm, resadapt.vllm_plugin.server"]
+    for command in [*commands, check]:
         logger.info("running %s", " ".join(command))
         done = subprocess.run(command, check=False)
         if done.returncode != 0 and "uninstall" not in command:
@@ -301,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p_setup.add_argument(
         "--gpu", choices=("auto", "yes", "no"), default="auto", help="install the CUDA build"
     )
+    p_setup.add_argument("--force", action="store_true", help="reinstall vLLM too")
     for p in (p_serve, p_stop):
         p.add_argument("--backbone", required=True, help="checkpoint folder or hub id")
     p_serve.add_argument("--port", type=int, default=None)
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         env = env_path(args.env)
         if args.command == "setup":
             gpu = None if args.gpu == "auto" else args.gpu == "yes"
-            seconds = setup(env, gpu)
+            seconds = setup(env, gpu, force=args.force)
             print(f"vLLM environment ready at {env} (built in {seconds:.0f} s)")
             return
         model = (

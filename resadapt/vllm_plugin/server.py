@@ -11,9 +11,9 @@ per-chunk ``frames_indices`` / fps (which carry the true timestamps) could not b
 
 Wire format (JSON). Request: ``{"prompt": str, "videos": [{"shape": [F, H, W, 3], "frames":
 base64 of the uint8 bytes, "metadata": {...}}], "max_tokens": int, "logprobs": int | null,
-"mm_processor_kwargs": {...}}``. Answer: ``{"text", "token_ids", "prompt_token_ids",
-"logprobs": [{token id: log-probability}] per generated token (or null)}``; an engine error is
-HTTP 400 / 500 with ``{"error": one sentence}``.
+"repetition_penalty": float, "mm_processor_kwargs": {...}}``; decoding is greedy. Answer:
+``{"text", "token_ids", "prompt_token_ids", "logprobs": [{token id: log-probability}] per
+generated token (or null)}``; a refused request is HTTP 400 with ``{"error": one sentence}``.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def build_app(engine, model: str):
                 temperature=0.0,
                 max_tokens=int(body.get("max_tokens", 32)),
                 logprobs=body.get("logprobs"),
+                repetition_penalty=float(body.get("repetition_penalty", 1.0)),
             )
         except (KeyError, ValueError, TypeError) as e:
             return JSONResponse({"error": f"bad request: {e}"}, status_code=400)
