@@ -1,5 +1,5 @@
-"""The app's chat served on localhost with the bundled pair, driven through gradio_client (``/chat``,
-history in and out), plus resadapt.chat_ui's messages, strip and chart rows."""
+"""The app's chat served on localhost with the bundled pair, driven through gradio_client
+(``/chat``, history in and out), plus resadapt.chat_ui's messages, strip and chart rows."""
 
 from __future__ import annotations
 
