@@ -1,5 +1,6 @@
 """ZeroGPU readiness: the real ``spaces`` package (ZeroGPU off) around the app's callbacks, the
-duration sized from each request and its bounds, and a Space's import-time load and lazy examples."""
+duration sized from each request and its bounds, and a Space's import-time load and lazy
+examples."""
 
 from __future__ import annotations
 
