@@ -209,15 +209,18 @@ def chat_live(
     """Stream the next turn into the chat; then the budget chart of every turn."""
     form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
     try:
-        for view in chat_ui.chat_views(CHAT, video, form, history, results):
-            yield tuple(gr.skip() if value is None else value for value in view.outputs())
+        for i, view in enumerate(chat_ui.chat_views(CHAT, video, form, history, results)):
+            outputs = [gr.skip() if value is None else value for value in view.outputs()]
+            if i == 0:  # emptied first: the chart takes a new turn's colour only when redrawn
+                outputs[1] = None
+            yield tuple(outputs)
     except ResAdaptError as e:
         raise user_error(e) from e
 
 
 def clear_chat():
     """An empty chat: no messages, an empty chart, no results, no question."""
-    return [], chat_ui.moved_rows([]), [], ""
+    return [], None, [], ""
 
 
 def clear_question() -> str:
@@ -233,7 +236,7 @@ def chat_view(pipeline: Pipeline, video: gr.Video, settings: list, history: str)
     with gr.Accordion("Chat: follow-up questions about this video, a budget per turn"):
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat")
+                chatbot = gr.Chatbot(label="Chat", height=640, elem_id="chat")
                 chat_question = gr.Textbox(
                     label="Ask about the video (the policy, budget and frames above apply)",
                     lines=2,
@@ -251,7 +254,7 @@ def chat_view(pipeline: Pipeline, video: gr.Video, settings: list, history: str)
                     title="How the budget moved: visual tokens per chunk, one line per turn",
                     x_title="time (s)",
                     y_title="tokens",
-                    height=300,
+                    height=360,
                     elem_id="moved-chart",
                 )
                 with gr.Accordion("JSON (what /chat returns for the last turn)", open=False):

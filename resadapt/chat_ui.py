@@ -31,8 +31,6 @@ PENDING_ANSWER = "…"
 """What the answer shows while nothing has been generated yet."""
 MOVED_COLUMNS = ("time_s", "tokens", "scale", "chunk", "turn")
 """Columns of :func:`moved_rows`."""
-LABEL_CHARS = 40
-"""Longest question excerpt in a turn's chart label."""
 
 
 def make_chat(pipeline: Pipeline, history: str = "text") -> Chat:
@@ -119,18 +117,15 @@ def budget_strip(result: dict) -> str:
     )
 
 
-def moved_rows(results: Sequence[dict], questions: Sequence[str] | None = None) -> pd.DataFrame:
+def moved_rows(results: Sequence[dict]) -> pd.DataFrame:
     """Long-format rows of every turn's allocation (per sampled frame, as
-    :func:`resadapt.ui.budget_rows`) with a ``turn`` label: one chart line per turn."""
-    frames = []
-    for i, result in enumerate(results):
-        label = f"turn {i + 1}"
-        if questions is not None:
-            first = questions[i].splitlines()[0] if questions[i] else ""
-            label += f": {first[:LABEL_CHARS]}"
-        frames.append(ui.budget_rows(result).assign(turn=label))
-    if not frames:
-        return pd.DataFrame(columns=list(MOVED_COLUMNS))
+    :func:`resadapt.ui.budget_rows`) labelled ``turn N``: one chart line per turn."""
+    frames = [ui.budget_rows(r).assign(turn=f"turn {i + 1}") for i, r in enumerate(results)]
+    if not frames:  # typed like a full one: a chart's axes keep their kinds when it fills
+        kinds = ("float64", "int64", "float64", "int64", "str")
+        return pd.DataFrame(
+            {c: pd.Series(dtype=k) for c, k in zip(MOVED_COLUMNS, kinds, strict=True)}
+        )
     return pd.concat(frames, ignore_index=True)[list(MOVED_COLUMNS)]
 
 
@@ -176,10 +171,7 @@ def chat_views(
     if len(earlier) != len(turns):  # e.g. an API client's history: chart this turn alone
         earlier = []
     done = [*earlier, final]
-    questions = [t.question for t in turns[len(turns) - len(earlier) :]] + [request.question]
-    yield ChatView(
-        before + turn_messages(request.question, final, number), moved_rows(done, questions), done
-    )
+    yield ChatView(before + turn_messages(request.question, final, number), moved_rows(done), done)
 
 
 def chat_json(
