@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -14,6 +17,8 @@ from resadapt.chat import Turn
 from resadapt.pipeline import ModelConfig, Pipeline, Request, load_pipeline
 from tests.test_app import free_port
 from tests.test_chat import PURPLE, VIDEO, YELLOW
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +119,14 @@ def test_a_cached_example_gets_every_output_at_once(bundled):
     answer, tokens, scale, gallery, summary, result = app.answer_example(*example)
     assert answer == result["answer"] and len(tokens) == len(result["frames"])
     assert gallery and "total" in summary
+
+
+def test_readme_chat_snippet_runs(client, monkeypatch, capsys):
+    section = (ROOT / "README.md").read_text().split("## App", 1)[1]
+    snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+    chat = next(s for s in snippets if "/chat" in s)
+    code = (snippets[0] + chat).replace("http://127.0.0.1:7860/", client.src)
+    monkeypatch.chdir(ROOT)
+    exec(code, {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("purple B [36, 1,") and lines[-1].startswith("yellow D [1, 36,")
