@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +216,16 @@ def test_ask_chat_on_a_missing_video_is_one_error(monkeypatch, capsys, tmp_path)
 def test_readme_lists_the_chat_module():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "resadapt/chat.py" in readme and "--chat" in readme
+
+
+def test_the_history_benchmark_runs_on_the_bundled_examples():
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.chat_history", "--data", str(EXAMPLES / "data.jsonl")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("clips 3; turn-2 answers identical across history modes:")
