@@ -11,34 +11,28 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 
 import pytest
 
-import app
 from resadapt.pipeline import ModelConfig, Request, load_pipeline
+from tests import test_app
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 from tests.test_chat import PURPLE, VIDEO, YELLOW
+
+url = test_app.url  # its app fixture, serving this module's ``pipeline``
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def bundled():
+def pipeline():
+    """The bundled pair (test_app's ``url`` fixture serves it)."""
     return load_pipeline(ModelConfig())
 
 
 @pytest.fixture(scope="module")
-def url(bundled):
-    demo = app.build_demo(bundled)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+def bundled(pipeline):
+    return pipeline
 
 
 def ask(page, question: str, turn: int) -> None:

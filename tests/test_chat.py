@@ -22,7 +22,7 @@ from resadapt.chat import Chat, ChatConfig, DecodeCache, HistoryError, Turn
 from resadapt.pipeline import ModelConfig, Pipeline, Request, load_pipeline
 from resadapt.world import TINY_BACKBONES
 from tests.templates import with_real_template
-from tests.test_backbone import QUESTION, chunked, clip
+from tests.test_backbone import QUESTION, chunked, clip, native_inputs
 
 HISTORY = [("Which digit is on the red card?", "7")]
 """One earlier turn, as text."""
@@ -49,14 +49,7 @@ def test_two_turn_chunked_equals_native_at_uniform_scale(backbone):
     video_token = backbone.processor.video_token
     assert text.count(video_token) == 1
     assert text.index(HISTORY[0][0]) < text.index(HISTORY[0][1]) < text.index(video_token)
-    native = backbone.processor(
-        text=[text],
-        videos=[frames],
-        video_metadata=[metadata],
-        do_resize=False,
-        do_sample_frames=False,
-        return_tensors="pt",
-    )
+    native = native_inputs(backbone, frames, metadata, text)
     ours = backbone.prepare([chunked(frames, timestamps)], [QUESTION], histories=[HISTORY])
     assert torch.equal(native["input_ids"], ours["input_ids"])
     with torch.no_grad():

@@ -15,32 +15,28 @@ import app
 from resadapt import chat_ui, ui
 from resadapt.chat import Turn
 from resadapt.pipeline import ModelConfig, Pipeline, Request, load_pipeline
-from tests.test_app import free_port
+from tests import test_app
 from tests.test_chat import PURPLE, VIDEO, YELLOW
+
+url = test_app.url  # its app fixture, serving this module's ``pipeline``
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def bundled() -> Pipeline:
+def pipeline() -> Pipeline:
+    """The bundled pair (test_app's ``url`` fixture serves it)."""
     return load_pipeline(ModelConfig())
 
 
 @pytest.fixture(scope="module")
-def client(bundled):
-    demo = app.build_demo(bundled)
-    port = free_port()
-    demo.launch(
-        prevent_thread_lock=True,
-        server_name="127.0.0.1",
-        server_port=port,
-        max_file_size=ui.MAX_UPLOAD_BYTES,
-        quiet=True,
-    )
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+def bundled(pipeline) -> Pipeline:
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def client(url) -> Client:
+    return Client(url, verbose=False)
 
 
 def test_chat_endpoint_takes_video_question_history_then_defaults(client):
