@@ -4,6 +4,7 @@ the native sequence at a uniform scale, the decode cache, and the issue's two-ca
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -222,3 +223,18 @@ def test_the_history_benchmark_runs_on_the_bundled_examples():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("clips 3; turn-2 answers identical across history modes:")
+
+
+def test_closing_a_turn_stops_generation(clip_path):
+    """The chat's Stop (and a client that went away) closes the turn's generator, as for a single
+    answer: generation stops at its next step, and the next turn runs."""
+    from tests.test_streaming import _generating
+
+    chat = Chat(Pipeline(Backbone.load(TINY_BACKBONES[0])))
+    request = Request(question=QUESTION, policy="uniform", num_frames=8, max_new_tokens=1000)
+    stream = chat.turn_stream(clip_path, request)
+    next(stream)
+    next(stream, None)
+    stream.close()
+    assert not _generating()
+    assert chat.turn(clip_path, dataclasses.replace(request, max_new_tokens=2)).answer is not None
