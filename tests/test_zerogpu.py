@@ -145,5 +145,7 @@ def test_on_a_space_the_models_load_at_import_and_examples_cache_lazily(tmp_path
     assert "lazy ok" in run.stdout
 
 
-def test_requirements_dev_installs_spaces():
+def test_requirements_dev_installs_spaces_and_the_front_matter_suggests_zerogpu():
     assert "spaces" in (ROOT / "requirements-dev.txt").read_text()
+    front = (ROOT / "README.md").read_text().split("---\n")[1]
+    assert "suggested_hardware: zero-a10g" in front.splitlines()
