@@ -204,7 +204,6 @@ def chat_live(
     fps: float,
     max_new_tokens: float,
     results: list[dict],
-    progress=gr.Progress(),  # noqa: B008
 ):
     """Stream the next turn into the chat; then the budget chart of every turn."""
     form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from resadapt.cli import option
-from resadapt.errors import ResAdaptError
+from resadapt.errors import MAX_QUESTION_CHARS, ResAdaptError
 from resadapt.pipeline import Pipeline, Request
 from resadapt.records import Result
 from resadapt.video import SampledVideo
@@ -39,6 +39,8 @@ MAX_CACHE_BYTES = 1 << 30
 first; a video larger than this is decoded again at every turn)."""
 MAX_CACHED_VIDEOS = 4
 """Decoded videos the cache keeps at most."""
+MAX_TURN_CHARS = 8 * MAX_QUESTION_CHARS
+"""Longest earlier turn (question and answer) accepted as context, in characters."""
 HASH_BLOCK_BYTES = 1 << 20
 """Bytes read at a time while hashing a file."""
 
@@ -156,10 +158,18 @@ class Chat:
 
     def context(self, turns: Sequence[Turn]) -> list[tuple[str, str]]:
         """The (question, answer) pairs this turn's prompt holds before the question: the last
-        :data:`MAX_HISTORY_TURNS` turns with ``text``, none with ``none``."""
+        :data:`MAX_HISTORY_TURNS` turns with ``text``, none with ``none``. Raises HistoryError for
+        a turn longer than :data:`MAX_TURN_CHARS`."""
         if self.history == "none":
             return []
-        return [(t.question, t.answer) for t in turns[-MAX_HISTORY_TURNS:]]
+        kept = [(t.question, t.answer) for t in turns[-MAX_HISTORY_TURNS:]]
+        for question, answer in kept:
+            if len(question) + len(answer) > MAX_TURN_CHARS:
+                raise HistoryError(
+                    f"an earlier turn is {len(question) + len(answer)} characters long; the limit "
+                    f"is {MAX_TURN_CHARS}"
+                )
+        return kept
 
     def turn_stream(
         self, path: str, request: Request, turns: Sequence[Turn] = ()

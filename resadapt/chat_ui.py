@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from resadapt import ui
-from resadapt.chat import Chat, Turn
+from resadapt.chat import Chat, HistoryError, Turn
 from resadapt.pipeline import Pipeline
 
 STRIP_LEVELS = "▁▂▃▄▅▆▇█"
@@ -57,9 +57,13 @@ def is_budget_note(message: dict) -> bool:
 
 def turns_from_messages(messages: Sequence[dict]) -> list[Turn]:
     """The (question, answer) turns of a chat's messages, in order; budget notes are skipped and a
-    question with no answer yet is left out."""
+    question with no answer yet is left out. Raises HistoryError for a message that is no dict."""
     turns, question = [], None
     for message in messages:
+        if not isinstance(message, dict):
+            raise HistoryError(
+                f"a chat message is a dict with a role and a content, got {message!r:.80}"
+            )
         if is_budget_note(message):
             continue
         text = message_text(message)

@@ -112,6 +112,8 @@ def test_history_none_answers_each_turn_alone(clip_path, monkeypatch):
         Chat(pipeline, history="all")
     with pytest.raises(HistoryError, match="not one of"):
         ChatConfig(history="both")
+    with pytest.raises(HistoryError, match="an earlier turn is 16001 characters long"):
+        Chat(pipeline).context([Turn("q" * 16_000, "a")])
 
 
 # ---------------------------------------------------------------------------------------- cache

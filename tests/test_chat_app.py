@@ -13,7 +13,7 @@ from gradio_client.exceptions import AppError
 
 import app
 from resadapt import chat_ui, ui
-from resadapt.chat import Turn
+from resadapt.chat import HistoryError, Turn
 from resadapt.pipeline import ModelConfig, Pipeline, Request, load_pipeline
 from tests import test_app
 from tests.test_chat import PURPLE, VIDEO, YELLOW
@@ -107,6 +107,8 @@ def test_turns_are_read_back_from_message_dicts():
         {"role": "user", "content": "Q3"},  # not answered yet (stopped): left out
     ]
     assert chat_ui.turns_from_messages(messages) == [Turn("Q1", "A"), Turn("Q2", "")]
+    with pytest.raises(HistoryError, match="a chat message is a dict"):
+        chat_ui.turns_from_messages([["Q1", "A"]])
 
 
 def test_a_cached_example_gets_every_output_at_once(bundled):
