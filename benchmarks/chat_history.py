@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny backbones by name)
 from resadapt import cli
 from resadapt.chat import HISTORY_MODES, Chat, Turn
 from resadapt.data import read_examples
