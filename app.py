@@ -24,6 +24,7 @@ except ImportError:
 
 import gradio as gr
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import chat_ui, cli, ui, zerogpu
 from resadapt.assets import EXAMPLES
 from resadapt.chat import Chat, ChatConfig
@@ -246,15 +247,12 @@ def chat_view(pipeline: Pipeline, video: gr.Video, settings: list, history: str)
                     chat_stop_btn = gr.Button("Stop", variant="stop", elem_id="chat-stop")
                     clear_btn = gr.Button("Clear chat", elem_id="chat-clear")
             with gr.Column(scale=2):
-                moved_plot = gr.LinePlot(
-                    x="time_s",
-                    y="tokens",
-                    color="turn",
-                    title="How the budget moved: visual tokens per chunk, one line per turn",
-                    x_title="time (s)",
-                    y_title="tokens",
+                moved_plot = _time_plot(
+                    "tokens",
+                    "How the budget moved: visual tokens per chunk, one line per turn",
+                    "moved-chart",
                     height=360,
-                    elem_id="moved-chart",
+                    color="turn",
                 )
                 with gr.Accordion("JSON (what /chat returns for the last turn)", open=False):
                     turn_json = gr.JSON(label="Turn")
@@ -283,6 +281,178 @@ def chat_view(pipeline: Pipeline, video: gr.Video, settings: list, history: str)
 
 
 # ---------------------------------------------------------------------------------------- layout
+@dataclass
+class Page:
+    """The components the page's events read or write (built by :func:`build_layout`)."""
+
+    inputs: list
+    """The question's form, in the order of the callbacks' arguments."""
+    live: list
+    """What a streamed answer updates, in the order of ``ui.answer_views``' outputs."""
+    buttons: tuple[gr.Button, gr.Button, gr.Button]
+    """Answer, Compare policies, Stop."""
+    comparison: tuple[gr.JSON, gr.Dataframe, gr.LinePlot]
+    """What /compare returns, then the table and the chart made from it."""
+    examples: gr.Examples
+    api_only: gr.Button
+    """Hidden: the button behind /answer (the JSON object without the streamed views)."""
+
+    @property
+    def question(self) -> gr.Textbox:
+        """The question box (Enter in it answers)."""
+        return self.inputs[1]
+
+    @property
+    def result_json(self) -> gr.JSON:
+        """The JSON result, also what /answer returns."""
+        return self.live[-1]
+
+
+def build_layout(pipeline: Pipeline) -> Page:
+    """The page's widgets, placed in the open ``gr.Blocks``; no event is wired here."""
+    gr.Markdown(
+        "# ResAdapt — where did the visual-token budget go?\n"
+        "A policy picks a resolution for every 2-frame chunk *before* the frozen Qwen-VL "
+        "backbone encodes it. Upload a video (or pick an example), ask, and see the budget "
+        "per frame against full resolution."
+    )
+    gr.Markdown(ui.status_markdown(pipeline), elem_id="status")
+    with gr.Row():
+        with gr.Column(scale=2) as left:
+            inputs, buttons = _form(pipeline)
+        with gr.Column(scale=3):
+            live = _answer_views()
+    comparison = _comparison_views()
+    with left:
+        examples = gr.Examples(
+            ui.example_rows(),
+            inputs[:2],  # the video and the question
+            label="Examples (one click runs them)",
+            fn=answer_example,
+            outputs=live,
+            cache_examples=bool(CACHE_EXAMPLES),
+            cache_mode="lazy",
+            api_visibility="private",
+        )
+    api_only = gr.Button(visible=False)
+    return Page(inputs, live, buttons, comparison, examples, api_only)
+
+
+def _form(pipeline: Pipeline) -> tuple[list, tuple[gr.Button, gr.Button, gr.Button]]:
+    """The video, the question, the buttons and the policy / budget / frames settings: the form's
+    components (``Page.inputs``) and the buttons (``Page.buttons``)."""
+    video = gr.Video(label="Video", sources=["upload"], height=260)
+    question = gr.Textbox(label="Question", lines=2, placeholder="Ask about the video")
+    with gr.Row():
+        ask_btn = gr.Button("Answer", variant="primary", elem_id="ask")
+        compare_btn = gr.Button("Compare policies", elem_id="compare")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+    with gr.Accordion("Policy, budget and frames"):
+        policy = gr.Radio(
+            ui.policy_choices(pipeline),
+            value=pipeline.default_policy,
+            label="Policy",
+        )
+        budget = gr.Slider(
+            0,
+            1,
+            value=ui.DEFAULT_RETENTION,
+            step=0.05,
+            label="Budget: retention of the full-resolution tokens (0 = no cap)",
+        )
+        max_visual_tokens = gr.Number(
+            0, precision=0, minimum=0, label="Visual-token cap (0 = none)"
+        )
+        with gr.Row():
+            num_frames = gr.Number(0, precision=0, minimum=0, label="Frames (0 = by fps)")
+            fps = gr.Number(ui.Form.fps, minimum=0.05, label="Frames per second")
+        max_new_tokens = gr.Slider(
+            1, 256, value=ui.Form.max_new_tokens, step=1, label="Max new tokens"
+        )
+    inputs = [video, question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens]
+    return inputs, (ask_btn, compare_btn, stop_btn)
+
+
+def _time_plot(y: str, title: str, elem_id: str, height: int = 240, **extra) -> gr.LinePlot:
+    """A line plot of column ``y`` against ``time_s`` (seconds), ``height`` px high."""
+    return gr.LinePlot(
+        x="time_s",
+        y=y,
+        title=title,
+        x_title="time (s)",
+        y_title=y,
+        height=height,
+        elem_id=elem_id,
+        **extra,
+    )
+
+
+def _answer_views() -> list:
+    """The answer, the summary, the budget charts, the resized frames and the JSON result, in the
+    order of ``Page.live``."""
+    answer_box = gr.Textbox(label="Answer", lines=2, elem_id="answer")
+    summary = gr.Markdown(elem_id="summary")
+    with gr.Row():
+        tokens_plot = _time_plot(
+            "tokens",
+            "Visual tokens over time (per 2-frame chunk)",
+            "budget-chart",
+            tooltip=["time_s", "frame", "chunk", "scale", "tokens", "size"],
+        )
+        scale_plot = _time_plot("scale", "Scale per frame", "scale-chart", y_lim=[0, 1])
+    gallery = gr.Gallery(
+        label="Sampled frames at their allocated resolution (on a full-size canvas)",
+        columns=4,
+        height=380,
+        object_fit="contain",
+        elem_id="frames",
+    )
+    with gr.Accordion("JSON (what /answer returns)", open=False):
+        result_json = gr.JSON(label="Result")
+    return [answer_box, tokens_plot, scale_plot, gallery, summary, result_json]
+
+
+def _comparison_views() -> tuple[gr.JSON, gr.Dataframe, gr.LinePlot]:
+    """The policies side by side: the JSON comparison, a table and a tokens-over-time chart."""
+    with gr.Accordion("Compare policies at the same budget (button above)"):
+        compare_table = gr.Dataframe(
+            headers=list(ui.COMPARE_COLUMNS), label="Side by side", elem_id="compare-table"
+        )
+        compare_plot = _time_plot(
+            "tokens", "Visual tokens per frame by policy", "compare-chart", color="policy"
+        )
+        with gr.Accordion("JSON (what /compare returns)", open=False):
+            compare_json = gr.JSON(label="Comparison")
+    return compare_json, compare_table, compare_plot
+
+
+# ---------------------------------------------------------------------------------------- wiring
+def wire_events(page: Page) -> None:
+    """The page's events, registered in the open ``gr.Blocks``: an answer (streamed) from an
+    example, the button or Enter; Stop; the comparison; the /answer and /compare endpoints."""
+    inputs, live = page.inputs, page.live
+    ask_btn, compare_btn, stop_btn = page.buttons
+    compare_json, compare_table, compare_plot = page.comparison
+    private = dict(concurrency_id=MODEL_GROUP, api_visibility="private")
+    # Stopping (the button, or a client that went away) closes the running generator, which
+    # stops generation at its next step (Backbone.stream): the next queued request starts.
+    runs = [
+        ask_btn.click(answer_live, inputs, live, **private),
+        page.question.submit(answer_live, inputs, live, **private),
+    ]
+    if not CACHE_EXAMPLES:  # a cached example shows its stored outputs instead
+        runs.append(page.examples.load_input_event.then(answer_live, inputs, live, **private))
+    stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
+    compare_btn.click(
+        compare, inputs, compare_json, concurrency_id=MODEL_GROUP, api_name="compare"
+    ).success(
+        show_comparison, compare_json, [compare_table, compare_plot], api_visibility="private"
+    )
+    page.api_only.click(
+        answer, inputs, page.result_json, concurrency_id=MODEL_GROUP, api_name="answer"
+    )
+
+
 def build_demo(pipeline: Pipeline, history: str = "text") -> gr.Blocks:
     """The app around a loaded pipeline, its queue configured (not launched); ``history``: how
     the chat's earlier turns reach the backbone (resadapt.chat.HISTORY_MODES)."""
@@ -290,135 +460,9 @@ def build_demo(pipeline: Pipeline, history: str = "text") -> gr.Blocks:
     PIPELINE = pipeline
     gr.set_static_paths([str(EXAMPLES)])
     with gr.Blocks(title="ResAdapt") as demo:
-        gr.Markdown(
-            "# ResAdapt — where did the visual-token budget go?\n"
-            "A policy picks a resolution for every 2-frame chunk *before* the frozen Qwen-VL "
-            "backbone encodes it. Upload a video (or pick an example), ask, and see the budget "
-            "per frame against full resolution."
-        )
-        gr.Markdown(ui.status_markdown(pipeline), elem_id="status")
-        with gr.Row():
-            with gr.Column(scale=2) as left:
-                video = gr.Video(label="Video", sources=["upload"], height=260)
-                question = gr.Textbox(label="Question", lines=2, placeholder="Ask about the video")
-                with gr.Row():
-                    ask_btn = gr.Button("Answer", variant="primary", elem_id="ask")
-                    compare_btn = gr.Button("Compare policies", elem_id="compare")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                with gr.Accordion("Policy, budget and frames"):
-                    policy = gr.Radio(
-                        ui.policy_choices(pipeline),
-                        value=pipeline.default_policy,
-                        label="Policy",
-                    )
-                    budget = gr.Slider(
-                        0,
-                        1,
-                        value=ui.DEFAULT_RETENTION,
-                        step=0.05,
-                        label="Budget: retention of the full-resolution tokens (0 = no cap)",
-                    )
-                    max_visual_tokens = gr.Number(
-                        0, precision=0, minimum=0, label="Visual-token cap (0 = none)"
-                    )
-                    with gr.Row():
-                        num_frames = gr.Number(
-                            0, precision=0, minimum=0, label="Frames (0 = by fps)"
-                        )
-                        fps = gr.Number(ui.Form.fps, minimum=0.05, label="Frames per second")
-                    max_new_tokens = gr.Slider(
-                        1, 256, value=ui.Form.max_new_tokens, step=1, label="Max new tokens"
-                    )
-            with gr.Column(scale=3):
-                answer_box = gr.Textbox(label="Answer", lines=2, elem_id="answer")
-                summary = gr.Markdown(elem_id="summary")
-                with gr.Row():
-                    tokens_plot = gr.LinePlot(
-                        x="time_s",
-                        y="tokens",
-                        title="Visual tokens over time (per 2-frame chunk)",
-                        x_title="time (s)",
-                        y_title="tokens",
-                        height=240,
-                        elem_id="budget-chart",
-                        tooltip=["time_s", "frame", "chunk", "scale", "tokens", "size"],
-                    )
-                    scale_plot = gr.LinePlot(
-                        x="time_s",
-                        y="scale",
-                        title="Scale per frame",
-                        x_title="time (s)",
-                        y_title="scale",
-                        y_lim=[0, 1],
-                        height=240,
-                        elem_id="scale-chart",
-                    )
-                gallery = gr.Gallery(
-                    label="Sampled frames at their allocated resolution (on a full-size canvas)",
-                    columns=4,
-                    height=380,
-                    object_fit="contain",
-                    elem_id="frames",
-                )
-                with gr.Accordion("JSON (what /answer returns)", open=False):
-                    result_json = gr.JSON(label="Result")
-        with gr.Accordion("Compare policies at the same budget (button above)"):
-            compare_table = gr.Dataframe(
-                headers=list(ui.COMPARE_COLUMNS), label="Side by side", elem_id="compare-table"
-            )
-            compare_plot = gr.LinePlot(
-                x="time_s",
-                y="tokens",
-                color="policy",
-                title="Visual tokens per frame by policy",
-                x_title="time (s)",
-                y_title="tokens",
-                height=240,
-                elem_id="compare-chart",
-            )
-            with gr.Accordion("JSON (what /compare returns)", open=False):
-                compare_json = gr.JSON(label="Comparison")
-
-        inputs = [
-            video,
-            question,
-            policy,
-            budget,
-            max_visual_tokens,
-            num_frames,
-            fps,
-            max_new_tokens,
-        ]
-        live = [answer_box, tokens_plot, scale_plot, gallery, summary, result_json]
-        private = dict(concurrency_id=MODEL_GROUP, api_visibility="private")
-        with left:
-            examples = gr.Examples(
-                ui.example_rows(),
-                [video, question],
-                label="Examples (one click runs them)",
-                fn=answer_example,
-                outputs=live,
-                cache_examples=bool(CACHE_EXAMPLES),
-                cache_mode="lazy",
-                api_visibility="private",
-            )
-        # Stopping (the button, or a client that went away) closes the running generator, which
-        # stops generation at its next step (Backbone.stream): the next queued request starts.
-        runs = [
-            ask_btn.click(answer_live, inputs, live, **private),
-            question.submit(answer_live, inputs, live, **private),
-        ]
-        if not CACHE_EXAMPLES:  # a cached example shows its stored outputs instead
-            runs.append(examples.load_input_event.then(answer_live, inputs, live, **private))
-        stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
-        compare_btn.click(
-            compare, inputs, compare_json, concurrency_id=MODEL_GROUP, api_name="compare"
-        ).success(
-            show_comparison, compare_json, [compare_table, compare_plot], api_visibility="private"
-        )
-        api_only = gr.Button(visible=False)  # /answer: the JSON object without the streamed views
-        api_only.click(answer, inputs, result_json, concurrency_id=MODEL_GROUP, api_name="answer")
-        chat_view(pipeline, video, inputs[2:], history)
+        page = build_layout(pipeline)
+        wire_events(page)
+        chat_view(pipeline, page.inputs[0], page.inputs[2:], history)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
 

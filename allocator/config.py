@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SCALE_MIN = 0.2
-"""Smallest scale the policy can choose (CAPO.md reference default)."""
+"""Smallest scale the policy can choose (the reference default; docs/capo.md)."""
 SCALE_MAX = 1.0
 """Largest scale: frames are decoded at the backbone's pixel cap, so s > 1 adds nothing."""
 

@@ -342,7 +342,7 @@ class QueryMatch(nn.Module):
 
 
 class BetaHead(nn.Module):
-    """Chunk state → (α, β) = softplus(0.5 z) + 1, so every Beta is unimodal or flat (CAPO.md)."""
+    """Chunk state → (α, β) = softplus(0.5 z) + 1: every Beta is unimodal or flat (docs/capo.md)."""
 
     def __init__(self, config: AllocatorConfig) -> None:
         super().__init__()

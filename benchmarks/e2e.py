@@ -72,7 +72,7 @@ from resadapt.pipeline import (
     load_allocator,
     load_pipeline,
 )
-from resadapt.policies import POLICY_NAMES
+from resadapt.policies import Vanilla, policy_names
 from resadapt.world.tiny import build_tiny
 
 GIB = real_size.GIB
@@ -95,7 +95,7 @@ class E2EConfig:
     policies: tuple[str, ...] = cli.option(
         "comma list of methods (vanilla is the reference of the ratios)",
         METHODS,
-        choices=POLICY_NAMES,
+        choices=policy_names,
     )
     budget: float = cli.option(
         "retention: share of the full-resolution visual tokens that may reach the language model",
@@ -316,9 +316,8 @@ def run_child(
 def add_ratios(rows: list[dict]) -> list[dict]:
     """Set ``total_ratio``, ``peak_ratio``, ``above_ratio`` (to the vanilla row of the same setup
     and frames, None without one) and ``token_ratio`` (LM tokens ÷ vanilla's) on measured rows."""
-    vanilla = {
-        (r["setup"], r["frames"]): r for r in rows if r["method"] == "vanilla" and "error" not in r
-    }
+    reference = [r for r in rows if r["method"] == Vanilla.name and "error" not in r]
+    vanilla = {(r["setup"], r["frames"]): r for r in reference}
     for r in rows:
         if "error" in r:
             continue

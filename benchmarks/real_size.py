@@ -10,7 +10,7 @@ reader scales the per-stage times linearly to 28 / 36 language layers and 32 / 2
 One run measures, for each family, ``--rows`` questions about one generated ``--frames``-frame
 ``--side``² clip under
   * ``vanilla`` (every chunk at full resolution) and ``fixed`` (a learned-style, peaked scale vector
-    fitted to ``--budget`` retention; any other policy of ``resadapt.policies.POLICY_NAMES``, e.g.
+    fitted to ``--budget`` retention; any other policy of ``resadapt.policies.policy_names()``, e.g.
     ``attention`` (its probe pass counts in ``allocate``), can be named in ``--policies``), and
   * one prefill for all rows (``batched``) against micro-batches under ``--max-batch-tokens``
     (``budgeted``),
@@ -44,8 +44,8 @@ from benchmarks.decode import peak_rss_bytes, write_clip
 from resadapt import cli
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline, Request
-from resadapt.policies import POLICY_NAMES
-from resadapt.world.tiny import _mrope, _token_ids, build_tiny
+from resadapt.policies import policy_class, policy_names
+from resadapt.world.tiny import build_tiny, mrope_section, vision_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -164,7 +164,7 @@ def model_config(family: str, text_layers: int, vision_blocks: int, tiny: bool, 
         vision.update(TINY_WIDTHS["vision_config"], out_hidden_size=text["hidden_size"])
         head_dim = text["hidden_size"] // text["num_attention_heads"]
         text["head_dim"] = head_dim
-        text["rope_parameters"]["mrope_section"] = _mrope(head_dim)
+        text["rope_parameters"]["mrope_section"] = mrope_section(head_dim)
     text["num_hidden_layers"] = text_layers
     ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     text.update(ids, bos_token_id=tokenizer.pad_token_id)  # the tiny tokenizer's ids
@@ -172,7 +172,7 @@ def model_config(family: str, text_layers: int, vision_blocks: int, tiny: bool, 
     for key in LAYER_LISTS:
         if key in vision:
             vision[key] = [i for i in vision[key] if i < vision_blocks] or [vision_blocks - 1]
-    return values | _token_ids(tokenizer)
+    return values | vision_token_ids(tokenizer)
 
 
 @dataclass
@@ -205,7 +205,7 @@ class RealSizeConfig:
 
     def __post_init__(self) -> None:
         for name in self.policies:
-            if name != "fixed" and name not in POLICY_NAMES:
+            if name != "fixed" and name not in policy_names():
                 raise cli.UsageError(f"--policies: unknown policy {name!r}")
         if self.frames < 2 or self.side < 32 or self.rows < 1:
             raise cli.UsageError("--frames ≥ 2, --side ≥ 32 and --rows ≥ 1 are needed")
@@ -268,7 +268,7 @@ def measure(config: RealSizeConfig, family: str, policy: str, batching: str, vid
     request = Request(
         question=QUESTION,
         policy=None if policy == "fixed" else policy,
-        budget=None if policy == "vanilla" else config.budget,
+        budget=config.budget if policy == "fixed" or policy_class(policy).capped else None,
         num_frames=config.frames,
         max_new_tokens=config.max_new_tokens,
     )

@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import TextIO
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
 from resadapt.chat import Chat, ChatConfig, Turn
 from resadapt.errors import QuestionError, ResAdaptError, VideoError

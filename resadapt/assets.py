@@ -1,18 +1,15 @@
 """Where the bundled offline world lives, and the defaults it implies.
 
 Owns the paths of the bundled backbone, allocator and example clips under ``assets/``, and the
-environment variables that override them. Knows nothing about loading or running models.
-
-It is the glue between the core and the offline world: importing it imports :mod:`resadapt.world`,
-which registers the tiny random backbones by name, so every entry point can load them.
+environment variables that override them. Knows nothing about loading or running models, nor about
+the offline world that made the assets: the entry points import :mod:`resadapt.world`, which
+registers the tiny random backbones (the fallback default here) by name.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import resadapt.world  # noqa: F401  (registers the tiny random backbones; light: no transformers)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_BACKBONE = ASSETS / "backbone"
@@ -74,8 +71,9 @@ def examples() -> list[dict]:
     """Bundled example clips: ``{"video": absolute path, "question": prompt, "answer": gold,
     "problem_type", "num_options"}``.
 
-    ``assets/examples/data.jsonl`` is written by ``python -m resadapt.synth`` (see the README); the
-    question is the prompt the backbone sees (multiple-choice options listed with their letters).
+    ``assets/examples/data.jsonl`` is written by ``python -m resadapt.synth``
+    (docs/offline-world.md); the question is the prompt the backbone sees (multiple-choice options
+    listed with their letters).
     """
     from resadapt.data import read_examples
 

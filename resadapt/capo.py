@@ -1,20 +1,20 @@
 """CAPO, the allocator's training objective: cost-aware advantages, clipped loss, regularisers.
 
-Owns the arithmetic of CAPO.md as small pure tensor functions with named steps, and the weighted
-sum that is the trainer's loss. Knows nothing about models, videos, backbones, graders or
+Owns the arithmetic of docs/capo.md as small pure tensor functions with named steps, and the
+weighted sum that is the trainer's loss. Knows nothing about models, videos, backbones, graders or
 processes: it sees accuracies, costs, log-densities, scales and features.
 
 Shape legend: B prompts, M allocations in one prompt group, N allocations in a batch, K chunks,
 D features.
 
-Decisions CAPO.md leaves open:
+Decisions the paper leaves open (docs/capo.md states them too):
   * ``group_zscore`` uses the population std (``unbiased=False``). trl and verl use torch's default
     unbiased std, which is larger by sqrt(M / (M - 1)) (1.07 at M = 8); the population std is
     defined for M = 1 and gives z-scores of unit variance within the group.
   * ``similarity_loss`` detaches the neighbour weights w: the loss pushes scales, not features
     (otherwise the policy could lower the loss by making neighbouring features look different).
 
-Per-chunk credit (ours, ``mode="capo_chunk"``; CAPO.md step 7 gives every chunk the same A_m).
+Per-chunk credit (ours, ``mode="capo_chunk"``; docs/capo.md step 7 gives every chunk the same A_m).
 One reward per allocation says that it worked, not which chunk mattered; the M allocations of a
 group differ in every chunk at once, so the group itself can say which chunk's draw went with the
 reward. With the group's standardised accuracy r = z(Acc) (M,) and standardised actions
@@ -36,23 +36,21 @@ Probe credit (ours, ``--probe-credit w``, with any mode). The regression above i
 removes variance but adds no signal, so when the M draws of a group never find the evidence the
 group says nothing. Probes ask the backbone directly, at K extra rows per prompt: probe k shows
 chunk k at s_max and every other chunk at s_min (fitted to the budget like any allocation), and is
-scored with the run's reward, q_k ∈ [0, 1]:
+scored by the gold answer's probability, q_k ∈ [0, 1]:
   1. probe credit, how much better the answer is when chunk k is the one seen in full, in units
      of the probes' spread: d_k = (q_k − mean_j q_j) / max(std_j q_j, σ_q)  (K,), σ_q = 0.05 a
      floor so that probes which barely differ give little credit; Σ_k d_k = 0 (a reallocation:
      what one chunk gains the others give up), and d = 0 when all probes score the same.
-     Measured alternatives (README, "Probe credit"): the plain centred d = q − mean q gave one
-     evidence chunk among 8 +0.40 and each other chunk −0.06, too little to ever rank it first;
-     the margin d_k = q_k − max_{j≠k} q_j pushed every chunk down and the policy went uniform;
+     The alternatives tried (the plain centred d = q − mean q; the margin
+     d_k = q_k − max_{j≠k} q_j) and what they did: docs/results.md, "Probe credit";
   2. A_{m,k} = A_m + w · d_k · (a_{m,k} − mean_m a_{·,k}) / σ_U  (M, K), σ_U = 1/√12 the std of
      a uniform action (A_m may already be per chunk).
 The centred action is independent of the other chunks' draws, so the added term is a
 score-function estimate of ∇ Σ_k (w/σ_U)·d_k·E[a_k]: it pushes chunk k's mean scale up in
 proportion to its probe credit, the reward's finite difference along chunk k, whatever the group's
 own rewards were. The action is centred, not standardised: the standardised Z would estimate
-∇ E[a_k]/σ_k, whose step grows without bound as the Beta sharpens (measured: a run with Z swung
-between 25 % and 52 % validation accuracy with gradient norms up to 120 as α + β passed 20). The
-probes are the backbone's answers, not its attention: still reward only.
+∇ E[a_k]/σ_k, whose step grows without bound as the Beta sharpens. The probes are the backbone's
+answers, not its attention: still reward only.
 """
 
 from __future__ import annotations
@@ -61,19 +59,19 @@ import torch
 import torch.nn.functional as F
 
 ZSCORE_EPS = 1e-6
-"""Added to the group std before dividing (CAPO.md step 1)."""
+"""Added to the group std before dividing (docs/capo.md step 1)."""
 ZSCORE_MIN_STD = 1e-4
 """Below this group std the accuracy term is 0: no accuracy signal in the group."""
 MAX_LOG_RATIO = 20.0
 """|log π_new − log π_old| is clamped to this before exponentiating."""
 CLIP_LOW, CLIP_HIGH = 0.2, 0.28
-"""PPO clip range of the ratio: [1 − CLIP_LOW, 1 + CLIP_HIGH] (CAPO.md)."""
+"""PPO clip range of the ratio: [1 − CLIP_LOW, 1 + CLIP_HIGH] (docs/capo.md)."""
 DUAL_CLIP = 10.0
-"""For negative advantages the per-chunk loss is capped at −A · DUAL_CLIP (CAPO.md)."""
+"""For negative advantages the per-chunk loss is capped at −A · DUAL_CLIP (docs/capo.md)."""
 SIMILARITY_WEIGHT = 1e-3
-"""Weight of ``similarity_loss`` in the total loss (CAPO.md)."""
+"""Weight of ``similarity_loss`` in the total loss (docs/capo.md)."""
 CONCENTRATION_WEIGHT = 5e-4
-"""Weight of ``concentration_loss`` in the total loss (CAPO.md)."""
+"""Weight of ``concentration_loss`` in the total loss (docs/capo.md)."""
 ADVANTAGE_MODES = ("capo", "capo_chunk", "direct", "none")
 """capo: the full shaping; capo_chunk: capo plus per-chunk credit (``chunk_advantages``); direct:
 z(acc) − λ·cost (ablation); none: z(acc), no cost (ablation)."""
@@ -163,9 +161,9 @@ def capo_advantages(
     direct_weight: float = 0.5,
 ) -> torch.Tensor:
     """Advantages of the M allocations of ONE prompt group: acc (M,) in [0, 1], cost (M,) in
-    [0, 1] → (M,). Every chunk of allocation m then gets A_m (CAPO.md step 7, in the loss).
+    [0, 1] → (M,). Every chunk of allocation m then gets A_m (docs/capo.md step 7, in the loss).
 
-    mode="capo" (CAPO.md steps 1–6):
+    mode="capo" (docs/capo.md steps 1–6):
         A = z(acc) + encourage · Shape − gas · c, then max(A, correct_floor) where correct;
     mode="direct": A = z(acc) − direct_weight · c;  mode="none": A = z(acc).
     mode="capo_chunk" returns capo's A_m here; :func:`chunk_advantages` makes them per chunk.
@@ -437,7 +435,7 @@ def total_loss(
     """L = L_pg + sim_weight · L_sim + con_weight · L_con + attention_weight · L_attention
     [+ cap_weight · L_cap] → scalar.
 
-    No KL to a reference policy and no entropy bonus (CAPO.md). The attention term is ours (the
+    No KL to a reference policy and no entropy bonus (docs/capo.md). The attention term is ours (the
     distillation of :mod:`resadapt.relevance`); its weight 0 gives CAPO's loss. So is the
     concentration cap (``concentration_cap_loss``; None: no cap).
     """

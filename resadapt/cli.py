@@ -8,7 +8,9 @@ A field becomes ``--field-name`` (or the names in ``metadata["flags"]``, or a po
 with ``metadata["positional"]``). Its annotation sets the parsing: ``str``, ``int``, ``float``,
 ``bool`` (``--x`` / ``--no-x``), ``X | None`` (``none`` gives None), ``tuple[X, ...]`` /
 ``list[X]`` (a comma list); ``metadata["choices"]`` restricts the values and ``metadata["parse"]``
-replaces the conversion of a flag's text. A field without a default is a required flag.
+replaces the conversion of a flag's text. A field without a default is a required flag. The help
+and the choices may be callables, read when a parser is built or a value checked (e.g. the names
+of a registry that grows after import).
 """
 
 from __future__ import annotations
@@ -34,17 +36,19 @@ class UsageError(ResAdaptError):
 
 
 def option(
-    help: str,
+    help: str | Callable[[], str],
     default=MISSING,
     *,
     default_factory=MISSING,
-    choices: Sequence | None = None,
+    choices: Sequence | Callable[[], Sequence] | None = None,
     parse: Callable[[str], object] | None = None,
     flags: Sequence[str] = (),
     positional: bool = False,
 ) -> Field:
     """A dataclass field with its command-line help (see the module docstring for the rest)."""
-    metadata = {"help": help, "choices": tuple(choices) if choices else None, "parse": parse}
+    if not callable(choices):
+        choices = tuple(choices) if choices else None
+    metadata = {"help": help, "choices": choices, "parse": parse}
     metadata |= {"flags": tuple(flags), "positional": positional}
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
@@ -59,6 +63,34 @@ def default_of(cls: type, name: str):
                 raise KeyError(f"{cls.__name__}.{name} has no default")
             return f.default
     raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def help_of(f: Field) -> str:
+    """A field's help text (a callable help is called now)."""
+    text = f.metadata["help"]
+    return text() if callable(text) else text
+
+
+def choices_of(f: Field) -> tuple | None:
+    """A field's allowed values, or None (callable choices are called now)."""
+    choices = f.metadata["choices"]
+    return tuple(choices()) if callable(choices) else choices
+
+
+def check_field(config, name: str, ok: bool, rule: str) -> None:
+    """Raise the one-sentence error of a field outside its range, naming the flag and value."""
+    if not ok:
+        value = getattr(config, name)
+        raise ResAdaptError(f"--{name.replace('_', '-')} {rule}, got {value!r}")
+
+
+def check_choices(config) -> None:
+    """Raise for any field of dataclass ``config`` whose value is not among its ``choices`` (the
+    command line checks these too; this covers a config built in code)."""
+    for f in fields(config):
+        allowed, value = choices_of(f), getattr(config, f.name)
+        if allowed is not None and value is not None:
+            check_field(config, f.name, value in allowed, f"must be one of {', '.join(allowed)}")
 
 
 # ------------------------------------------------------------------------------------ conversion
@@ -131,7 +163,7 @@ class _Converter:
         return self._checked(_one(kind, self.flag, value))
 
     def _checked(self, value):
-        choices = self.f.metadata["choices"]
+        choices = choices_of(self.f)
         if choices is not None and value not in choices:
             allowed = ", ".join(str(c) for c in choices)
             raise ValueError(f"{self.flag} must be one of {allowed}, got {value!r}")
@@ -195,7 +227,7 @@ def build_parser(
         else:
             default = f.default
         required = default is MISSING
-        text = f.metadata["help"]
+        text = help_of(f)
         if not required and default != "" and "default:" not in text:  # "": no value
             text += f" (default: {_show(default)})"
         if f.metadata["positional"]:

@@ -56,8 +56,7 @@ def weights_fingerprint(backbone: Backbone) -> str | None:
     apart; a fine-tune that moves the embeddings flips the signs of the values near zero).
 
     Signs, not rounded values: a sign survives every cast, so a float32, bfloat16 or float16 load
-    of one checkpoint agrees, where any rounding grid has values on its boundaries (measured:
-    rounding to bfloat16 gave a float16 load of a float32 checkpoint another hash). None when the
+    of one checkpoint agrees, where any rounding grid has values on its boundaries. None when the
     embeddings are not materialised (an offloaded ``meta`` tensor)."""
     weight = backbone.model.get_input_embeddings().weight
     if weight.device.type == "meta":

@@ -1,7 +1,9 @@
 """Video-QA datasets: JSONL or Parquet rows → validated examples, with counted skips.
 
-Owns the row schema shared by the trainer and the evaluator and the prompt text of each problem
-type. Knows nothing about decoding, models or grading.
+Owns the row schema shared by the trainer and the evaluator, the prompt text of each problem type
+and the data flags both share (:class:`DataConfig`). Knows nothing about decoding, models or
+grading (the option letters are :mod:`resadapt.grading`'s; published benchmark files are read by
+:mod:`resadapt.benchmark_readers`).
 
 Row schema: ``{"video": path, "question": str, "answer": str, "options": [str]?,
 "problem_type": "multiple_choice" | "exact" | "numeric" | "temporal_iou"}``; a relative ``video``
@@ -16,19 +18,47 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resadapt.errors import QuestionError, ResAdaptError, validate_question
+from resadapt.benchmark_readers import BENCHMARK_NAMES, read_benchmark
+from resadapt.cli import option
+from resadapt.errors import DataError, QuestionError, validate_question
+from resadapt.grading import LETTERS
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_TYPES = ("multiple_choice", "exact", "numeric", "temporal_iou")
 QUESTION_REJECTED = "question rejected"
 """Skip reason of a valid row whose prompt the pipeline would refuse (e.g. too long)."""
-LETTERS = "ABCDEFGHIJ"
-"""Option letters; at most this many options per question."""
 
 
-class DataError(ResAdaptError):
-    """A data file cannot be read at all (missing, wrong format, no valid rows)."""
+@dataclass
+class DataConfig:
+    """Which rows a run reads: ``--data``, read natively as a ``--benchmark``'s published file with
+    its videos under ``--video-root``; training and evaluation share these fields."""
+
+    data: str = option(
+        "dataset: .jsonl or .parquet rows (see resadapt.data), or the --benchmark's own file "
+        "(MVBench: its json folder); required",
+        "",
+    )
+    benchmark: str | None = option(
+        "read --data (and train's --val-data) as this benchmark's published file; eval reports "
+        "its categories (see resadapt.benchmark_readers)",
+        default=None,
+        choices=BENCHMARK_NAMES,
+    )
+    video_root: str | None = option(
+        "folder of the --benchmark's videos (default: the folder of --data)", None
+    )
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # the other config a subclass also inherits (e.g. the devices)
+            parent()
+        if not self.data:
+            raise DataError(
+                "--data is required: a .jsonl or .parquet file of rows, or the --benchmark's own "
+                "file"
+            )
 
 
 @dataclass
@@ -96,13 +126,12 @@ def read_examples(
 ) -> tuple[list[Example], Counter]:
     """Read a .jsonl or .parquet file; returns the valid examples and skip reasons with counts.
 
-    With ``benchmark`` the file (or folder) is that benchmark's own (:mod:`resadapt.benchmarks`),
-    its videos under ``video_root`` (default: the data's folder).
+    With ``benchmark`` the file (or folder) is that benchmark's own
+    (:mod:`resadapt.benchmark_readers`), its videos under ``video_root`` (default: the data's
+    folder).
     """
     path = Path(path)
     if benchmark is not None:
-        from resadapt.benchmarks import read_benchmark
-
         root = Path(video_root) if video_root is not None else path.parent
         rows, skipped = read_benchmark(benchmark, path, root)
         return _examples(rows, root, skipped, path)

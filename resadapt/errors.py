@@ -47,6 +47,10 @@ class BackboneError(ResAdaptError):
     """A backbone name or checkpoint cannot be loaded."""
 
 
+class DataError(ResAdaptError):
+    """A data file cannot be read at all (missing, wrong format, no valid rows)."""
+
+
 def validate_question(question: str) -> str:
     """Return the stripped question, or raise QuestionError naming the problem."""
     if not isinstance(question, str) or not question.strip():

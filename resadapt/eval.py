@@ -1,9 +1,10 @@
 """``python -m resadapt.eval``: every policy at the same budgets on one dataset, one frontier.
 
-Owns running the evaluation grid (:mod:`resadapt.grid`: frame counts × policies × budgets), its
-per-example records, the summary rows (``results.json`` / ``results.csv``), the printed table
-and ``frontier.png``. Knows nothing about how a policy chooses scales, how budgets are fitted or
-how the backbone encodes chunks.
+Owns running the evaluation grid (:mod:`resadapt.eval_config`: frame counts × policies × budgets)
+and its per-example records, and the command; the summary rows (``results.json`` /
+``results.csv``), the printed tables and ``frontier.png`` are :mod:`resadapt.report`'s. Knows
+nothing about how a policy chooses scales, how budgets are fitted or how the backbone encodes
+chunks.
 
 Contract:
   * Each video is decoded once per frame count (examples are grouped by video; the decoded frames
@@ -38,15 +39,14 @@ retention, one line per policy, one panel per frame count) and, for rows of seve
 ``frontier_<task>.png``. With ``--benchmark`` (``--data`` is
 then that benchmark's own file, its videos under ``--video-root``) every row also carries
 ``benchmark``: the benchmark's headline ``score`` and the categories it reports
-(resadapt.benchmarks.Breakdown), as extra columns of results.csv and a second printed table.
+(resadapt.benchmark_readers.Breakdown), as extra columns of results.csv and a second printed table.
 When the rows carry a ``task`` (the offline world's datasets do) and there are several, every row
-also carries ``by_task``: the row's numbers (``TASK_COLUMNS``) over each task's examples alone,
-as ``<task>_<column>`` columns of results.csv and a per-task printed table.
+also carries ``by_task``: the row's numbers (``report.TASK_COLUMNS``) over each task's examples
+alone, as ``<task>_<column>`` columns of results.csv and a per-task printed table.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import sys
@@ -58,16 +58,17 @@ from pathlib import Path
 
 import numpy as np
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
-from resadapt.benchmarks import Breakdown, format_breakdown
+from resadapt.benchmark_readers import format_breakdown
 from resadapt.data import Example, load_examples
 from resadapt.errors import (
     PolicyError,
     ResAdaptError,
     VideoError,
 )
+from resadapt.eval_config import Budget, EvalConfig, PolicySpec
 from resadapt.grading import grade
-from resadapt.grid import Budget, EvalConfig, PolicySpec
 from resadapt.pipeline import (
     Allocation,
     Pipeline,
@@ -76,46 +77,11 @@ from resadapt.pipeline import (
     load_allocator,
     load_backbone,
 )
-from resadapt.policies import Learned, Policy, make_policy
+from resadapt.policies import Learned, Policy, make_policy, policy_class
+from resadapt.report import Summary, format_table, format_task_table, write_outputs
 from resadapt.video import SampledVideo
 
 logger = logging.getLogger("resadapt.eval")
-
-ROW_COLUMNS = (
-    "policy",
-    "budget",
-    "max_visual_tokens",
-    "frames",
-    "examples",
-    "over_budget",
-    "unreadable",
-    "too_many_chunks",
-    "rejected",
-    "accuracy",
-    "mean_retention",
-    "mean_probe_visual_tokens",
-    "mean_retention_with_probe",
-    "mean_visual_tokens",
-    "mean_scale_spread",
-    "mean_latency_s",
-    "mean_e2e_s",
-)
-"""Columns of results.csv (and keys of every row in results.json); means are empty (null) when
-no example of the row fits its budget. The scale spread is the within-video standard deviation of
-the fitted chunk scales (0: every chunk the same size); the probe columns are 0 and equal to the
-retention for policies without a probe pass. over_budget, unreadable, too_many_chunks and rejected
-count the examples left out of the row, by reason (``ResAdaptError.reason``)."""
-TASK_COLUMNS = (
-    "examples",
-    "accuracy",
-    "mean_retention",
-    "mean_visual_tokens",
-    "mean_scale_spread",
-    "mean_e2e_s",
-)
-"""The columns a row repeats for each task (``by_task``), computed as the row's own."""
-MARKERS = "osD^vPX"
-"""Marker of each policy's line in frontier.png (vanilla is a star)."""
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -261,7 +227,8 @@ class Evaluator:
             assert produced == encoded, "tokens"
             tower = time.perf_counter()
             inputs = self.pipeline.encode(inputs, [ready[b].allocation for b in index])
-            tower_s = (time.perf_counter() - tower) / len(index) if spec.name == "prune" else 0.0
+            full_size = policy_class(spec.name).operator.full_size_tower
+            tower_s = (time.perf_counter() - tower) / len(index) if full_size else 0.0
             responses = backbone.generate(inputs, self.config.max_new_tokens)
             backbone_s = (time.perf_counter() - start) / len(index)
             yield from self._graded([ready[b] for b in index], responses, backbone_s, tower_s)
@@ -299,227 +266,19 @@ class Evaluator:
             }
 
 
-# ---------------------------------------------------------------------------------------- summary
-class Summary:
-    """Running totals per (frames, policy, budget) cell; ``rows()`` in grid order.
-
-    ``tasks``: the examples' tasks; with two or more, each cell also keeps totals per task.
-    """
-
-    def __init__(self, config: EvalConfig, tasks: tuple[str, ...] = ()):
-        self.config = config
-        self.tasks = tasks if len(tasks) > 1 else ()
-        self.task_cells: dict[tuple, dict[str, Counter]] = {}
-        self.cells: dict[tuple, Counter] = {}
-        self.breakdowns: dict[tuple, Breakdown] = {}
-        """Per-category totals of each cell when --benchmark is given."""
-        for frames in config.frame_counts:
-            for spec, budget in config.settings():
-                label = config.frames_label(frames)
-                key = (label, spec.label, budget.retention, budget.max_visual_tokens)
-                self.cells[key] = Counter()
-                if self.tasks:
-                    self.task_cells[key] = {t: Counter() for t in self.tasks}
-                if config.benchmark is not None:
-                    self.breakdowns[key] = Breakdown(config.benchmark)
-
-    def add(self, record: dict) -> None:
-        key = (record["frames"], record["policy"], record["budget"], record["max_visual_tokens"])
-        if key in self.breakdowns:
-            self.breakdowns[key].add(record)
-        _accumulate(self.cells[key], record)
-        if key in self.task_cells and record.get("task") in self.task_cells[key]:
-            _accumulate(self.task_cells[key][record["task"]], record)
-
-    def rows(self) -> list[dict]:
-        rows = []
-        for key, cell in self.cells.items():
-            frames, policy, budget, cap = key
-            head = {"policy": policy, "budget": budget, "max_visual_tokens": cap, "frames": frames}
-            rows.append(head | _means(cell))
-            if self.breakdowns:
-                rows[-1]["benchmark"] = self.breakdowns[key].columns()
-            if self.task_cells:
-                rows[-1]["by_task"] = {
-                    task: {c: _means(counts)[c] for c in TASK_COLUMNS}
-                    for task, counts in self.task_cells[key].items()
-                }
-        return rows
-
-
-def _accumulate(cell: Counter, record: dict) -> None:
-    """Add one record to a cell's running totals."""
-    cell[record["status"]] += 1
-    if record["status"] == "ok":
-        cell["correct"] += record["correct"]
-        cell["retention"] += record["retention"]
-        cell["probe_visual_tokens"] += record["probe_visual_tokens"]
-        cell["retention_with_probe"] += record["retention_with_probe"]
-        cell["visual_tokens"] += record["visual_tokens"]
-        cell["scale_spread"] += float(np.std(record["scales"]))
-        cell["latency_s"] += record["latency_s"]
-        cell["e2e_s"] += record["e2e_s"]
-
-
-def _means(cell: Counter) -> dict:
-    """A cell's counts and means (ROW_COLUMNS after the row's key); a mean is None when no
-    example fitted the budget."""
-    n = cell["ok"]
-
-    def mean(key: str) -> float | None:
-        return cell[key] / n if n else None
-
-    return {
-        "examples": n,
-        "over_budget": cell["over_budget"],
-        "unreadable": cell["unreadable"],
-        "too_many_chunks": cell["too_many_chunks"],
-        "rejected": cell["rejected"],
-        "accuracy": mean("correct"),
-        "mean_retention": mean("retention"),
-        "mean_probe_visual_tokens": mean("probe_visual_tokens"),
-        "mean_retention_with_probe": mean("retention_with_probe"),
-        "mean_visual_tokens": mean("visual_tokens"),
-        "mean_scale_spread": mean("scale_spread"),
-        "mean_latency_s": mean("latency_s"),
-        "mean_e2e_s": mean("e2e_s"),
-    }
-
-
-ROW_CELLS = (("accuracy", 8, ".3f"), ("mean_retention", 9, ".3f"))
-ROW_CELLS += (("mean_retention_with_probe", 7, ".3f"), ("mean_visual_tokens", 8, ".1f"))
-ROW_CELLS += (("mean_scale_spread", 6, ".3f"), ("mean_latency_s", 8, ".3f"))
-"""(key, width, format) of the numbers of a ``format_table`` row; seconds end in "s"."""
-TASK_CELLS = ROW_CELLS[:2] + (("mean_scale_spread", 6, ".3f"), ("mean_e2e_s", 8, ".3f"))
-"""The same for one task's part of a row in ``format_task_table``."""
-
-
-def _cells(stats: dict, cells: tuple[tuple[str, int, str], ...]) -> str:
-    """The right-aligned numbers of ``stats`` (dashes without examples); ``*_s`` keys end in "s"."""
-    out = []
-    for key, width, spec in cells:
-        if not stats["examples"]:
-            out.append(f"{'-':>{width}}")
-        else:
-            seconds = key.endswith("_s")
-            out.append(f"{stats[key]:>{width - seconds}{spec}}" + "s" * seconds)
-    return " ".join(out)
-
-
-def format_table(rows: list[dict]) -> str:
-    """The rows as a compact fixed-width table (one line per policy × budget × frame count)."""
-    head = (
-        f"{'policy':<12} {'budget':>10} {'frames':>6} {'n':>4} {'accuracy':>8} "
-        f"{'retention':>9} {'+probe':>7} {'tokens':>8} {'spread':>6} {'latency':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        budget = Budget(r["budget"], r["max_visual_tokens"]).label
-        line = f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {r['examples']:>4} "
-        lines.append(line + _cells(r, ROW_CELLS))
-    lines.append("+probe: retention counting the attention policy's probe pass")
-    if any(not r["examples"] for r in rows):
-        lines.append(
-            "n = 0: no example fits that budget (even at the smallest size per chunk; keyframes: "
-            "not one full-resolution chunk)"
-        )
-    return "\n".join(lines)
-
-
-def format_task_table(rows: list[dict]) -> str:
-    """Each row's numbers per task (rows with ``by_task`` only): accuracy, retention, scale spread
-    and end-to-end seconds of each task's examples."""
-    head = (
-        f"{'policy':<12} {'budget':>10} {'frames':>6} {'task':<10} {'n':>4} {'accuracy':>8} "
-        f"{'retention':>9} {'spread':>6} {'e2e':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        budget = Budget(r["budget"], r["max_visual_tokens"]).label
-        for task, t in r.get("by_task", {}).items():
-            line = f"{r['policy']:<12} {budget:>10} {r['frames']!s:>6} {task:<10} "
-            lines.append(line + f"{t['examples']:>4} " + _cells(t, TASK_CELLS))
-    return "\n".join(lines)
-
-
-def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
-    """Accuracy (y) against mean retention (x, top row) and against mean end-to-end seconds per
-    example (x, bottom row): one line per policy, one column per frame count.
-
-    Vanilla is a single marker. Rows without examples are not drawn.
-    """
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state
-
-    frame_labels = list(dict.fromkeys(r["frames"] for r in rows))
-    policies = list(dict.fromkeys(r["policy"] for r in rows))
-    fig = Figure(figsize=(5.5 * len(frame_labels), 8.4), layout="constrained")
-    grid = fig.subplots(2, len(frame_labels), squeeze=False)
-    for ax, frames, x_key in [
-        (grid[0][i], f, "mean_retention") for i, f in enumerate(frame_labels)
-    ] + [(grid[1][i], f, "mean_e2e_s") for i, f in enumerate(frame_labels)]:
-        for i, policy in enumerate(policies):
-            points = [  # in retention order, so a line follows the budgets in both rows
-                (r[x_key], r["accuracy"])
-                for r in sorted(rows, key=lambda r: r["mean_retention"] or 0.0)
-                if r["frames"] == frames and r["policy"] == policy and r["examples"]
-            ]
-            if not points:
-                continue
-            x, y = zip(*points, strict=True)
-            style = {"color": f"C{i}", "label": policy}
-            if policy == "vanilla":
-                ax.plot(x, y, linestyle="none", marker="*", markersize=14, **style)
-            else:
-                ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], alpha=0.85, **style)
-        if x_key == "mean_retention":
-            ax.set_xlabel("mean retention (share of full-resolution visual tokens)")
-            ax.set_xlim(0, 1.05)
-        else:
-            ax.set_xlabel("mean end-to-end seconds per example (decode to answer)")
-            ax.set_xlim(left=0)
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-        frames_text = f"{frames} frames" if isinstance(frames, int) else f"frames at {frames}"
-        ax.set_title(f"{title}, {frames_text}", fontsize=10)
-        ax.legend(fontsize=8, loc="best")
-    fig.savefig(path, dpi=120)
-
-
-def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict], skipped) -> None:
-    """results.json, results.csv, frontier.png (and frontier_<task>.png) in ``out``."""
-    meta = {"backbone": backbone, "config": config.to_json(), "skipped_rows": dict(skipped)}
-    (out / "results.json").write_text(json.dumps(meta | {"rows": rows}, indent=2) + "\n")
-    flat = [
-        {k: v for k, v in r.items() if k not in ("benchmark", "by_task")}
-        | r.get("benchmark", {})
-        | {f"{task}_{c}": v for task, t in r.get("by_task", {}).items() for c, v in t.items()}
-        for r in rows
-    ]
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
-        writer.writeheader()
-        writer.writerows(flat)
-    plot_frontier(rows, out / "frontier.png", f"{Path(backbone).name}")
-    tasks = dict.fromkeys(task for r in rows for task in r.get("by_task", {}))
-    for task in tasks if len(tasks) > 1 else ():
-        task_rows = [r | r["by_task"][task] for r in rows if task in r.get("by_task", {})]
-        plot_frontier(task_rows, out / f"frontier_{task}.png", f"{Path(backbone).name}, {task}")
-
-
 # ---------------------------------------------------------------------------------------- entry
 def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
     """Load the backbone once and every allocator the policies name; returns the backbone name."""
     backbone = load_backbone(config)
     learned = {}
     for spec in config.policies:
-        if spec.name != "learned":
+        if not policy_class(spec.name).needs_allocator:
             continue
         path = spec.allocator or default_allocator_for(config, backbone)
         if path is None:
             raise PolicyError(
-                f"learned needs an allocator trained against {backbone.name}: write learned:PATH "
-                "in --policies"
+                f"{spec.name} needs an allocator trained against {backbone.name}: write "
+                f"{spec.name}:PATH in --policies"
             )
         allow = config.allow_mismatched_allocator
         learned[spec.label] = load_allocator(path, backbone, allow_mismatched=allow)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 import string
 
-from resadapt.data import LETTERS
-
+LETTERS = "ABCDEFGHIJ"
+"""Option letters; at most this many options per question."""
 NUMERIC_RTOL = 0.01
 """Relative tolerance of numeric answers (at least 0.01 absolute near zero)."""
 

@@ -44,6 +44,7 @@ except ImportError as e:  # the module is only imported by lmms-eval, or by a us
 
 import torch
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import MAX_NEW_TOKENS, ModelConfig, Request
@@ -111,8 +112,9 @@ class ResAdaptLMM(lmms):
             )
         return paths[0]
 
-    def _prepared(self, items: list[tuple[str, Request]]) -> Iterator[tuple[int, object, Request]]:
-        """(index, chunked video, request) of every item the pipeline accepts (others logged)."""
+    def _prepared(self, items: list[tuple[str, Request]]) -> Iterator[tuple]:
+        """(index, chunked video, request, allocation) of every item the pipeline accepts (others
+        logged)."""
         for i, (path, request) in enumerate(items):
             try:
                 video = self.pipeline.decode(path, request)
@@ -120,7 +122,7 @@ class ResAdaptLMM(lmms):
             except ResAdaptError as err:
                 logger.warning("resadapt: request %d refused: %s", i, err)
                 continue
-            yield i, self.pipeline.chunked(video, allocation), request
+            yield i, self.pipeline.chunked(video, allocation), request, allocation
 
     def _answers(self, items: list[tuple[str, Request]]) -> list[str]:
         """Greedy answers of (video, request) items: ``batch_size`` requests of the same
@@ -134,8 +136,10 @@ class ResAdaptLMM(lmms):
         for max_new_tokens, group in groups.items():
             for start in range(0, len(group), self.batch_size):
                 batch = group[start : start + self.batch_size]
-                videos, questions = [c for _, c, _ in batch], [r.question for *_, r in batch]
+                videos, questions = [c for _, c, *_ in batch], [r.question for _, _, r, _ in batch]
                 for index, inputs in backbone.batches(videos, questions):  # under the token budget
+                    # the language model's inputs: pruned after the tower for a pruning policy
+                    inputs = self.pipeline.encode(inputs, [batch[b][3] for b in index])
                     texts = backbone.generate(inputs, max_new_tokens)
                     for b, text in zip(index, texts, strict=True):
                         answers[batch[b][0]] = text
@@ -166,15 +170,16 @@ class ResAdaptLMM(lmms):
             items.append((self._video(doc_to_visual, doc_id, task, split), self._request(context)))
             continuations.append(continuation)
         results = [(-math.inf, False)] * len(items)
-        for i, chunked, request in self._prepared(items):
-            results[i] = self._score(chunked, request.question, continuations[i])
+        for i, chunked, request, allocation in self._prepared(items):
+            results[i] = self._score(chunked, allocation, request.question, continuations[i])
         return results
 
     @torch.no_grad()
-    def _score(self, chunked, question: str, continuation: str) -> tuple[float, bool]:
+    def _score(self, chunked, allocation, question: str, continuation: str) -> tuple[float, bool]:
         """Sum of log p(continuation tokens) after the question, and whether each is the argmax."""
         backbone = self.pipeline.backbone
         inputs = backbone.prepare([chunked], [question], [continuation])  # ends with end-of-turn
+        inputs = self.pipeline.encode(inputs, [allocation])  # pruned after the tower for prune
         n = backbone.answer_length(continuation) - 1  # the continuation's tokens, not end-of-turn
         logits = backbone.model(**inputs).logits[0].float()  # (L, V)
         target = inputs["input_ids"][0, -n - 1 : -1]  # (n,)

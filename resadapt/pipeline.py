@@ -28,17 +28,19 @@ from resadapt.backbone import (
     check_attn_implementation,
 )
 from resadapt.cli import option
-from resadapt.errors import BudgetError, PolicyError, validate_question
-from resadapt.geometry import fit_budget, keep_top_chunks
+from resadapt.errors import BudgetError, validate_question
 from resadapt.policies import (
-    POLICY_NAMES,
     PROBE_BUDGET,
+    RESIZE,
     THUMB_SIDE,
     AllocationContext,
+    Attention,
     Learned,
     Policy,
+    describe_policies,
     make_policy,
-    treatment,
+    policy_class,
+    policy_names,
 )
 from resadapt.records import Allocation, Result
 from resadapt.video import SampledVideo, load_video
@@ -58,6 +60,15 @@ DEVICE_ENV = "RESADAPT_DEVICE"
 """Environment variable that names the torch device when ``--device auto``."""
 
 
+def _policy_help() -> str:
+    """``--policy``'s help: the registered policies with their descriptions, read when a parser is
+    built (a policy registered after import is listed)."""
+    return (
+        f"allocation policy (default: {Learned.name} when an allocator is loaded, else "
+        f"{Attention.name}): {describe_policies()}"
+    )
+
+
 @dataclass
 class Request:
     """Everything a user chooses about one question (validated in ``__post_init__``).
@@ -66,11 +77,7 @@ class Request:
     """
 
     question: str = option("the question to answer", positional=True)
-    policy: str | None = option(
-        "allocation policy (default: learned when an allocator is loaded, else attention)",
-        None,
-        choices=POLICY_NAMES,
-    )
+    policy: str | None = option(_policy_help, None, choices=policy_names)
     scale: float = option("scale of --policy uniform before budget fitting, in (0, 1]", 0.5)
     budget: float | None = option(
         "retention R in (0, 1]: the share of the full-resolution visual tokens that may be spent",
@@ -107,10 +114,8 @@ class Request:
         self.question = validate_question(self.question)
         validate_probe(self.probe_budget, self.probe_layers)
         validate_contextual(self.contextual_share)
-        if self.policy is not None and self.policy not in POLICY_NAMES:
-            raise PolicyError(
-                f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}"
-            )
+        if self.policy is not None:
+            policy_class(self.policy)  # PolicyError naming the choices for an unknown name
         if self.budget is not None and not 0 < self.budget <= 1:
             raise BudgetError(f"the budget (retention) must be in (0, 1], got {self.budget}")
         if self.max_visual_tokens is not None and self.max_visual_tokens <= 0:
@@ -199,14 +204,28 @@ class DeviceConfig:
 
 
 @dataclass
-class ModelConfig(DeviceConfig):
-    """Which backbone and allocator a pipeline loads, and where (ask, eval and the app share it)."""
+class BackboneConfig(DeviceConfig):
+    """Which backbone is loaded, at which pixel cap, and where (every entry point shares these)."""
 
     backbone: str | None = option(
         "tiny-random-qwen2.5-vl, tiny-random-qwen3-vl, a local checkpoint folder or a hub id "
         "(default: $RESADAPT_BACKBONE, else the bundled backbone)",
         None,
     )
+    max_pixels: int | None = option(
+        "per-frame pixel cap: the full-resolution (scale 1) size (default: the processor's)", None
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise BudgetError(f"--max-pixels must be positive, got {self.max_pixels}")
+
+
+@dataclass
+class ModelConfig(BackboneConfig):
+    """Which backbone and allocator a pipeline loads, and where (ask, eval and the app share it)."""
+
     allocator: str | None = option(
         "allocator folder or hub id of --policy learned (default: $RESADAPT_ALLOCATOR, else the "
         "bundled allocator when the backbone is the one it was trained against, else none)",
@@ -217,9 +236,6 @@ class ModelConfig(DeviceConfig):
         "nothing about): logged, and shown as allocator_warning in every result",
         False,
     )
-    max_pixels: int | None = option(
-        "per-frame pixel cap: the full-resolution (scale 1) size (default: the processor's)", None
-    )
     stream_timeout_s: float = option(
         "longest wait for the next piece of a streamed answer, in seconds, before the request "
         "ends with an error",
@@ -228,17 +244,15 @@ class ModelConfig(DeviceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_pixels is not None and self.max_pixels <= 0:
-            raise BudgetError(f"--max-pixels must be positive, got {self.max_pixels}")
         if not self.stream_timeout_s > 0:
             raise BudgetError(f"--stream-timeout-s must be positive, got {self.stream_timeout_s}")
 
 
-def load_backbone(config: ModelConfig, device: str | None = None) -> Backbone:
+def load_backbone(config: BackboneConfig, device: str | None = None) -> Backbone:
     """Load the configured backbone (the default one when none is named); warn when random.
 
-    ``config`` is any :class:`DeviceConfig` with ``backbone`` and ``max_pixels`` fields (the
-    trainer's too); ``device`` overrides its device (a training process's own).
+    ``config`` is any :class:`BackboneConfig` (the trainer's too); ``device`` overrides its device
+    (a training process's own).
     """
     from resadapt.assets import default_backbone, is_random_backbone
 
@@ -330,7 +344,7 @@ class Pipeline:
     @property
     def default_policy(self) -> str:
         """learned when an allocator is loaded, else attention (query-aware, any checkpoint)."""
-        return "learned" if self.learned is not None else "attention"
+        return Learned.name if self.learned is not None else Attention.name
 
     def policy_name(self, request: Request) -> str:
         """The request's policy, or the pipeline's default when it names none."""
@@ -374,33 +388,24 @@ class Pipeline:
         policy: Policy | None = None,
         scales: np.ndarray | None = None,
     ) -> Allocation:
-        """Scales from the policy (or given), fitted to the request's budget; sizes and tokens."""
+        """Scales from the policy (or given), fitted to the request's budget by its operator (given
+        scales are resized; the request's policy says whether the budget applies); sizes, tokens."""
         geometry = self.backbone.geometry
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
         vanilla = self.vanilla_tokens(video)
-        probe, notes, how = None, [], "resize"
+        probe, notes, operator = None, [], RESIZE  # given scales are resized
         if scales is None:
             policy = policy or self.policy(request)
-            how = treatment(policy)
             ctx = self.context(video, request.question, policy.thumb_side)
             scales = policy.scales(ctx)
-            probe, notes = ctx.probe, ctx.notes
+            assert (ctx.probe is not None) == policy.runs_probe, policy.name
+            probe, notes, operator = ctx.probe, ctx.notes, policy.operator
         scales = np.clip(np.asarray(scales, dtype=np.float64), 1e-6, 1.0)  # (K,)
         assert scales.shape == (k,), (scales.shape, k)
         cap = self.token_cap(request, vanilla)
-        pruned_to = None
-        if how == "drop":
-            scales = keep_top_chunks(
-                scales, geometry, base_h, base_w, cap, self.policy_name(request)
-            )
-        elif how == "prune":
-            scales = np.ones(k)
-            pruned_to = min(cap, vanilla) if cap is not None else vanilla
-            if pruned_to < 1:
-                raise BudgetError(f"a cap of {cap} visual tokens leaves prune nothing to keep")
-        elif cap is not None and self.policy_name(request) != "vanilla":
-            scales = fit_budget(scales, geometry, base_h, base_w, cap)
+        fit = (policy if policy is not None else policy_class(self.policy_name(request))).fit
+        scales, pruned_to = fit(scales, geometry, base_h, base_w, cap, operator)
         sizes = [geometry.scaled_size(base_h, base_w, s) if s > 0 else (0, 0) for s in scales]
         tokens = [geometry.tokens(h, w) if h else 0 for h, w in sizes]
         if pruned_to is not None and pruned_to < vanilla:
@@ -448,7 +453,7 @@ class Pipeline:
     def encode(self, inputs, allocations: list[Allocation]):
         """The language model's inputs for prepared rows: ``inputs`` themselves, or for pruned
         allocations the pruned inputs (the vision tower runs here; every allocation of a batch has
-        the same treatment). Fills each pruned allocation's ``kept_tokens``."""
+        the same operator). Fills each pruned allocation's ``kept_tokens``."""
         if allocations[0].pruned_to is None:
             return inputs
         pruned = prune.prune(
@@ -555,7 +560,7 @@ class Pipeline:
             )
         spent = allocation.visual_tokens
         policy = self.policy_name(request)
-        learned = self.learned if policy == "learned" else None
+        learned = self.learned if policy_class(policy).needs_allocator else None
         return Result(
             answer=answer,
             backbone=self.backbone.name,

@@ -2,7 +2,8 @@
 
 Owns the table and the functions that fill and read it. Knows nothing about what a builder builds
 or who registers: the offline world (:mod:`resadapt.world`) registers its tiny random backbones
-when imported, and :mod:`resadapt.assets` imports it for every entry point.
+when imported, and every entry point (the app, the ``python -m`` modules, the lmms-eval model)
+imports it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """CAPO rollouts: M sampled allocations per prompt, the frozen backbone's answers, their rewards.
 
-Owns one step's data collection (decode once through an LRU cache, per-chunk Beta draws from a
-per-prompt generator, one backbone batch per prompt, grading or answer scoring, CAPO advantages)
-and the deterministic validation pass. Knows nothing about optimisers, checkpoints, processes or
-the command line (see :mod:`resadapt.train`).
+Owns the knobs of sampling, reward and credit (:class:`RolloutConfig`, whose fields the training
+config inherits), one step's data collection (decode once through an LRU cache, per-chunk Beta
+draws from a per-prompt generator, one backbone batch per prompt, grading or answer scoring, CAPO
+advantages) and the deterministic validation pass. Knows nothing about optimisers, checkpoints or
+processes (see :mod:`resadapt.trainer`).
 
 Shape legend: B prompts, M allocations (rollouts) per prompt, N answers per allocation, K chunks,
 T frames, D features.
@@ -15,12 +16,14 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
 from allocator import log_prob, mean_scale, sample
 from resadapt.capo import (
+    ADVANTAGE_MODES,
     CREDIT_RIDGE,
     PER_CHUNK_MODES,
     PROBE_CREDIT,
@@ -30,10 +33,11 @@ from resadapt.capo import (
     scale_cost,
     token_cost,
 )
+from resadapt.cli import check_choices, check_field, default_of, option
 from resadapt.data import Example
-from resadapt.errors import VideoError
+from resadapt.errors import ResAdaptError, VideoError
 from resadapt.grading import grade
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import MAX_NEW_TOKENS, Pipeline, Request
 from resadapt.policies import allocator_inputs
 from resadapt.video import SampledVideo
 
@@ -46,10 +50,93 @@ COSTS = ("tokens", "scale")
 """tokens: fraction of the full-resolution visual tokens spent (ours); scale: the reference's
 normalised mean scale."""
 CORRECT_THRESHOLD = 0.35
-"""An allocation whose reward exceeds this counts as correct (CAPO.md step 4); also the logged
+"""An allocation whose reward exceeds this counts as correct (docs/capo.md step 4); also the logged
 accuracy, so it means the same under both rewards."""
 SAMPLING_STREAM, ANSWER_STREAM = 0, 1
 """Sub-streams of a prompt's seed: allocation draws, and answer sampling when N > 1."""
+
+
+@dataclass
+class RolloutConfig:
+    """How a step's allocations are drawn, answered, rewarded and credited (training's flags;
+    :class:`resadapt.train_config.TrainConfig` inherits them)."""
+
+    num_rollouts: int = option("sampled allocations M per prompt", 8)
+    answers_per_rollout: int = option(
+        "answers N per allocation: 1 greedy, more sampled (--reward grade)", 1
+    )
+    temperature: float = option("sampling temperature of the answers when N > 1", 1.0)
+    top_p: float = option(
+        "nucleus (top-p) of the sampled answers when N > 1, in (0, 1]; 1: off (the checkpoint's "
+        "own value is never inherited)",
+        1.0,
+    )
+    top_k: int = option(
+        "top-k of the sampled answers when N > 1; 0: off (never the checkpoint's own)", 0
+    )
+    max_new_tokens: int = option(
+        "longest answer generated, in tokens", default_of(Request, "max_new_tokens")
+    )
+    reward: str = option(
+        "grade: graded answers; logprob: exp(mean log-prob of the gold answer)",
+        "grade",
+        choices=REWARDS,
+    )
+    cost: str = option(
+        "tokens: fraction of full-res visual tokens; scale: normalised mean scale",
+        "tokens",
+        choices=COSTS,
+    )
+    advantage: str = option(
+        "capo; capo_chunk: capo plus per-chunk credit (each chunk's advantage loses what the "
+        "other chunks' draws explain of the reward); the ablations direct (z(acc) − λc) and none",
+        "capo",
+        choices=ADVANTAGE_MODES,
+    )
+    credit_ridge: float = option(
+        "ridge λ of the per-chunk credit regression (--advantage capo_chunk; > 0)", CREDIT_RIDGE
+    )
+    probe_credit: float = option(
+        "weight w of the probe credit: per prompt, K extra backbone rows (chunk k at full size, "
+        "the others at the smallest) say how much each chunk alone helps the answer; chunk k's "
+        "advantage gains w·d_k·(a_k − mean a_k)·√12, d_k its probe's reward standardised over "
+        "the K probes (resadapt.capo); 0: no probes",
+        PROBE_CREDIT,
+    )
+    seed: int = option("seed of the init, the data order and the draws", 0)
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # the other configs a subclass also inherits (data, backbone)
+            parent()
+        check = partial(check_field, self)
+        check("answers_per_rollout", self.answers_per_rollout >= 1, "must be at least 1")
+        check(
+            "num_rollouts",
+            self.num_rollouts >= 2,
+            "must be at least 2 (CAPO compares the allocations of one prompt)",
+        )
+        check(
+            "max_new_tokens",
+            1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
+            f"must be in [1, {MAX_NEW_TOKENS}]",
+        )
+        check("temperature", self.temperature > 0, "must be positive")
+        check("top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
+        check("top_k", self.top_k >= 0, "must be at least 0")
+        check("credit_ridge", self.credit_ridge > 0, "must be positive")
+        check("probe_credit", self.probe_credit >= 0, "must be 0 or positive")
+        check_choices(self)
+        if self.answers_per_rollout > 1 and self.reward != "grade":
+            raise ResAdaptError(
+                "--answers-per-rollout > 1 needs --reward grade (the log-probability of the gold "
+                "answer is deterministic); set it to 1"
+            )
+
+
+PROBE_SCORING = RolloutConfig(reward="logprob", max_new_tokens=1)
+"""How probe rows are scored, whatever the run's reward: by the gold answer's probability (a
+finite difference needs a dense reward)."""
 
 
 def prompt_seed(seed: int, position: int, stream: int) -> int:
@@ -153,25 +240,15 @@ def probe_scales(chunks: int, scale_min: float, scale_max: float) -> np.ndarray:
 
 
 def score_allocations(
-    pipeline: Pipeline,
-    prompt: Prompt,
-    scales: np.ndarray,
-    *,
-    reward: str,
-    answers_per_rollout: int,
-    max_new_tokens: int,
-    temperature: float,
-    seed: int,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    pipeline: Pipeline, prompt: Prompt, scales: np.ndarray, config: RolloutConfig, *, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Run the frozen backbone on M allocations of one prompt and score them.
+    """Run the frozen backbone on M allocations of one prompt and score them by ``config.reward``.
 
     scales (M, K) → reward (M,) in [0, 1], visual tokens (M,), vanilla tokens of the video.
-    "grade": mean grade of N answers per allocation (greedy for N = 1, sampled at
-    ``temperature`` / ``top_p`` / ``top_k`` otherwise, micro-batch j seeded ``seed + j``);
-    "logprob": exp(log p(gold | video, question) / n), n the scored tokens (answer + end of turn).
-    The M·N rows run in micro-batches under the backbone's token budget.
+    "grade": mean grade of N = ``answers_per_rollout`` answers per allocation (greedy for N = 1,
+    sampled at ``temperature`` / ``top_p`` / ``top_k`` otherwise, micro-batch j seeded
+    ``seed + j``); "logprob": exp(log p(gold | video, question) / n), n the scored tokens (answer +
+    end of turn). The M·N rows run in micro-batches under the backbone's token budget.
     """
     backbone = pipeline.backbone
     example, question = prompt.example, prompt.request.question
@@ -180,17 +257,18 @@ def score_allocations(
     tokens = torch.tensor([sum(a.tokens) for a in allocations], dtype=torch.float32)  # (M,)
     vanilla = allocations[0].vanilla_tokens
     m = len(videos)
-    if reward == "logprob":
+    if config.reward == "logprob":
         gold = example.gold()
         logp = backbone.answer_logprob(videos, [question] * m, [gold] * m, per_token=True)
         scores = torch.exp(logp.float())  # (M,) per-token geometric-mean probability
         return scores, tokens, vanilla
-    n = answers_per_rollout
+    n = config.answers_per_rollout
     rows = [v for v in videos for _ in range(n)]  # (M·N,) allocation-major
     answers: list[str] = [""] * len(rows)
-    sampling = {} if n == 1 else {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+    sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+    sampling = {} if n == 1 else sampling
     for j, (index, inputs) in enumerate(backbone.batches(rows, [question] * len(rows))):
-        out = backbone.generate(inputs, max_new_tokens, seed=seed + j, **sampling)
+        out = backbone.generate(inputs, config.max_new_tokens, seed=seed + j, **sampling)
         for b, answer in zip(index, out, strict=True):
             answers[b] = answer
     options = len(example.options or [])
@@ -213,22 +291,10 @@ def collect_rollouts(
     pipeline: Pipeline,
     allocator,
     prompts: list[Prompt],
-    *,
-    num_rollouts: int,
-    answers_per_rollout: int,
-    reward: str,
-    cost: str,
-    advantage: str,
-    max_new_tokens: int,
-    temperature: float,
-    seed: int,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    credit_ridge: float = CREDIT_RIDGE,
-    probe_credit: float = PROBE_CREDIT,
+    config: RolloutConfig,
     probe_cache: dict | None = None,
 ) -> RolloutBatch:
-    """Sample ``num_rollouts`` allocations per prompt, score them, and compute CAPO advantages.
+    """Sample ``config.num_rollouts`` allocations per prompt, score them, compute CAPO advantages.
 
     One allocator forward for all B prompts (eval mode); per prompt, one Beta per chunk and M
     draws from the prompt's own generator (exact per-chunk sampling); each allocation is fitted to
@@ -240,67 +306,132 @@ def collect_rollouts(
     later epoch costs no probe rows.
     """
     assert prompts, "collect_rollouts needs at least one prompt"
-    cfg = allocator.config
-    was_training = allocator.training
-    allocator.eval()
     inputs = _contexts(pipeline, prompts, allocator)
-    out = allocator(**inputs)
-    allocator.train(was_training)
+    out = _policy(allocator, inputs)
     mask = inputs["chunk_mask"]  # (B, K)
-    b, k_max, m = len(prompts), mask.shape[1], num_rollouts
+    b, k_max, m = len(prompts), mask.shape[1], config.num_rollouts
     actions = torch.full((b, m, k_max), 0.5)  # (B, M, K)
     advantages = torch.zeros(b, m, k_max)  # (B, M, K)
     stats = dict.fromkeys(ROLLOUT_STATS, 0.0)
-    policy_scales = mean_scale(
-        out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max
-    ).cpu()  # (B, K)
+    policy_scales = _mean_scales(allocator, out)  # (B, K)
     for i, prompt in enumerate(prompts):
         k = int(mask[i].sum())
-        generator = torch.Generator().manual_seed(prompt_seed(seed, prompt.position, 0))
-        alpha = out.alpha[i, :k].float().cpu().expand(m, k)  # (M, K_i)
-        beta = out.beta[i, :k].float().cpu().expand(m, k)  # (M, K_i)
-        draws, scales, _ = sample(
-            alpha, beta, generator, scale_min=cfg.scale_min, scale_max=cfg.scale_max
-        )  # (M, K_i) each
+        draws, scales = _draw(allocator, out, i, k, prompt, config)  # (M, K_i) each
+        answer_seed = prompt_seed(config.seed, prompt.position, ANSWER_STREAM)
         scores, tokens, vanilla = score_allocations(
-            pipeline,
-            prompt,
-            scales.double().numpy(),
-            reward=reward,
-            answers_per_rollout=answers_per_rollout,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=prompt_seed(seed, prompt.position, ANSWER_STREAM),
-        )
-        if cost == "tokens":
-            costs = token_cost(tokens, vanilla)  # (M,)
-        else:
-            costs = scale_cost(scales, cfg.scale_min, cfg.scale_max)  # (M,)
+            pipeline, prompt, scales.double().numpy(), config, seed=answer_seed
+        )  # (M,), (M,), int
+        costs = _costs(allocator, config.cost, scales, tokens, vanilla)  # (M,)
         adv = capo_advantages(
-            scores, costs, mode=advantage, correct_threshold=CORRECT_THRESHOLD
+            scores, costs, mode=config.advantage, correct_threshold=CORRECT_THRESHOLD
         )  # (M,)
-        per_chunk = adv
-        if advantage in PER_CHUNK_MODES:
-            per_chunk = chunk_advantages(adv, scores, draws, ridge=credit_ridge)  # (M, K_i)
-        if probe_credit:
-            probes = _probe_rewards(pipeline, prompt, k, cfg, probe_cache, stats)  # (K_i,)
-            per_chunk = probe_advantages(per_chunk, draws, probes, weight=probe_credit)
-            stats["probe_gap"] += float(probes.max() - probes.mean())
+        per_chunk = _chunk_credit(
+            pipeline, allocator, prompt, config, adv, scores, draws, probe_cache, stats
+        )  # (M, K_i), or (M,) when every chunk shares A_m
         advantages[i, :, :k] = per_chunk if per_chunk.ndim == 2 else per_chunk[:, None]
         actions[i, :, :k] = draws
-        stats["prompts"] += 1
-        stats["rollouts"] += m
-        stats["reward"] += float(scores.sum())
-        stats["correct"] += float((scores > CORRECT_THRESHOLD).sum())
-        stats["retention"] += float((tokens / vanilla).sum())
-        stats["visual_tokens"] += float(tokens.sum())
-        stats["scale_spread"] += float(scales.double().std(dim=1, unbiased=False).sum())
-        stats["policy_spread"] += float(policy_scales[i, :k].double().std(unbiased=False))
-        stats["advantage"] += float(adv.double().sum())
-        stats["advantage_sq"] += float(adv.double().pow(2).sum())
+        _add_rollout_stats(stats, scores, tokens, vanilla, scales, policy_scales[i, :k], adv)
+    return _batch(inputs, out, actions, advantages, stats)
+
+
+def _policy(allocator, inputs: dict[str, torch.Tensor]):
+    """One allocator forward on the B prompts, in eval mode (no dropout), its mode restored."""
+    was_training = allocator.training
+    allocator.eval()
+    out = allocator(**inputs)
+    allocator.train(was_training)
+    return out
+
+
+def _mean_scales(allocator, out) -> torch.Tensor:
+    """(B, K) the policy's Beta-mean scales, on the CPU."""
+    cfg = allocator.config
+    return mean_scale(out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max).cpu()
+
+
+def _draw(
+    allocator, out, i: int, k: int, prompt: Prompt, config: RolloutConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M Beta actions (M, K_i) for the K_i chunks of prompt ``i`` and their scales (M, K_i), from
+    the prompt's own generator (seeded by the run seed and its stream position)."""
+    cfg, m = allocator.config, config.num_rollouts
+    generator = torch.Generator().manual_seed(
+        prompt_seed(config.seed, prompt.position, SAMPLING_STREAM)
+    )
+    alpha = out.alpha[i, :k].float().cpu().expand(m, k)  # (M, K_i)
+    beta = out.beta[i, :k].float().cpu().expand(m, k)  # (M, K_i)
+    draws, scales, _ = sample(
+        alpha, beta, generator, scale_min=cfg.scale_min, scale_max=cfg.scale_max
+    )  # (M, K_i) each
+    return draws, scales
+
+
+def _costs(
+    allocator, cost: str, scales: torch.Tensor, tokens: torch.Tensor, vanilla: int
+) -> torch.Tensor:
+    """(M,) cost of each allocation: its token fraction (``tokens``) or normalised mean scale."""
+    if cost == "tokens":
+        return token_cost(tokens, vanilla)
+    return scale_cost(scales, allocator.config.scale_min, allocator.config.scale_max)
+
+
+def _chunk_credit(
+    pipeline: Pipeline,
+    allocator,
+    prompt: Prompt,
+    config: RolloutConfig,
+    adv: torch.Tensor,
+    scores: torch.Tensor,
+    draws: torch.Tensor,
+    probe_cache: dict | None,
+    stats: dict,
+) -> torch.Tensor:
+    """Each chunk's advantage: A_m (M,) itself, or per chunk (M, K_i) with ``capo_chunk``'s credit
+    and the probe credit when ``probe_credit`` > 0."""
+    per_chunk = adv  # (M,)
+    if config.advantage in PER_CHUNK_MODES:
+        per_chunk = chunk_advantages(adv, scores, draws, ridge=config.credit_ridge)  # (M, K_i)
+    if config.probe_credit:
+        k = draws.shape[1]
+        probes = _probe_rewards(pipeline, prompt, k, allocator.config, probe_cache, stats)  # (K_i,)
+        per_chunk = probe_advantages(per_chunk, draws, probes, weight=config.probe_credit)
+        stats["probe_gap"] += float(probes.max() - probes.mean())
+    return per_chunk
+
+
+def _add_rollout_stats(
+    stats: dict,
+    scores: torch.Tensor,
+    tokens: torch.Tensor,
+    vanilla: int,
+    scales: torch.Tensor,
+    policy_scales: torch.Tensor,
+    adv: torch.Tensor,
+) -> None:
+    """Add one prompt's M rollouts to the step's sums (``ROLLOUT_STATS``)."""
+    stats["prompts"] += 1
+    stats["rollouts"] += len(scores)
+    stats["reward"] += float(scores.sum())
+    stats["correct"] += float((scores > CORRECT_THRESHOLD).sum())
+    stats["retention"] += float((tokens / vanilla).sum())
+    stats["visual_tokens"] += float(tokens.sum())
+    stats["scale_spread"] += float(scales.double().std(dim=1, unbiased=False).sum())
+    stats["policy_spread"] += float(policy_scales.double().std(unbiased=False))
+    stats["advantage"] += float(adv.double().sum())
+    stats["advantage_sq"] += float(adv.double().pow(2).sum())
+
+
+def _batch(
+    inputs: dict[str, torch.Tensor],
+    out,
+    actions: torch.Tensor,
+    advantages: torch.Tensor,
+    stats: dict,
+) -> RolloutBatch:
+    """The step's rollouts on the allocator's device, with the actions' log-densities under the
+    sampling policy."""
     device = out.alpha.device
+    b, m, k_max = actions.shape
     actions = actions.to(device)
     old = log_prob(
         out.alpha[:, None].expand(b, m, k_max), out.beta[:, None].expand(b, m, k_max), actions
@@ -310,7 +441,7 @@ def collect_rollouts(
         actions=actions,
         log_prob=old,
         advantages=advantages.to(device),
-        chunk_mask=mask,
+        chunk_mask=inputs["chunk_mask"],
         stats=stats,
     )
 
@@ -321,23 +452,13 @@ def _probe_rewards(
     """Rewards (K,) of the prompt's K probes, from ``cache`` when it has them.
 
     Probes are always scored by the gold answer's probability (``--reward logprob``), whatever
-    the run's reward: a finite difference needs a dense reward. Measured on the tiny backbone's
-    training clips: the graded probes of one clip were right on 7 of 8 chunks by guessing the
-    letter, while the log-probability scored the evidence chunk 1.0 and the others 0.52–0.60.
+    the run's reward: a finite difference needs a dense reward (docs/results.md, "Probe credit").
     """
     key = (prompt.example.video, prompt.request.question, k)
     if cache is not None and key in cache:
         return cache[key]
-    scores, _, _ = score_allocations(
-        pipeline,
-        prompt,
-        probe_scales(k, cfg.scale_min, cfg.scale_max),
-        reward="logprob",
-        answers_per_rollout=1,
-        max_new_tokens=1,
-        temperature=1.0,
-        seed=0,
-    )
+    scales = probe_scales(k, cfg.scale_min, cfg.scale_max)  # (K, K)
+    scores, _, _ = score_allocations(pipeline, prompt, scales, PROBE_SCORING, seed=0)
     stats["probe_rows"] += k
     if cache is not None:
         cache[key] = scores
@@ -356,15 +477,11 @@ def validate(
     stats = dict.fromkeys(VALIDATION_STATS, 0.0)
     was_training = allocator.training
     allocator.eval()
-    cfg = allocator.config
     backbone = pipeline.backbone
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         inputs = _contexts(pipeline, batch, allocator)
-        out = allocator(**inputs)
-        scales = mean_scale(
-            out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max
-        ).cpu()  # (B, K)
+        scales = _mean_scales(allocator, allocator(**inputs))  # (B, K)
         counts = inputs["chunk_mask"].sum(dim=1).tolist()  # (B,)
         allocations = [
             pipeline.allocate(p.video, p.request, scales=scales[i, :k].double().numpy())

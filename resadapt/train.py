@@ -1,12 +1,13 @@
 """``python -m resadapt.train``: train the allocator with CAPO against a frozen Qwen-VL backbone.
 
-Owns the run's config (:class:`TrainConfig`) and its command line (:mod:`resadapt.cli`). The loop
-is :mod:`resadapt.trainer`, rollouts and rewards :mod:`resadapt.rollout`, the objective's
+Owns the run's command line (the fields of :class:`resadapt.train_config.TrainConfig`, through
+:mod:`resadapt.cli`) and nothing else: the config is :mod:`resadapt.train_config`, the loop
+:mod:`resadapt.trainer`, rollouts and rewards :mod:`resadapt.rollout`, the objective's
 arithmetic :mod:`resadapt.capo`, checkpoints and resume :mod:`resadapt.checkpoint`; the backbone is
 never trained.
 
-Contract (CAPO.md). A step takes ``prompts_per_step`` rows in a seeded per-epoch order. Per prompt:
-decode once; one allocator forward gives a Beta(α_k, β_k) per chunk k; M = ``num_rollouts``
+Contract (docs/capo.md). A step takes ``prompts_per_step`` rows in a seeded per-epoch order. Per
+prompt: decode once; one allocator forward gives a Beta(α_k, β_k) per chunk k; M = ``num_rollouts``
 actions a_k are drawn per chunk, s_k = s_min + a_k (s_max − s_min); the frozen backbone answers
 all M allocations in one batch; each is graded (multiple-choice letter, exact, numeric, temporal
 IoU) or scored by the probability of the gold answer; its cost is the fraction of the
@@ -91,254 +92,15 @@ import functools
 import logging
 import os
 import sys
-from dataclasses import dataclass, fields
 
+import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from allocator import Allocator
-from allocator.config import QUERY_ENCODERS
 from resadapt import cli
-from resadapt.assets import default_backbone
-from resadapt.benchmarks import BENCHMARK_NAMES
-from resadapt.capo import (
-    ADVANTAGE_MODES,
-    CONCENTRATION_WEIGHT,
-    CREDIT_RIDGE,
-    PROBE_CREDIT,
-    SIMILARITY_WEIGHT,
-)
-from resadapt.errors import ResAdaptError
-from resadapt.pipeline import DeviceConfig, Request
-from resadapt.rollout import COSTS, REWARDS
-from resadapt.run_inputs import ALLOCATOR_KNOBS
+from resadapt.train_config import TrainConfig
 from resadapt.trainer import Trainer
 
 PROG = "python -m resadapt.train"
 DESCRIPTION = "Train the resolution allocator with CAPO against a frozen Qwen-VL backbone."
-TRACKERS = ("none", "tensorboard", "wandb", "all")
-MAX_CONCENTRATION = None
-"""Default of ``--max-concentration``: off. The measured α + β of a healthy allocator and of a
-collapsed one overlap (README, "The trainer's safeguards"), so no cap is imposed by default."""
-MAX_NEW_TOKENS = 1024
-"""Longest answer the backbone may generate during training."""
-
-
-@dataclass
-class TrainConfig(DeviceConfig):
-    """Everything a training run depends on; saved as train_config.json with every checkpoint.
-
-    The device fields (:class:`DeviceConfig`) are the ones of ask / eval / the app; ``--device
-    cpu`` is ``--cpu``, any other device is the one accelerate assigns to the process.
-    """
-
-    # --- data ---------------------------------------------------------------------------------
-    data: str = cli.option("training rows, .jsonl or .parquet (required)", "")
-    val_data: str | None = cli.option(
-        "validation rows, .jsonl or .parquet; none: no validation", None
-    )
-    benchmark: str | None = cli.option(
-        "read --data (and --val-data) as this benchmark's published file (resadapt.benchmarks)",
-        None,
-        choices=BENCHMARK_NAMES,
-    )
-    video_root: str | None = cli.option(
-        "folder of the --benchmark's videos (default: the folder of --data)", None
-    )
-    val_size: int = cli.option("validate on the first N valid val rows", 64)
-    val_every: int = cli.option("validate every N steps and after the last; 0: after the last", 50)
-    num_frames: int | None = cli.option(
-        "frames sampled per video (whole chunks); overrides --fps", None
-    )
-    fps: float = cli.option("frames sampled per second (4 to 64 frames per video)", 2.0)
-    budget: float | None = cli.option(
-        "retention ceiling in (0, 1] that every sampled allocation (and validation) is fitted to, "
-        "as at inference with --budget; none: allocations are used as sampled",
-        None,
-    )
-    decode_cache_mb: int = cli.option("decoded frames kept in memory (LRU by path), in MiB", 2048)
-    # --- backbone -----------------------------------------------------------------------------
-    backbone: str = cli.option(
-        "frozen backbone: a Qwen2.5-VL / Qwen3-VL checkpoint folder or hub id, or "
-        "tiny-random-qwen2.5-vl / tiny-random-qwen3-vl; by default the bundled one",
-        default_factory=default_backbone,
-    )
-    max_pixels: int | None = cli.option(
-        "per-frame pixel cap, the full-resolution (scale 1) size", None
-    )
-    # --- allocator ----------------------------------------------------------------------------
-    allocator_config: str | None = cli.option(
-        "allocator architecture as JSON (AllocatorConfig fields, e.g. a config.json)", None
-    )
-    init_allocator: str | None = cli.option(
-        "allocator folder to warm-start from (fixes the architecture)", None
-    )
-    hidden_dim: int | None = cli.option(
-        "allocator width D (default: allocator_config, else 256)", None
-    )
-    num_layers: int | None = cli.option(
-        "allocator mixer blocks (default: allocator_config, else 2)", None
-    )
-    num_heads: int | None = cli.option(
-        "allocator attention heads (default: allocator_config, else 4)", None
-    )
-    query_encoder: str | None = cli.option(
-        "question encoder: learned or backbone (the frozen backbone's input embeddings)",
-        None,
-        choices=QUERY_ENCODERS,
-    )
-    dropout: float | None = cli.option(
-        "allocator dropout (default: allocator_config, else 0)", None
-    )
-    # --- rollouts and reward ------------------------------------------------------------------
-    steps: int = cli.option("training steps (one update each)", 500)
-    prompts_per_step: int = cli.option("prompts per step, all processes", 8)
-    num_rollouts: int = cli.option("sampled allocations M per prompt", 8)
-    answers_per_rollout: int = cli.option(
-        "answers N per allocation: 1 greedy, more sampled (--reward grade)", 1
-    )
-    temperature: float = cli.option("sampling temperature of the answers when N > 1", 1.0)
-    top_p: float = cli.option(
-        "nucleus (top-p) of the sampled answers when N > 1, in (0, 1]; 1: off (the checkpoint's "
-        "own value is never inherited)",
-        1.0,
-    )
-    top_k: int = cli.option(
-        "top-k of the sampled answers when N > 1; 0: off (never the checkpoint's own)", 0
-    )
-    max_new_tokens: int = cli.option(
-        "longest answer generated, in tokens", cli.default_of(Request, "max_new_tokens")
-    )
-    reward: str = cli.option(
-        "grade: graded answers; logprob: exp(mean log-prob of the gold answer)",
-        "grade",
-        choices=REWARDS,
-    )
-    cost: str = cli.option(
-        "tokens: fraction of full-res visual tokens; scale: normalised mean scale",
-        "tokens",
-        choices=COSTS,
-    )
-    advantage: str = cli.option(
-        "capo; capo_chunk: capo plus per-chunk credit (each chunk's advantage loses what the "
-        "other chunks' draws explain of the reward); the ablations direct (z(acc) − λc) and none",
-        "capo",
-        choices=ADVANTAGE_MODES,
-    )
-    credit_ridge: float = cli.option(
-        "ridge λ of the per-chunk credit regression (--advantage capo_chunk; > 0)", CREDIT_RIDGE
-    )
-    probe_credit: float = cli.option(
-        "weight w of the probe credit: per prompt, K extra backbone rows (chunk k at full size, "
-        "the others at the smallest) say how much each chunk alone helps the answer; chunk k's "
-        "advantage gains w·d_k·(a_k − mean a_k)·√12, d_k its probe's reward standardised over "
-        "the K probes (resadapt.capo); 0: no probes",
-        PROBE_CREDIT,
-    )
-    # --- optimisation -------------------------------------------------------------------------
-    lr: float = cli.option(
-        "AdamW peak learning rate (for our small allocator; the reference's 1e-5 to 5e-5 is for "
-        "its larger network)",
-        1e-4,
-    )
-    weight_decay: float = cli.option("AdamW weight decay (matrices only, not biases or norms)", 0.1)
-    grad_clip: float = cli.option("gradient norm clip", 1.0)
-    warmup_steps: int = cli.option("linear warm-up steps, then constant", 30)
-    ppo_epochs: int = cli.option("updates per batch of rollouts (1: ratio 1, clip inactive)", 1)
-    sim_weight: float = cli.option("weight of the temporal-similarity loss", SIMILARITY_WEIGHT)
-    con_weight: float = cli.option("weight of the concentration loss", CONCENTRATION_WEIGHT)
-    attention_weight: float = cli.option(
-        "weight of the attention distillation: the query detector's chunk shares are pulled "
-        "toward the frozen backbone's attention shares at full resolution (0: off; needs an "
-        "allocator with query_match)",
-        1.0,
-    )
-    attention_temperature: float = cli.option(
-        "sharpen the attention shares to share^(1/T) before distilling (T > 0)", 0.25
-    )
-    max_concentration: float | None = cli.option(
-        "cap on a chunk's Beta concentration α + β: above it a hinge penalty (weight 0.1) pulls "
-        "it back; none: no cap (> 2, since α, β >= 1)",
-        MAX_CONCENTRATION,
-    )
-    # --- run ----------------------------------------------------------------------------------
-    out_dir: str = cli.option("checkpoints and metrics", "runs/allocator")
-    seed: int = cli.option("seed of the init, the data order and the draws", 0)
-    checkpoint_every: int = cli.option("write checkpoint-{step} every N steps; 0: final only", 100)
-    keep_checkpoints: int = cli.option("keep the newest N checkpoint-* folders; 0: keep all", 0)
-    log_with: str = cli.option(
-        f"trackers, if installed: {', '.join(TRACKERS)}", "none", choices=TRACKERS
-    )
-    cpu: bool = cli.option(
-        "run on the CPU even with a GPU present (multi-process CPU runs need it)", False
-    )
-    resume: str | None = cli.option(
-        "auto (latest checkpoint in out_dir) or a checkpoint folder", None
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.data:
-            raise ResAdaptError("--data is required: a .jsonl or .parquet file of training rows")
-        if self.budget is not None:
-            _check(self, "budget", 0 < self.budget <= 1, "must be in (0, 1]")
-        positive = ("val_size", "steps", "prompts_per_step", "answers_per_rollout", "ppo_epochs")
-        for name in positive:
-            _check(self, name, getattr(self, name) >= 1, "must be at least 1")
-        for name in ("val_every", "decode_cache_mb", "warmup_steps", "checkpoint_every"):
-            _check(self, name, getattr(self, name) >= 0, "must be at least 0")
-        _check(self, "keep_checkpoints", self.keep_checkpoints >= 0, "must be at least 0")
-        _check(
-            self,
-            "num_rollouts",
-            self.num_rollouts >= 2,
-            "must be at least 2 (CAPO compares the allocations of one prompt)",
-        )
-        if self.num_frames is not None:
-            _check(self, "num_frames", self.num_frames >= 2, "must be at least 2 (one chunk)")
-        _check(self, "fps", self.fps > 0, "must be positive")
-        _check(
-            self,
-            "max_new_tokens",
-            1 <= self.max_new_tokens <= MAX_NEW_TOKENS,
-            "must be in [1, 1024]",
-        )
-        _check(self, "temperature", self.temperature > 0, "must be positive")
-        _check(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
-        _check(self, "top_k", self.top_k >= 0, "must be at least 0")
-        _check(self, "lr", self.lr > 0, "must be positive")
-        for name in ("weight_decay", "sim_weight", "con_weight", "attention_weight"):
-            _check(self, name, getattr(self, name) >= 0, "must be at least 0")
-        _check(self, "grad_clip", self.grad_clip > 0, "must be positive")
-        _check(self, "attention_temperature", self.attention_temperature > 0, "must be positive")
-        _check(self, "credit_ridge", self.credit_ridge > 0, "must be positive")
-        _check(self, "probe_credit", self.probe_credit >= 0, "must be 0 or positive")
-        if self.max_concentration is not None:
-            _check(self, "max_concentration", self.max_concentration > 2, "must be above 2")
-        if self.max_pixels is not None:
-            _check(self, "max_pixels", self.max_pixels > 0, "must be positive")
-        for f in fields(self):  # the command line checks these too; this covers TrainConfig(...)
-            allowed, value = f.metadata["choices"], getattr(self, f.name)
-            if allowed is not None and value is not None:
-                _check(self, f.name, value in allowed, f"must be one of {', '.join(allowed)}")
-        if self.answers_per_rollout > 1 and self.reward != "grade":
-            raise ResAdaptError(
-                "--answers-per-rollout > 1 needs --reward grade (the log-probability of the gold "
-                "answer is deterministic); set it to 1"
-            )
-        if self.init_allocator is not None:
-            given = [k for k in ALLOCATOR_KNOBS if getattr(self, k) is not None]
-            if self.allocator_config is not None:
-                given.append("allocator_config")
-            if given:
-                flags = ", ".join("--" + k.replace("_", "-") for k in given)
-                raise ResAdaptError(
-                    f"--init-allocator fixes the architecture; drop {flags} or the warm start"
-                )
-
-
-def _check(config: TrainConfig, name: str, ok: bool, rule: str) -> None:
-    """Raise the one-sentence error of a field outside its range, naming the flag and value."""
-    if not ok:
-        value = getattr(config, name)
-        raise ResAdaptError(f"--{name.replace('_', '-')} {rule}, got {value!r}")
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:

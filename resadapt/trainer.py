@@ -16,7 +16,7 @@ import math
 import shutil
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,7 +65,7 @@ from resadapt.rollout import (
     mean_or_nan,
     validate,
 )
-from resadapt.run_inputs import (
+from resadapt.train_data import (
     build_allocator,
     decode_prompts,
     epoch_order,
@@ -73,7 +73,7 @@ from resadapt.run_inputs import (
 )
 
 if TYPE_CHECKING:
-    from resadapt.train import TrainConfig
+    from resadapt.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,44 @@ def _trackers(log_with: str) -> list[str]:
     return [name for name in wanted if available[name]]
 
 
+LOSS_TERMS = ("loss", "pg_loss", "sim_loss", "con_loss", "attention_loss", "cap_loss")
+"""The loss terms of a step's metrics record, in its order: the total, then CAPO's terms."""
+
+
+@dataclass(frozen=True)
+class StepShares:
+    """This process's shares of one step's global counts, by which its loss terms are scaled.
+
+    A share = local / global count × world size (1 in one process; 0 when the whole step has
+    none), so that DDP's average of the gradients is the gradient of the global means: ``chunk``
+    of the valid chunks, ``pair`` of the adjacent pairs of valid chunks, ``video`` of the videos.
+    ``global_chunks``: the step's valid chunks on every process together (0: no update).
+    """
+
+    chunk: float
+    pair: float
+    video: float
+    global_chunks: float
+
+
+@dataclass
+class UpdateStats:
+    """This process's figures of one step's update, before any reduction across processes; the
+    defaults are those of a step without an update."""
+
+    applied: bool = False
+    """Whether the optimizer stepped (false when no process had a readable video)."""
+    losses: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_TERMS, 0.0))
+    """Each of ``LOSS_TERMS``, its mean over the PPO epochs."""
+    concentration: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """Sum, count and max of α + β over the valid chunks, at the first PPO epoch."""
+    agree: float = 0.0
+    """Prompts whose query detector and the backbone's attention pick the same chunk (last
+    epoch)."""
+    grad_norm: float = math.nan
+    """The gradient norm before clipping, at the last PPO epoch."""
+
+
 # ----------------------------------------------------------------------------------------- trainer
 class Trainer:
     """One training run: the loaded backbone, the prepared allocator and the run's bookkeeping."""
@@ -171,17 +209,17 @@ class Trainer:
             step_scheduler_with_optimizer=False,
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
-        acc = self.accelerator
-        self.is_main = acc.is_main_process
+        accelerator = self.accelerator
+        self.is_main = accelerator.is_main_process
         source = {"benchmark": config.benchmark, "video_root": config.video_root}
         self.examples, self.skipped_rows = load_examples(config.data, **source)
         self.val_examples = (
             load_examples(config.val_data, config.val_size, **source)[0] if config.val_data else []
         )
         resume = find_resume(config.out_dir, config.resume)
-        if config.device_map and acc.num_processes > 1:
+        if config.device_map and accelerator.num_processes > 1:
             raise ResAdaptError("--device-map auto is for one process; drop it under DDP")
-        self.backbone = load_backbone(config, device=str(acc.device))
+        self.backbone = load_backbone(config, device=str(accelerator.device))
         self.pipeline = Pipeline(self.backbone)
         self.cache = DecodeCache(self.pipeline, config.decode_cache_mb * 2**20)
         set_seed(config.seed)  # after the backbone: the tiny builders reseed torch
@@ -203,7 +241,7 @@ class Trainer:
         # backbone's embedding matrix as one); torch's replacement flag is not in accelerate yet.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*broadcast_buffers.*deprecated", FutureWarning)
-            self.model, self.optimizer, self.scheduler = acc.prepare(
+            self.model, self.optimizer, self.scheduler = accelerator.prepare(
                 allocator, optimizer, scheduler
             )
         self.start_step = 0
@@ -228,21 +266,21 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             truncate_metrics(self.out_dir / METRICS_FILE, self.start_step)
-        acc.wait_for_everyone()
+        accelerator.wait_for_everyone()
         tracker_config = {k: ("" if v is None else v) for k, v in asdict(config).items()}
-        acc.init_trackers("resadapt-train", config=tracker_config)
-        if config.prompts_per_step < acc.num_processes:
+        accelerator.init_trackers("resadapt-train", config=tracker_config)
+        if config.prompts_per_step < accelerator.num_processes:
             logger.warning(
                 "%d prompts per step for %d processes: some processes idle every step",
                 config.prompts_per_step,
-                acc.num_processes,
+                accelerator.num_processes,
             )
         n_params = sum(p.numel() for p in allocator.parameters() if p.requires_grad)
         logger.info(
             "training a %.2fM-parameter allocator on %d rows (%d processes) against %s",
             n_params / 1e6,
             len(self.examples),
-            acc.num_processes,
+            accelerator.num_processes,
             config.backbone,
         )
 
@@ -253,9 +291,9 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def _prompts(self, step: int) -> tuple[list[Prompt], int, int]:
         """This process's decoded prompts of ``step``, skipped prompts, and the step's epoch."""
-        acc, n = self.accelerator, len(self.examples)
+        accelerator, n = self.accelerator, len(self.examples)
         positions = step_positions(
-            step, self.config.prompts_per_step, acc.process_index, acc.num_processes
+            step, self.config.prompts_per_step, accelerator.process_index, accelerator.num_processes
         )
         orders: dict[int, np.ndarray] = {}
         pairs = []
@@ -340,97 +378,114 @@ class Trainer:
         t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
         return self.accelerator.reduce(t, reduction=reduction).tolist()
 
-    def train_step(self, step: int) -> dict:
-        """Rollouts, then ``ppo_epochs`` clipped updates; returns the step's metrics record."""
-        config, acc = self.config, self.accelerator
-        start = time.perf_counter()
-        prompts, skipped, epoch = self._prompts(step)
+    def _rollouts(self, prompts: list[Prompt]) -> RolloutBatch | None:
+        """The rollouts of this process's prompts: ``num_rollouts`` sampled allocations per prompt,
+        answered by the backbone, graded, with their advantages (None without prompts)."""
+        config = self.config
         batch = None
         if prompts:
             batch = collect_rollouts(
-                self.pipeline,
-                self.allocator,
-                prompts,
-                num_rollouts=config.num_rollouts,
-                answers_per_rollout=config.answers_per_rollout,
-                reward=config.reward,
-                cost=config.cost,
-                advantage=config.advantage,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                top_k=config.top_k,
-                seed=config.seed,
-                credit_ridge=config.credit_ridge,
-                probe_credit=config.probe_credit,
-                probe_cache=self.probe_cache,
+                self.pipeline, self.allocator, prompts, config, probe_cache=self.probe_cache
             )
+        return batch
+
+    def _shares(self, batch: RolloutBatch | None, num_prompts: int) -> StepShares:
+        """This process's shares of the step's valid chunks, chunk pairs and videos (every process
+        calls it: the global counts are one reduction across processes)."""
         chunks = float(batch.chunk_mask.sum()) if batch is not None else 0.0
         pairs = (
             0.0
             if batch is None
             else float((batch.chunk_mask[:, 1:] & batch.chunk_mask[:, :-1]).sum())
         )
-        videos = float(len(prompts)) if batch is not None else 0.0
+        videos = float(num_prompts) if batch is not None else 0.0
         g_chunks, g_pairs, g_videos = self._reduce([chunks, pairs, videos])
-        world = acc.num_processes
-        chunk_share = chunks / g_chunks * world if g_chunks else 0.0
-        pair_share = pairs / g_pairs * world if g_pairs else 0.0
-        video_share = videos / g_videos * world if g_videos else 0.0
-        targets = None
-        if batch is not None and config.attention_weight:
-            targets = self._targets(prompts, batch.chunk_mask.shape[1])  # (B, K)
-        lr = self.scheduler.get_last_lr()[0]
-        sums = dict.fromkeys(
-            ("loss", "pg_loss", "sim_loss", "con_loss", "attention_loss", "cap_loss"), 0.0
+        world = self.accelerator.num_processes
+        return StepShares(
+            chunk=chunks / g_chunks * world if g_chunks else 0.0,
+            pair=pairs / g_pairs * world if g_pairs else 0.0,
+            video=videos / g_videos * world if g_videos else 0.0,
+            global_chunks=g_chunks,
         )
+
+    def _update(
+        self,
+        batch: RolloutBatch | None,
+        shares: StepShares,
+        targets: torch.Tensor | None,
+    ) -> UpdateStats:
+        """``ppo_epochs`` clipped optimizer steps on the stored actions of ``batch`` (the scheduler
+        is not stepped here). A process without a batch backpropagates a zero loss through every
+        parameter, so that every process joins DDP's gradient reduction. ``targets`` (B, K): the
+        attention shares the query detector is distilled toward, or None."""
+        config, accelerator = self.config, self.accelerator
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
         concentration = [0.0, 0.0, 0.0]  # sum, count, max of α + β over valid chunks (1st epoch)
         agree = 0.0  # prompts whose detector and backbone attention pick the same chunk
         grad_norm = math.nan
-        if g_chunks:
-            self.model.train()
-            for _ in range(config.ppo_epochs):
-                self.optimizer.zero_grad(set_to_none=True)
-                if batch is not None:
-                    out = self.model(**batch.inputs)
-                    parts = self._loss(out, batch, chunk_share, pair_share, video_share, targets)
-                    if concentration[1] == 0:
-                        total = (out.alpha + out.beta).detach()[batch.chunk_mask]  # (valid,)
-                        concentration = [float(total.sum()), total.numel(), float(total.max())]
-                    if targets is not None:
-                        picks = out.match_log_share.detach().masked_fill(
-                            ~batch.chunk_mask, -math.inf
-                        )
-                        same = picks.argmax(dim=1) == targets.argmax(dim=1)
-                        agree = float(same.sum())
-                else:
-                    out = self.model(**idle_inputs(self.allocator.config, acc.device))
-                    zero = 0.0 * (out.alpha.sum() + out.beta.sum() + out.features.sum())
-                    if out.match_log_share is not None:
-                        zero = zero + 0.0 * out.match_log_share.sum()
-                    parts = dict.fromkeys(sums, zero)
-                acc.backward(parts["loss"])
-                grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), config.grad_clip))
-                self.optimizer.step()
-                for k in sums:
-                    sums[k] += float(parts[k].detach()) / config.ppo_epochs
-        else:
-            logger.warning("step %d: no readable video in the whole step; no update", step + 1)
-        self.scheduler.step()
-        losses = dict(zip(sums, self._reduce(list(sums.values()), "mean"), strict=True))
+        self.model.train()
+        for _ in range(config.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            if batch is not None:
+                out = self.model(**batch.inputs)
+                parts = self._loss(out, batch, shares.chunk, shares.pair, shares.video, targets)
+                if concentration[1] == 0:
+                    total = (out.alpha + out.beta).detach()[batch.chunk_mask]  # (valid,)
+                    concentration = [float(total.sum()), total.numel(), float(total.max())]
+                if targets is not None:
+                    picks = out.match_log_share.detach().masked_fill(~batch.chunk_mask, -math.inf)
+                    same = picks.argmax(dim=1) == targets.argmax(dim=1)
+                    agree = float(same.sum())
+            else:
+                out = self.model(**idle_inputs(self.allocator.config, accelerator.device))
+                zero = 0.0 * (out.alpha.sum() + out.beta.sum() + out.features.sum())
+                if out.match_log_share is not None:
+                    zero = zero + 0.0 * out.match_log_share.sum()
+                parts = dict.fromkeys(sums, zero)
+            accelerator.backward(parts["loss"])
+            grad_norm = float(
+                accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            )
+            self.optimizer.step()
+            for k in sums:
+                sums[k] += float(parts[k].detach()) / config.ppo_epochs
+        return UpdateStats(
+            applied=True,
+            losses=sums,
+            concentration=concentration,
+            agree=agree,
+            grad_norm=grad_norm,
+        )
+
+    def _metrics(
+        self,
+        step: int,
+        epoch: int,
+        skipped: int,
+        batch: RolloutBatch | None,
+        update: UpdateStats,
+        lr: float,
+    ) -> dict:
+        """The step's metrics record, every figure global (reduced across processes; every process
+        calls it and gets the same record), without ``seconds``. Adds the step's skipped videos to
+        the run's total."""
+        config = self.config
+        losses = dict(
+            zip(update.losses, self._reduce(list(update.losses.values()), "mean"), strict=True)
+        )
         stats = batch.stats if batch is not None else dict.fromkeys(ROLLOUT_STATS, 0.0)
         totals = dict(
             zip(ROLLOUT_STATS, self._reduce([stats[k] for k in ROLLOUT_STATS]), strict=True)
         )
         skipped_step, g_agree, con_sum, con_count = self._reduce(
-            [float(skipped), agree, *concentration[:2]]
+            [float(skipped), update.agree, *update.concentration[:2]]
         )
-        (con_max,) = self._reduce([concentration[2]], "max")
+        (con_max,) = self._reduce([update.concentration[2]], "max")
         self.skipped_videos += int(skipped_step)
         n = totals["rollouts"]
         adv_mean = mean_or_nan(totals["advantage"], n)
         adv_var = mean_or_nan(totals["advantage_sq"], n) - adv_mean**2
-        if not g_chunks:
+        if not update.applied:
             losses = dict.fromkeys(losses, math.nan)
         return {
             "split": "train",
@@ -456,26 +511,46 @@ class Trainer:
             "concentration_mean": mean_or_nan(con_sum, con_count),
             "concentration_max": con_max if con_count else math.nan,
             **losses,
-            "grad_norm": grad_norm,
+            "grad_norm": update.grad_norm,
             "lr": lr,
             "prompts": int(totals["prompts"]),
             "rollouts": int(n),
             "skipped_videos": int(skipped_step),
             "skipped_videos_total": self.skipped_videos,
             "skipped_rows": sum(self.skipped_rows.values()),
-            "world_size": world,
-            "seconds": time.perf_counter() - start,
+            "world_size": self.accelerator.num_processes,
         }
+
+    def train_step(self, step: int) -> dict:
+        """One CAPO step: rollouts, attention targets, ``ppo_epochs`` clipped updates, metrics;
+        returns the step's metrics record (global: the same on every process)."""
+        start = time.perf_counter()
+        prompts, skipped, epoch = self._prompts(step)
+        batch = self._rollouts(prompts)
+        shares = self._shares(batch, len(prompts))
+        targets = None
+        if batch is not None and self.config.attention_weight:
+            targets = self._targets(prompts, batch.chunk_mask.shape[1])  # (B, K)
+        lr = self.scheduler.get_last_lr()[0]
+        if shares.global_chunks:
+            update = self._update(batch, shares, targets)
+        else:
+            logger.warning("step %d: no readable video in the whole step; no update", step + 1)
+            update = UpdateStats()
+        self.scheduler.step()
+        record = self._metrics(step, epoch, skipped, batch, update, lr)
+        record["seconds"] = time.perf_counter() - start
+        return record
 
     # ------------------------------------------------------------------ validation
     def validate(self, step: int) -> dict:
         """Deterministic policy on this process's share of the validation rows; global means."""
-        acc, config = self.accelerator, self.config
+        accelerator, config = self.accelerator, self.config
         start = time.perf_counter()
         pairs = [
             (i, ex)
             for i, ex in enumerate(self.val_examples)
-            if i % acc.num_processes == acc.process_index
+            if i % accelerator.num_processes == accelerator.process_index
         ]
         prompts, skipped = decode_prompts(pairs, self.cache, config)
         stats = dict.fromkeys(VALIDATION_STATS, 0.0)

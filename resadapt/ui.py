@@ -24,6 +24,7 @@ from resadapt.cli import default_of
 from resadapt.errors import BudgetError, PolicyError, VideoError
 from resadapt.grading import grade
 from resadapt.pipeline import Allocation, Pipeline, Request, Result
+from resadapt.policies import policy_class, policy_names
 from resadapt.video import SampledVideo, container_duration, resize_frames
 
 MAX_UPLOAD_MB = 200
@@ -35,8 +36,6 @@ MAX_GALLERY_FRAMES = 64
 """Most frames the gallery shows (evenly spaced when more were sampled)."""
 CANVAS_GREY = 24
 """Grey level of the base-size canvas a downscaled frame is centred on in the gallery."""
-POLICY_CHOICES = ("learned", "attention", "keyframes", "prune", "content", "uniform", "vanilla")
-"""Policies the app offers, in the order shown."""
 DEFAULT_RETENTION = 0.15
 """Retention the app starts with: the share of the full-resolution visual tokens the bundled
 allocator was trained for."""
@@ -69,10 +68,9 @@ class Form:
 
     def request(self) -> Request:
         """The validated Request; raises a ResAdaptError naming the bad field."""
-        if self.policy is not None and self.policy not in POLICY_CHOICES:
-            raise PolicyError(
-                f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_CHOICES)}"
-            )
+        offered = offered_policies()
+        if self.policy is not None and self.policy not in offered:
+            raise PolicyError(f"unknown policy {self.policy!r}; choose one of {', '.join(offered)}")
         if self.fps is None:
             raise BudgetError("fps must be a positive number of frames per second, got nothing")
         return Request(
@@ -99,26 +97,33 @@ def _count(name: str, value: float | None) -> int | None:
     return int(value)
 
 
+def offered_policies() -> tuple[str, ...]:
+    """The registered policies the app offers (``Policy.app`` not None), in the order shown."""
+    entries = {n: policy_class(n).app for n in policy_names()}
+    offered = [n for n, entry in entries.items() if entry is not None]
+    return tuple(sorted(offered, key=lambda n: entries[n].rank))  # ties: registration order
+
+
 def policy_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
-    """(label, value) pairs; learned is labelled unavailable when no allocator is loaded."""
-    labels = {
-        "learned": "learned (allocator)"
-        if pipeline.learned is not None
-        else "learned — unavailable: no allocator checkpoint",
-        "attention": "attention (training-free, query-aware probe)",
-        "keyframes": "keyframes (frame selection: drop the least-attended chunks)",
-        "prune": "prune (full-resolution tower, then keep the most-attended tokens)",
-        "content": "content (training-free)",
-        "uniform": "uniform (one scale)",
-        "vanilla": "vanilla (full resolution)",
-    }
-    return [(labels[name], name) for name in POLICY_CHOICES]
+    """(label, value) pairs, the label ``name (description)``; a policy that needs an allocator is
+    labelled unavailable when none is loaded."""
+    choices = []
+    for name in offered_policies():
+        cls = policy_class(name)
+        if cls.needs_allocator and pipeline.learned is None:
+            choices.append((f"{name} — unavailable: no allocator checkpoint", name))
+        else:
+            choices.append((f"{name} ({cls.description})", name))
+    return choices
 
 
 def compare_policies(pipeline: Pipeline) -> tuple[str, ...]:
-    """learned (or attention while no allocator is loaded), the two peer families (keyframes:
-    frame selection; prune: post-encoder pruning), uniform and vanilla."""
-    return (pipeline.default_policy, "keyframes", "prune", "uniform", "vanilla")
+    """The pipeline's default policy (learned, or attention while no allocator is loaded), then the
+    offered policies marked ``compared`` (the two peer families, keyframes: frame selection and
+    prune: post-encoder pruning; uniform and vanilla)."""
+    default = pipeline.default_policy
+    compared = (n for n in offered_policies() if policy_class(n).app.compared and n != default)
+    return (default, *compared)
 
 
 def example_rows() -> list[list[str]]:
@@ -318,7 +323,7 @@ def compare(
         timings = {"decode_s": decode_s, "allocate_s": time.perf_counter() - t1}
         *_, result = pipeline.answer_stream(video, allocation, run, timings)
         results.append(result.to_json())
-        if cap is None and policy != "vanilla":
+        if cap is None and policy_class(policy).capped:
             cap = result.visual_tokens
     report(1.0, desc="done")
     return {

@@ -37,10 +37,9 @@ logger = logging.getLogger(__name__)
 # array at the base size; the whole file is never decoded.
 
 BACKEND_ORDER = ("pyav", "torchcodec", "decord")
-"""Backends tried in turn when none is forced, fastest first as measured by ``python -m
-benchmarks.decode`` (same frames from all three; PyAV fastest and smallest on a 20 s 720p and a
-30 min 1080p clip, then torchcodec, then decord: the README's decode table). The next one takes
-over when a backend fails on a file with its own decoder error or times out (logged). PyAV's
+"""Backends tried in turn when none is forced, in the order ``python -m benchmarks.decode`` ranks
+them (all three return the same frames; the ranking: docs/results.md, "Decoding"). The next one
+takes over when a backend fails on a file with its own decoder error or times out (logged). PyAV's
 errors are final (it reads every container exactly; the others use the same FFmpeg)."""
 DECODE_TIMEOUT_S = 120.0
 """Longest one backend may take to open a file and decode its sampled frames before the next one

@@ -1,7 +1,7 @@
 """The Gradio app served on localhost and driven through gradio_client, plus resadapt.ui's views.
 
 Covers the named endpoints (/answer returns the ask --json object, /compare runs policies at one
-budget), bad input (one sentence, then the app keeps serving), the README's client snippet and
+budget), bad input (one sentence, then the app keeps serving), the usage page's client snippet and
 Spaces front matter. The tiny random Qwen2.5-VL keeps every request well under a second.
 """
 
@@ -131,7 +131,7 @@ def test_bad_requests_error_and_the_app_keeps_serving(client, example, tmp_path)
 
 
 def test_readme_client_snippet_runs(url, monkeypatch, capsys):
-    section = (ROOT / "README.md").read_text().split("## App", 1)[1]
+    section = (ROOT / "docs" / "usage.md").read_text().split("## App", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "http://127.0.0.1:7860/" in snippet
     monkeypatch.chdir(ROOT)
@@ -150,7 +150,7 @@ def test_spaces_front_matter_matches_requirements():
 
 
 def test_no_gradio_under_resadapt():
-    for path in (ROOT / "resadapt").glob("*.py"):
+    for path in (ROOT / "resadapt").rglob("*.py"):
         assert not re.search(r"^\s*(import|from) gradio", path.read_text(), re.M), path
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from resadapt import ask, compat, ui
+from resadapt import ask, cli, compat, ui
 from resadapt import eval as evaluator
 from resadapt.errors import BudgetError, PolicyError
 from resadapt.pipeline import Pipeline, Request
@@ -159,10 +159,10 @@ def test_eval_reports_the_probe_next_to_retention(tmp_path):
 
 
 def test_every_place_offers_attention(backbone):
-    assert "attention" in POLICY_NAMES and "attention" in ui.POLICY_CHOICES
+    assert "attention" in POLICY_NAMES and "attention" in ui.offered_policies()
     pipeline = Pipeline(backbone)  # no allocator
     assert pipeline.default_policy == "attention"
     assert ui.compare_policies(pipeline)[0] == "attention"
     assert "attention" in dict((v, k) for k, v in ui.policy_choices(pipeline))
-    assert "attention" in evaluator.EvalConfig.__dataclass_fields__["policies"].metadata["help"]
+    assert "attention" in cli.help_of(evaluator.EvalConfig.__dataclass_fields__["policies"])
     assert compat.OVERRIDE_FLAG == "--allow-mismatched-allocator"

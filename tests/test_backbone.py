@@ -207,7 +207,10 @@ def test_max_pixels_caps_the_base_size():
     assert wide.geometry.max_pixels <= 768 * 32 * 32
 
 
-CORE = "geometry video backbone policies pipeline relevance capo data grading errors cli registry"
+CORE = (
+    "geometry video backbone policies pipeline relevance capo data grading errors cli registry "
+    "assets benchmark_readers rollout train_config train_data trainer ui"
+)
 
 
 def test_core_imports_nothing_from_the_world():
@@ -220,9 +223,10 @@ def test_core_imports_nothing_from_the_world():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_assets_registers_the_tiny_backbones_without_loading_transformers():
+def test_the_world_registers_the_tiny_backbones_without_loading_transformers():
+    """What every entry point does (the core never imports the world): import resadapt.world."""
     code = (
-        "import sys, resadapt.assets; from resadapt.registry import registered_backbones; "
+        "import sys, resadapt.world; from resadapt.registry import registered_backbones; "
         "from resadapt.world import TINY_BACKBONES; "
         "assert set(TINY_BACKBONES) <= set(registered_backbones()), registered_backbones(); "
         "assert 'transformers' not in sys.modules"

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from resadapt import eval as evaluator
-from resadapt import grid
+from resadapt import eval_config
 from resadapt.backbone import default_max_batch_tokens, micro_batches
 from resadapt.data import load_examples
 from resadapt.pipeline import Pipeline, load_backbone
-from resadapt.rollout import Prompt, score_allocations
+from resadapt.rollout import Prompt, RolloutConfig, score_allocations
 from resadapt.world import synth
 
 TIMING_KEYS = ("allocate_s", "backbone_s", "latency_s", "probe_s", "tower_s", "decode_s", "e2e_s")
@@ -45,7 +45,7 @@ def world(tmp_path_factory):
         data=str(rows),
         out=str(root / "out"),
         backbone="tiny-random-qwen2.5-vl",
-        policies=grid.parse_policies("vanilla,uniform"),
+        policies=eval_config.parse_policies("vanilla,uniform"),
         budgets=(0.5,),
         frames=(4,),
         max_new_tokens=6,
@@ -86,14 +86,14 @@ def test_rollout_scores_equal_under_a_small_budget(world, reward):
     config, pipeline = world
     examples, _ = load_examples(config.data)
     request = evaluator.Evaluator(config, pipeline)._request(
-        examples[0], grid.PolicySpec("uniform"), grid.Budget(), 4
+        examples[0], eval_config.PolicySpec("uniform"), eval_config.Budget(), 4
     )
     prompt = Prompt(examples[0], request, pipeline.decode(examples[0].video, request), 0)
     scales = np.array([[1.0, 1.0], [0.5, 0.3], [0.2, 0.9]])  # (M, K)
-    kwargs = dict(reward=reward, answers_per_rollout=1, max_new_tokens=6, temperature=1.0, seed=0)
+    config = RolloutConfig(reward=reward, answers_per_rollout=1, max_new_tokens=6, temperature=1.0)
     pipeline.backbone.max_batch_tokens = 1 << 40
-    whole = score_allocations(pipeline, prompt, scales, **kwargs)
+    whole = score_allocations(pipeline, prompt, scales, config, seed=0)
     pipeline.backbone.max_batch_tokens = 1
-    split = score_allocations(pipeline, prompt, scales, **kwargs)
+    split = score_allocations(pipeline, prompt, scales, config, seed=0)
     torch.testing.assert_close(split[0], whole[0], atol=1e-5, rtol=1e-5)
     assert torch.equal(split[1], whole[1]) and split[2] == whole[2]

@@ -13,10 +13,11 @@ import json
 import pandas as pd
 import pytest
 
-from resadapt import benchmarks
+from resadapt import benchmark_readers
 from resadapt import eval as evaluator
-from resadapt.benchmarks import VIDEO_MISSING, Breakdown
-from resadapt.data import DataError, load_examples
+from resadapt.benchmark_readers import VIDEO_MISSING, Breakdown
+from resadapt.data import load_examples
+from resadapt.errors import DataError
 from tests.media import write_video
 
 BACKBONE = "tiny-random-qwen2.5-vl"
@@ -104,7 +105,7 @@ def test_mvbench_reads_a_folder_of_task_jsons_with_text_answers(root):
     (e,), skipped = load_examples(folder, benchmark="mvbench", video_root=root)
     assert e.video == str(root / "perception" / "videos" / "c.mp4")
     assert e.gold() == "B" and e.extra["category"] == "state_change"
-    assert skipped == {benchmarks.FRAME_FOLDER: 1}
+    assert skipped == {benchmark_readers.FRAME_FOLDER: 1}
 
 
 def test_nextqa_multiple_choice_integer_answer(root):

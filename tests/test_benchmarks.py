@@ -1,5 +1,5 @@
-"""The benchmark scripts run as the README writes them (``python -m benchmarks.NAME`` from the
-repository root), on sizes small enough for CI; their numbers are not checked here."""
+"""The benchmark scripts run as docs/benchmarks.md writes them (``python -m benchmarks.NAME`` from
+the repository root), on sizes small enough for CI; their numbers are not checked here."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def test_a_cached_example_gets_every_output_at_once(bundled):
 
 
 def test_readme_chat_snippet_runs(client, monkeypatch, capsys):
-    section = (ROOT / "README.md").read_text().split("## App", 1)[1]
+    section = (ROOT / "docs" / "usage.md").read_text().split("## App", 1)[1]
     snippets = re.findall(r"```python\n(.*?)```", section, re.S)
     chat = next(s for s in snippets if "/chat" in s)
     code = (snippets[0] + chat).replace("http://127.0.0.1:7860/", client.src)

@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from resadapt.data import DataError, read_examples
+from resadapt.data import read_examples
+from resadapt.errors import DataError
 from resadapt.grading import grade, parse_letter, temporal_iou
 
 

@@ -11,10 +11,10 @@ import resadapt.world  # noqa: F401 (registers the tiny backbones)
 from resadapt import cli
 from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.errors import BackboneError
-from resadapt.grid import EvalConfig
+from resadapt.eval_config import EvalConfig
 from resadapt.pipeline import DeviceConfig, ModelConfig
 from resadapt.relevance import chunk_attention
-from resadapt.train import TrainConfig
+from resadapt.train_config import TrainConfig
 
 DEVICE_FIELDS = ("device", "dtype", "attn_implementation", "device_map", "max_batch_tokens")
 

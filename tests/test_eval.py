@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from resadapt import eval as evaluator
-from resadapt import grid
+from resadapt import eval_config, report
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline
 from resadapt.world import synth
@@ -99,7 +99,7 @@ def _records(out):
 def test_outputs_have_the_columns_and_one_row_per_cell(run):
     out, _, _ = run
     columns, rows = _csv_rows(out)
-    assert tuple(columns) == evaluator.ROW_COLUMNS
+    assert tuple(columns) == report.ROW_COLUMNS
     assert len(rows) == GRID * len(FRAMES)
     results = json.loads((out / "results.json").read_text())
     assert results["backbone"] == BACKBONE and len(results["rows"]) == len(rows)
@@ -213,10 +213,10 @@ def test_limit_batch_size_and_fps_sampling(data, tmp_path):
 
 
 def test_policy_list_parsing():
-    specs = grid.parse_policies("vanilla, learned:a,learned:b")
+    specs = eval_config.parse_policies("vanilla, learned:a,learned:b")
     assert [s.label for s in specs] == ["vanilla", "learned:a", "learned:b"]
     assert [s.allocator for s in specs] == [None, "a", "b"]
-    assert grid.parse_policies("learned:a")[0].label == "learned"
+    assert eval_config.parse_policies("learned:a")[0].label == "learned"
 
 
 @pytest.mark.parametrize(

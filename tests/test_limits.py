@@ -9,7 +9,7 @@ import pytest
 
 import resadapt.world  # noqa: F401 (registers the tiny backbones)
 from resadapt import eval as evaluator
-from resadapt import grid, ui
+from resadapt import eval_config, report, ui
 from resadapt.backbone import Backbone
 from resadapt.data import Example, load_examples
 from resadapt.errors import ChunkLimitError, VideoError
@@ -53,20 +53,20 @@ def test_the_evaluator_counts_rows_by_reason_and_finishes(allocator_dir, tmp_pat
         data=str(rows),
         out=str(tmp_path / "out"),
         backbone="tiny-random-qwen2.5-vl",
-        policies=grid.parse_policies(f"uniform,learned:{allocator_dir}"),
+        policies=eval_config.parse_policies(f"uniform,learned:{allocator_dir}"),
         budgets=(None,),
         frames=(4, 8),
         max_new_tokens=4,
     )
     pipeline, learned, _ = evaluator.load(config)
-    summary = evaluator.Summary(config)
+    summary = report.Summary(config)
     for record in evaluator.Evaluator(config, pipeline, learned).run(load_examples(rows)[0]):
         summary.add(record)
     by_cell = {(r["policy"], r["frames"]): r for r in summary.rows()}
     too_many = by_cell[("learned", 8)]
     assert too_many["too_many_chunks"] == 2 and too_many["examples"] == 0
     assert by_cell[("learned", 4)]["examples"] == 2 and by_cell[("uniform", 8)]["examples"] == 2
-    assert "too_many_chunks" in evaluator.ROW_COLUMNS and "rejected" in evaluator.ROW_COLUMNS
+    assert "too_many_chunks" in report.ROW_COLUMNS and "rejected" in report.ROW_COLUMNS
 
 
 def test_a_long_video_is_refused_from_its_header_before_sampling(backbone, tmp_path, monkeypatch):

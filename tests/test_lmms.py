@@ -124,3 +124,37 @@ def test_the_attention_policy_at_a_budget(model):
     request = instance("generate_until", ("What?", {}, doc_to_visual, 0, TASK, SPLIT))
     (answer,) = attention.generate_until([request])
     assert isinstance(answer, str) and attention.settings["policy"] == "attention"
+
+
+def test_the_prune_policy_prunes_what_reaches_the_language_model(model):
+    """policy=prune: the budget's number of visual tokens reaches the language model, in
+    generate_until and in loglikelihood alike (the tower encodes every chunk at full size)."""
+    args = "backbone=tiny-random-qwen2.5-vl,policy=prune,budget=0.25,frames=4,max_new_tokens=2"
+    pruning = ResAdaptLMM.create_from_arg_string(args, {"device": "cpu"})
+    pruning.task_dict = model.task_dict
+    backbone = pruning.pipeline.backbone
+    video_id = backbone.model.config.video_token_id
+    request = pruning._request("What?")
+    video = pruning.pipeline.decode(model.task_dict[TASK][SPLIT][0]["path"], request)
+    cap = math.floor(0.25 * pruning.pipeline.vanilla_tokens(video))
+    seen = []
+    generate, forward = backbone.generate, backbone.model.forward
+
+    def spy_generate(inputs, *a, **k):
+        seen.append(int((inputs["input_ids"] == video_id).sum()))
+        return generate(inputs, *a, **k)
+
+    def spy_forward(*a, **k):
+        seen.append(int((k["input_ids"] == video_id).sum()))
+        return forward(*a, **k)
+
+    backbone.generate = spy_generate
+    (answer,) = pruning.generate_until(
+        [instance("generate_until", ("What?", {}, doc_to_visual, 0, TASK, SPLIT))]
+    )
+    backbone.model.forward = spy_forward
+    ((logprob, _),) = pruning.loglikelihood(
+        [instance("loglikelihood", ("What?", "A", doc_to_visual, 0, TASK, SPLIT))]
+    )
+    assert isinstance(answer, str) and logprob <= 0
+    assert seen == [cap, cap] and cap < pruning.pipeline.vanilla_tokens(video)

@@ -14,7 +14,8 @@ from resadapt import ask, prune, ui
 from resadapt import eval as evaluator
 from resadapt.backbone import Backbone
 from resadapt.errors import BudgetError
-from resadapt.pipeline import Pipeline, Request, keep_top_chunks
+from resadapt.geometry import keep_top_chunks
+from resadapt.pipeline import Pipeline, Request
 from resadapt.policies import POLICY_NAMES, make_policy
 from resadapt.world import TINY_BACKBONES
 from tests.allocators import write_tiny_allocator
@@ -268,7 +269,7 @@ def test_bad_budgets_and_a_one_chunk_video_give_one_sentence(backbone, video, ca
 
 # ------------------------------------------------------------------------------- everywhere
 def test_peers_are_named_in_the_cli_app_and_evaluator(backbone, video, tmp_path, capsys):
-    assert set(PEERS) <= set(POLICY_NAMES) and set(PEERS) <= set(ui.POLICY_CHOICES)
+    assert set(PEERS) <= set(POLICY_NAMES) and set(PEERS) <= set(ui.offered_policies())
     labels = dict((value, label) for label, value in ui.policy_choices(Pipeline(backbone)))
     assert "frame selection" in labels["keyframes"] and "keep" in labels["prune"]
     assert make_policy("prune", contextual_share=0.1).contextual_share == 0.1

@@ -179,3 +179,17 @@ def test_cli_process_exits_2_without_traceback(case, video, tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+
+
+def test_the_python_snippet_in_the_usage_docs_runs(capsys):
+    """docs/usage.md's "From Python" example, run as written: the bundled pair answers within the
+    budget."""
+    import re
+    from pathlib import Path
+
+    usage = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
+    section = usage.read_text().split("## From Python", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(snippet, {})
+    answer, spent, _, vanilla, policy = capsys.readouterr().out.split()[-5:]
+    assert policy == "learned" and 0 < int(spent) <= 0.15 * int(vanilla)

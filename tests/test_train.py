@@ -26,8 +26,9 @@ from resadapt.checkpoint import CONFIG_FILE, FINAL, METRICS_FILE, TRAINING_STATE
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import Pipeline, Request, load_allocator
 from resadapt.policies import Learned, allocator_inputs
-from resadapt.run_inputs import epoch_order, resolve_allocator_config, step_positions
-from resadapt.train import TrainConfig, main, parse_config, train
+from resadapt.train import main, parse_config, train
+from resadapt.train_config import TrainConfig
+from resadapt.train_data import epoch_order, resolve_allocator_config, step_positions
 from resadapt.world import synth
 from tests.media import write_text_as_video
 

@@ -8,7 +8,8 @@ import torch
 
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline, Request
-from resadapt.world import recipe
+from resadapt.world import losses, recipe
+from resadapt.world.clips import make_clip
 from resadapt.world.synth import write_dataset
 
 SMALL = [
@@ -65,7 +66,7 @@ def test_bad_schedule_is_one_error_line(capsys):
 def test_clip_targets_follow_the_sampled_frames():
     cfg = recipe.BackboneTrainConfig(long_mix=1.0)
     rng = np.random.default_rng(0)
-    clip = recipe.make_clip(5, cfg, 4, 3, rng, 28, 168)
+    clip = make_clip(5, cfg, 4, 3, rng, 28, 168)
     assert clip.frames.shape == (8, 168, 168, 3) and clip.scales.shape == (4,)
     # sampled from 16 source frames, every card still shows in some sampled frame (two cards can
     # share a sampled chunk)
@@ -109,21 +110,21 @@ def test_attention_target_only_where_the_evidence_is_one_chunk(run):
     factor = backbone.geometry.factor
 
     def clips(task):
-        made = [recipe.make_clip(s, cfg, 5, 2, rng, factor, 168, task) for s in range(2)]
+        made = [make_clip(s, cfg, 5, 2, rng, factor, 168, task) for s in range(2)]
         for c in made:
             c.scales[:] = 1.0
         return made
 
-    _, _, stats = recipe.batch_losses(backbone, heads, clips("count"), True, bind_layer=0)
+    _, _, stats = losses.batch_losses(backbone, heads, clips("count"), True, bind_layer=0)
     assert "bind_attention" not in stats and "query_colour_acc" in stats
     assert "count_probe_acc" in stats and "present_acc" not in stats  # presence is off by default
     count = clips("count")
-    _, aux_off, _ = recipe.batch_losses(backbone, heads, count, True, bind_layer=0)
-    _, aux_on, stats = recipe.batch_losses(
+    _, aux_off, _ = losses.batch_losses(backbone, heads, count, True, bind_layer=0)
+    _, aux_on, stats = losses.batch_losses(
         backbone, heads, count, True, bind_layer=0, presence_weight=1.0
     )
     assert "present_acc" in stats and aux_on > aux_off  # count's own targets
-    _, _, stats = recipe.batch_losses(backbone, heads, clips("main"), True, bind_layer=0)
+    _, _, stats = losses.batch_losses(backbone, heads, clips("main"), True, bind_layer=0)
     assert "bind_attention" in stats and "count_probe_acc" not in stats
 
 
@@ -131,7 +132,7 @@ def test_count_clips_are_never_resampled_and_mark_the_chunks_with_a_card():
     cfg = recipe.BackboneTrainConfig(long_mix=1.0)
     rng = np.random.default_rng(0)
     for seed in range(6):
-        clip = recipe.make_clip(seed, cfg, 8, 3, rng, 28, 168, "count")
+        clip = make_clip(seed, cfg, 8, 3, rng, 28, 168, "count")
         assert clip.sample.task == "count" and clip.frames.shape[0] == 16
         n = int(clip.sample.answer)  # the stage's 3 cards do not apply: count draws 2-5
         assert len(set(np.unique(clip.colour_ids)) - {0}) == n
@@ -143,7 +144,7 @@ def test_presence_targets_follow_resampled_frames():
     """A main clip sampled from twice as many frames: a chunk shows a card when either of its
     sampled frames does."""
     cfg = recipe.BackboneTrainConfig(long_mix=1.0)
-    clip = recipe.make_clip(5, cfg, 4, 3, np.random.default_rng(0), 28, 168)
+    clip = make_clip(5, cfg, 4, 3, np.random.default_rng(0), 28, 168)
     shown = {t for card in clip.sample.cards for t in card.frames}
     pairs = clip.video.indices.reshape(4, 2)
     assert clip.present.tolist() == [bool(shown & set(p.tolist())) for p in pairs]

@@ -2,13 +2,13 @@
 it over, with random chunk scales and per-token targets, resized exactly as the pipeline resizes.
 
 Owns ``Clip`` and how one is made (``make_clip``); the recipe (resadapt.world.recipe) owns the
-stages, losses and training loop.
+stages, losses, training loop and the config whose knobs shape a clip (:class:`ClipMix`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -24,8 +24,15 @@ from resadapt.world.synth import (
     token_labels,
 )
 
-if TYPE_CHECKING:
-    from resadapt.world.recipe import BackboneTrainConfig
+
+class ClipMix(Protocol):
+    """The knobs of the recipe's config (``recipe.BackboneTrainConfig``) that shape a clip."""
+
+    card_px: int
+    scale_mix: float
+    min_scale: float
+    uniform_mix: float
+    long_mix: float
 
 
 def example_of(sample: Sample) -> Example:
@@ -79,7 +86,7 @@ def sampled(sample: Sample, indices: np.ndarray) -> SampledVideo:
 
 def make_clip(
     seed: int,
-    cfg: BackboneTrainConfig,
+    cfg: ClipMix,
     chunks: int,
     cards: int,
     rng: np.random.Generator,

@@ -5,8 +5,8 @@ a locally trained tokenizer) answer the synthetic tasks of :mod:`resadapt.world.
 and writes it as an ordinary checkpoint folder (``assets/backbone`` by default) that
 ``Backbone.load`` reads like any real one. Knows nothing about allocators or CAPO.
 
-Recipe (TINY_WORLD.md: naive end-to-end training stays at chance, because at initialisation the
-visual tokens are all alike and the tower's gradients are tiny):
+Recipe (early probes in docs/results.md: naive end-to-end training stays at chance, because at
+initialisation the visual tokens are all alike and the tower's gradients are tiny):
   1. Vision warm-up: the tower alone learns the grating class of every card chunk through a
      linear head on its max-pooled merged tokens, first on 56-px frames (mostly card), then at
      full size with a per-token card-colour head added (``synth.token_labels``).
@@ -37,7 +37,7 @@ exactly what the pipeline gives it.
 Long runs checkpoint atomically every ``--checkpoint-every`` steps into ``--work-dir`` and
 ``--resume`` continues from there. Command (one CPU thread):
 ``python -m resadapt.train_backbone --out-dir assets/backbone --threads 1``; the count/mixed
-continuation is in the README (``--init-from assets/backbone``).
+continuation is in docs/offline-world.md (``--init-from assets/backbone``).
 """
 
 from __future__ import annotations
@@ -53,19 +53,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from resadapt import cli
 from resadapt.backbone import Backbone
 from resadapt.checkpoint import save_folder_atomic
 from resadapt.cli import option
 from resadapt.errors import ResAdaptError
-from resadapt.world.clips import Clip, chunked_video, example_of, make_clip, sampled  # noqa: F401 (also read as recipe.*)
+from resadapt.world.clips import Clip, chunked_video, example_of, make_clip, sampled
+from resadapt.world.losses import TokenHeads, batch_losses
 from resadapt.world.synth import (
     COLOUR_NAMES,
     COUNT_RANGE,
     MIXTURES,
-    ORIENTATIONS,
     generate_sample,
     token_labels,
 )
@@ -104,7 +103,7 @@ class BackboneTrainConfig:
     vision_depth: int = option("vision-tower blocks", 4)
     heads: int = option("attention heads", 4)
     batch_size: int = option("clips per joint step", 16)
-    vision_batch_size: int = option("clips per vision warm-up step (measured: 16 stalls)", 32)
+    vision_batch_size: int = option("clips per vision warm-up step", 32)
     lr: float = option("peak AdamW learning rate", 1e-3)
     weight_decay: float = option("AdamW weight decay", 0.01)
     grad_clip: float = option("gradient-norm clip", 1.0)
@@ -222,42 +221,6 @@ class BackboneTrainConfig:
         return "joint", chunks, cards, self.size, task
 
 
-class TokenHeads(nn.Module):
-    """Linear probes: on merged visual tokens, card colour or none (7 ways), grating class (4) and
-    whether the token's chunk shows a card (1 logit); on the language model's state at the answer
-    position, the question's colour (7 ways) and, for count questions, the count (4 ways).
-    """
-
-    def __init__(
-        self,
-        width: int,
-        text_width: int,
-        colour_words: tuple[nn.Embedding, list[int]] | None = None,
-    ):
-        super().__init__()
-        self.colour = nn.Linear(width, 1 + len(COLOUR_NAMES))
-        self.label = nn.Linear(width, len(ORIENTATIONS))
-        self.present = nn.Linear(width, 1)  # on every token: does my chunk show a card?
-        self.count = nn.Linear(text_width, COUNT_RANGE[1] - COUNT_RANGE[0] + 1)
-        self.question_colour = nn.Linear(text_width, 1 + len(COLOUR_NAMES))
-        # Tied colour head: a token's colour logits are its dot products with the language
-        # model's embeddings of the colour words (and a learned "no card" vector), so a visual
-        # token and the question's colour word meet in one space. Kept out of the submodules so
-        # the embedding stays owned (and optimised) by the model alone.
-        self._words = colour_words
-        if colour_words is not None:
-            self.no_colour = nn.Parameter(torch.zeros(width))
-
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._words is None:
-            colour = self.colour(tokens)
-        else:
-            embedding, ids = self._words
-            table = torch.cat([self.no_colour[None], embedding.weight[ids]])  # (7, D)
-            colour = tokens @ table.T + self.colour.bias
-        return colour, self.label(tokens)  # (N, 7), (N, 4)
-
-
 def task_corpus(num: int = 200) -> list[str]:
     """Prompts and answers of the synthetic tasks: the text the tokenizer's merges come from."""
     lines = []
@@ -266,129 +229,6 @@ def task_corpus(num: int = 200) -> list[str]:
         sample = generate_sample(seed, task=task, num_frames=4, num_cards=1, size=56, card_px=14)
         lines += [example_of(sample).prompt(), sample.answer]
     return lines
-
-
-def batch_losses(
-    backbone: Backbone,
-    heads: TokenHeads,
-    clips: list[Clip],
-    joint: bool,
-    colour: bool = True,
-    bind_layer: int = 2,
-    presence_weight: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(language-model loss, auxiliary loss, stats) of one batch."""
-    model = backbone.model
-    videos = [chunked_video(backbone, c, c.scales) for c in clips]
-    examples = [example_of(c.sample) for c in clips]
-    answers = [e.gold() for e in examples]
-    inputs = backbone.prepare(videos, [e.prompt() for e in examples], answers)
-    vision = model.model.get_video_features(
-        inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
-    )
-    # Auxiliary targets exist for full-size chunks (their token grid is the label grid): the card
-    # colour of every token, and the grating class of every chunk that shows a card, read from
-    # its max-pooled tokens. (Measured: a per-token grating loss stays at chance for hundreds of
-    # steps; the max-pooled one learns in under 100, as TINY_WORLD.md found.)
-    feats, colours, pooled, classes = [], [], [], []
-    items = [(clip, k) for clip in clips for k in range(len(clip.scales))]
-    for (clip, k), tokens in zip(items, vision.pooler_output, strict=True):
-        if tokens.shape[0] == clip.colour_ids[k].size:  # (n, D) tokens of a full-size chunk
-            feats.append(tokens)
-            colours.append(torch.from_numpy(clip.colour_ids[k].reshape(-1)))
-            label = int(clip.label_ids[k].max())
-            if label > 0:
-                pooled.append(tokens.max(dim=0).values)
-                classes.append(label - 1)
-    aux = torch.zeros(())
-    stats: dict = {}
-    # Card presence, on every token of every chunk at any size: "my chunk shows a card". A count
-    # is then the share of visual tokens that say so, times the chunks, when every chunk has the
-    # same size (uniform downscaling). Off in the main-only recipe.
-    if presence_weight:
-        flags = np.concatenate([clip.present for clip in clips])  # (sum of K,) in items' order
-        sizes = torch.tensor([tokens.shape[0] for tokens in vision.pooler_output])
-        present = torch.from_numpy(flags).float().repeat_interleave(sizes)  # (N,)
-        logits = heads.present(torch.cat(vision.pooler_output))[:, 0]  # (N,)
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, present)
-        aux = aux + presence_weight * bce
-        stats["present_acc"] = float(((logits.detach() > 0) == (present > 0.5)).float().mean())
-    if feats and colour:
-        colour_logits, _ = heads(torch.cat(feats))
-        aux = aux + nn.functional.cross_entropy(colour_logits, torch.cat(colours))
-    if pooled:
-        _, label_logits = heads(torch.stack(pooled))  # (N, classes)
-        target = torch.tensor(classes)
-        aux = aux + nn.functional.cross_entropy(label_logits, target)
-        stats["chunk_label_acc"] = float((label_logits.argmax(-1) == target).float().mean())
-    if not joint:
-        return torch.zeros(()), aux, stats
-    lengths = [backbone.answer_length(a) for a in answers]  # answer + end-of-turn tokens per row
-    labels_lm = torch.full_like(inputs["input_ids"], -100)
-    for b, n in enumerate(lengths):
-        labels_lm[b, -n:] = inputs["input_ids"][b, -n:]
-    rest = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos",)}
-    out = model(
-        **rest,
-        mm_encoder_outputs={"video": vision},
-        labels=labels_lm,
-        output_hidden_states=True,
-        output_attentions=True,
-    )
-    # Binding, taught as two hops (measured: a per-token "is the queried card" flag at the middle
-    # layer fired on every card, and accuracy with two cards stayed near 55-60 %):
-    #   1. the state of the position that predicts the letter, entering layer ``bind_layer``,
-    #      names the question's colour (a linear probe);
-    #   2. head 0 of that layer attends from there to the queried card's tokens (the loss is
-    #      -log of the attention mass on them), so the grating of that card is what reaches the
-    #      answer. Rows whose queried card is in a downscaled chunk have no target, and neither
-    #      have rows whose evidence spans several chunks (count): one head cannot be "the" pointer
-    #      to seven cards, and the answer there is a tally, not one card's grating.
-    last = inputs["input_ids"].shape[1] - 1 - torch.tensor(lengths)  # (B,) predicts the letter
-    states = out.hidden_states[bind_layer][torch.arange(len(clips)), last]  # (B, D)
-    query_colour = torch.tensor(
-        [
-            0 if s.task == "count" else 1 + COLOUR_NAMES.index(s.cards[s.query].colour)
-            for s in (c.sample for c in clips)
-        ]
-    )  # (B,) 0: the question names no colour
-    logits = heads.question_colour(states)  # (B, 7)
-    aux = aux + nn.functional.cross_entropy(logits, query_colour)
-    stats["query_colour_acc"] = float((logits.detach().argmax(-1) == query_colour).float().mean())
-    # The count, read by a probe from the answer position after layer ``bind_layer`` (count rows
-    # only): the same target as the language model's, nearer the visual tokens.
-    counting = [b for b, c in enumerate(clips) if c.sample.task == "count"]
-    if counting:
-        rows = torch.tensor(counting)
-        after = out.hidden_states[bind_layer + 1][rows, last[rows]]  # (C, D)
-        count_logits = heads.count(after)  # (C, 4)
-        target = torch.tensor([int(clips[b].sample.answer) - COUNT_RANGE[0] for b in counting])
-        aux = aux + nn.functional.cross_entropy(count_logits, target)
-        stats["count_probe_acc"] = float(
-            (count_logits.detach().argmax(-1) == target).float().mean()
-        )
-    attention = out.attentions[bind_layer][torch.arange(len(clips)), 0, last]  # (B, L)
-    is_video = inputs["input_ids"] == backbone.processor.video_token_id  # (B, L)
-    chunk_tokens = iter(vision.pooler_output)  # (n_k, D) per chunk, in the order of ``items``
-    masses = []
-    for b, clip in enumerate(clips):
-        wanted, ok, evidence_chunks = [], True, 0
-        for k in range(len(clip.scales)):
-            n, shown = next(chunk_tokens).shape[0], clip.colour_ids[k] == int(query_colour[b])
-            evidence_chunks += int(shown.any())
-            if n == shown.size:
-                wanted.append(torch.from_numpy(shown.reshape(-1)))
-            else:
-                ok = ok and not shown.any()
-                wanted.append(torch.zeros(n, dtype=torch.bool))
-        target = torch.cat(wanted)
-        if ok and evidence_chunks == 1 and clip.sample.task != "count":
-            masses.append(attention[b][is_video[b]][target].sum())
-    if masses:
-        mass = torch.stack(masses)
-        aux = aux + (-torch.log(mass.clamp_min(1e-6))).mean()
-        stats["bind_attention"] = float(mass.detach().mean())
-    return out.loss, aux, stats
 
 
 @torch.no_grad()
@@ -469,6 +309,39 @@ def build(cfg: BackboneTrainConfig) -> tuple[Backbone, TokenHeads]:
     return backbone, TokenHeads(model.config.vision_config.out_hidden_size, width, words)
 
 
+def draw_clips(cfg: BackboneTrainConfig, step: int, factor: int) -> list[Clip]:
+    """The clips of training step ``step`` (0-based), drawn from (seed, step) at its stage's chunk
+    and card counts, frame side and task; in the vision phase every chunk is at full size."""
+    phase, chunks, cards, side, task = cfg.stage_at(step)
+    rng = np.random.default_rng([cfg.seed, step])
+    batch = cfg.vision_batch_size if phase == "vision" else cfg.batch_size
+    seeds = rng.integers(0, HELD_OUT_SEED_OFFSET, batch)
+    clips = [make_clip(int(s), cfg, chunks, cards, rng, factor, side, task) for s in seeds]
+    if phase == "vision":
+        for c in clips:
+            c.scales[:] = 1.0
+    return clips
+
+
+def held_out_scores(
+    backbone: Backbone, cfg: BackboneTrainConfig, chunks: int, cards: int, task: str
+) -> dict[str, float]:
+    """Held-out accuracy of each part of ``task`` at full size (``val_full``), at one scale fitted
+    to 10 % of the tokens (``val_uniform_0.1``) and at the smallest size (``val_smallest``); a part
+    other than main suffixes its keys (``_count``). The model is left in training mode."""
+    scores = {}
+    backbone.model.eval()
+    for part in MIXTURES.get(task, (task,)):
+        name = "" if part == "main" else f"_{part}"
+        scores[f"val_full{name}"] = evaluate(backbone, cfg, chunks, cards, None, part)
+        scores[f"val_uniform_0.1{name}"] = evaluate(backbone, cfg, chunks, cards, 0.1, part)
+        scores[f"val_smallest{name}"] = evaluate(
+            backbone, cfg, chunks, cards, None, part, SMALLEST_SCALE
+        )
+    backbone.model.train()
+    return scores
+
+
 def train(cfg: BackboneTrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -502,14 +375,7 @@ def train(cfg: BackboneTrainConfig) -> dict:
     t_start = time.perf_counter()
     while step < total:
         phase, chunks, cards, side, task = cfg.stage_at(step)
-        rng = np.random.default_rng([cfg.seed, step])
-        batch = cfg.vision_batch_size if phase == "vision" else cfg.batch_size
-        seeds = rng.integers(0, HELD_OUT_SEED_OFFSET, batch)
-        factor = backbone.geometry.factor
-        clips = [make_clip(int(s), cfg, chunks, cards, rng, factor, side, task) for s in seeds]
-        if phase == "vision":
-            for c in clips:
-                c.scales[:] = 1.0
+        clips = draw_clips(cfg, step, backbone.geometry.factor)
         t0 = time.perf_counter()
         # The colour targets join once the grating is learned on small frames (measured: with
         # them from the start, the grating class stays at chance for 200+ steps).
@@ -532,15 +398,7 @@ def train(cfg: BackboneTrainConfig) -> dict:
         if step % 10 == 0 or step == total:
             logger.info(json.dumps(record))
         if step % cfg.eval_every == 0 or step == total:
-            backbone.model.eval()
-            for part in MIXTURES.get(task, (task,)):
-                name = "" if part == "main" else f"_{part}"
-                record[f"val_full{name}"] = evaluate(backbone, cfg, chunks, cards, None, part)
-                record[f"val_uniform_0.1{name}"] = evaluate(backbone, cfg, chunks, cards, 0.1, part)
-                record[f"val_smallest{name}"] = evaluate(
-                    backbone, cfg, chunks, cards, None, part, SMALLEST_SCALE
-                )
-            backbone.model.train()
+            record |= held_out_scores(backbone, cfg, chunks, cards, task)
             logger.info("step %d eval: %s", step, json.dumps(record))
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()

@@ -93,7 +93,7 @@ def build_tokenizer(
     )
 
 
-def _mrope(head_dim: int) -> list[int]:
+def mrope_section(head_dim: int) -> list[int]:
     """Split of the rotary half-dimension into (time, height, width), in Qwen's 1 : 1.5 : 1.5."""
     hw = 3 * head_dim // 16
     return [head_dim // 2 - 2 * hw, hw, hw]
@@ -155,7 +155,8 @@ FAMILIES: dict[str, Family] = {
 """The tiny families by backbone name (keys: :data:`resadapt.world.TINY_BACKBONES`)."""
 
 
-def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+def vision_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    """The model config's ids of the image, video and vision start / end tokens in ``tokenizer``."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return {
         "image_token_id": ids["<|image_pad|>"],
@@ -205,7 +206,7 @@ def build_tiny(
             "max_position_embeddings": 8192,
             "rope_parameters": {
                 "rope_type": "default",
-                "mrope_section": _mrope(head_dim),
+                "mrope_section": mrope_section(head_dim),
                 **family.rope,
             },
             "bos_token_id": tokenizer.pad_token_id,
@@ -224,7 +225,7 @@ def build_tiny(
             **family.vision(vision_depth),
         },
         tie_word_embeddings=True,
-        **_token_ids(tokenizer),
+        **vision_token_ids(tokenizer),
     )
     torch.manual_seed(seed)
     model = family.model(config).eval()

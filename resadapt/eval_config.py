@@ -1,15 +1,17 @@
-"""The evaluation grid: which policies, budgets and frame counts an evaluation runs, and its config.
+"""The evaluation's config: the policies, budgets and frame counts `python -m resadapt.eval` runs.
 
 Owns ``EvalConfig`` (every ``python -m resadapt.eval`` flag), the policy and budget specs and their
-parsing. Knows nothing about running the grid or writing results (:mod:`resadapt.eval`).
+parsing. Knows nothing about running the grid (:mod:`resadapt.eval`) or reporting its results
+(:mod:`resadapt.report`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 
-from resadapt.benchmarks import BENCHMARK_NAMES
 from resadapt.cli import default_of, option
+from resadapt.data import DataConfig
 from resadapt.errors import (
     BudgetError,
     PolicyError,
@@ -19,7 +21,7 @@ from resadapt.pipeline import (
     ModelConfig,
     Request,
 )
-from resadapt.policies import POLICY_NAMES, check_allocator_path
+from resadapt.policies import check_allocator_path, policy_class, policy_names
 from resadapt.video import MAX_SAMPLED_FRAMES
 
 DEFAULT_BUDGETS = (0.1, 0.25, 0.5)
@@ -56,25 +58,39 @@ class Budget:
 
 def parse_policies(text: str) -> tuple[PolicySpec, ...]:
     """``vanilla,uniform,learned:PATH`` → specs; raises PolicyError naming a bad entry."""
+    names = policy_names()
     entries = [e.strip() for e in text.split(",") if e.strip()]
     if not entries:
-        raise PolicyError(f"--policies lists no policy; choose from {', '.join(POLICY_NAMES)}")
+        raise PolicyError(f"--policies lists no policy; choose from {', '.join(names)}")
+    takers = [n for n in names if policy_class(n).needs_allocator]
     parsed = []
     for entry in entries:
         name, _, path = entry.partition(":")
-        if name not in POLICY_NAMES:
+        if name not in names:
             raise PolicyError(
-                f"unknown policy {name!r} in --policies; choose from {', '.join(POLICY_NAMES)}"
+                f"unknown policy {name!r} in --policies; choose from {', '.join(names)}"
             )
-        if path and name != "learned":
-            raise PolicyError(f"only learned takes an allocator path (learned:PATH), got {entry!r}")
+        if path and name not in takers:
+            raise PolicyError(
+                f"only {' or '.join(takers)} takes an allocator path "
+                f"({' or '.join(n + ':PATH' for n in takers)}), got {entry!r}"
+            )
         parsed.append((name, path or None))
     if len(set(parsed)) < len(parsed):
         raise PolicyError(f"--policies lists a policy twice: {text!r}")
-    several_learned = sum(name == "learned" for name, _ in parsed) > 1
+    count = Counter(name for name, _ in parsed)  # several of a name: labelled by their paths
     return tuple(
-        PolicySpec(name, path, f"{name}:{path}" if path and several_learned else name)
+        PolicySpec(name, path, f"{name}:{path}" if path and count[name] > 1 else name)
         for name, path in parsed
+    )
+
+
+def _policies_help() -> str:
+    """``--policies``' help, from the registry when a parser is built."""
+    names = [f"{n}[:PATH]" if policy_class(n).needs_allocator else n for n in policy_names()]
+    return (
+        f"comma list of {', '.join(names)} (learned without a path uses --allocator: "
+        "$RESADAPT_ALLOCATOR, else the bundled allocator when it matches the backbone)"
     )
 
 
@@ -95,27 +111,12 @@ def _unique(values: tuple) -> tuple:
 
 
 @dataclass(kw_only=True)
-class EvalConfig(ModelConfig):
-    """The evaluation grid and run settings, and the models (every field is a CLI flag)."""
+class EvalConfig(DataConfig, ModelConfig):
+    """The evaluation grid and run settings, the data and the models (every field is a CLI flag)."""
 
-    data: str = option(
-        "dataset: .jsonl or .parquet rows (see resadapt.data), or the --benchmark's own file "
-        "(MVBench: its json folder)"
-    )
-    benchmark: str | None = option(
-        "read --data as this benchmark's published file and report its categories "
-        "(see resadapt.benchmarks)",
-        None,
-        choices=BENCHMARK_NAMES,
-    )
-    video_root: str | None = option(
-        "folder of the --benchmark's videos (default: the folder of --data)", None
-    )
     out: str = option("output folder for results.json/.csv, records.jsonl and frontier.png")
     policies: tuple[PolicySpec, ...] = option(
-        "comma list of vanilla, uniform, content, random, attention, learned[:PATH] (learned "
-        "without a path uses --allocator: $RESADAPT_ALLOCATOR, else the bundled allocator when it "
-        "matches the backbone)",
+        _policies_help,
         parse_policies("vanilla,uniform,content,random"),
         parse=parse_policies,
     )
@@ -190,7 +191,7 @@ class EvalConfig(ModelConfig):
             raise BudgetError(
                 f"--batch-size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}"
             )
-        # fps, max_new_tokens and scale are checked where they are used (Request, make_policy);
+        # fps, max_new_tokens and scale are checked where they are used (Request, the policies);
         # building one request here turns a bad value into an error before anything loads.
         Request(
             question="?",
@@ -226,7 +227,7 @@ class EvalConfig(ModelConfig):
         """The (policy, budget) grid of one frame count: vanilla once, others at every budget."""
         grid = []
         for spec in self.policies:
-            points = (Budget(),) if spec.name == "vanilla" else self.budget_points
+            points = self.budget_points if policy_class(spec.name).capped else (Budget(),)
             grid += [(spec, b) for b in points]
         return grid
 

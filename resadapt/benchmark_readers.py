@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from resadapt.data import LETTERS, DataError
+from resadapt.errors import DataError
+from resadapt.grading import LETTERS
 
 logger = logging.getLogger(__name__)
 

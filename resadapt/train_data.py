@@ -1,9 +1,10 @@
-"""What a training run feeds the allocator: the seeded data order, each process's prompts, and the
-allocator it starts from.
+"""A training run's inputs: the seeded data order, each process's prompts, and the allocator it
+starts from.
 
 Owns the per-epoch permutation, the slot sharding across processes, decoding a step's prompts, and
 building, warm-starting or resuming the allocator fitted to its backbone. Knows nothing about the
-update, checkpoints or logging (:mod:`resadapt.trainer`).
+update, checkpoints or logging (:mod:`resadapt.trainer`) nor about the flags
+(:mod:`resadapt.train_config`).
 """
 
 from __future__ import annotations
@@ -25,14 +26,12 @@ from resadapt.rollout import (
     DecodeCache,
     Prompt,
 )
+from resadapt.train_config import ALLOCATOR_KNOBS
 
 if TYPE_CHECKING:
-    from resadapt.train import TrainConfig
+    from resadapt.train_config import TrainConfig
 
 logger = logging.getLogger("resadapt.train")
-
-ALLOCATOR_KNOBS = ("hidden_dim", "num_layers", "num_heads", "query_encoder", "dropout")
-"""TrainConfig fields that override the allocator's architecture (None: keep the default)."""
 
 
 # ---------------------------------------------------------------------------------------- data
