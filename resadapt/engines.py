@@ -20,7 +20,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -136,11 +136,13 @@ def request_body(
     question: str,
     max_new_tokens: int,
     logprobs: int | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """The server request of one question: the prompt as :meth:`Backbone.prepare` writes it (K
-    video placeholders where the template puts the video) and the K chunks, losslessly."""
+    video placeholders where the template puts the video; a chat's earlier ``history`` turns as
+    text before it) and the K chunks, losslessly."""
     token = backbone.processor.video_token
-    text = backbone.prompt(question)
+    text = backbone.prompt(question, history)
     assert text.count(token) == 1, "the chat template must place one video"
     videos = [
         {
@@ -221,10 +223,16 @@ class VllmEngine:
         return self.call("/health", timeout_s=timeout_s)
 
     def generate(
-        self, video: ChunkedVideo, question: str, max_new_tokens: int, logprobs: int | None = None
+        self,
+        video: ChunkedVideo,
+        question: str,
+        max_new_tokens: int,
+        logprobs: int | None = None,
+        history: Sequence[tuple[str, str]] = (),
     ) -> Reply:
-        """Greedy answer of one question about the pre-sized chunks of ``video``."""
-        body = request_body(self.backbone, video, question, max_new_tokens, logprobs)
+        """Greedy answer of one question about the pre-sized chunks of ``video`` (after a chat's
+        earlier ``history`` turns)."""
+        body = request_body(self.backbone, video, question, max_new_tokens, logprobs, history)
         out = self.call("/generate", body)
         video_id = self.backbone.processor.tokenizer.convert_tokens_to_ids(
             self.backbone.processor.video_token

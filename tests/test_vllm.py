@@ -11,6 +11,7 @@ One server per family (module-scoped): the bundled Qwen2.5-VL and a tiny Qwen3-V
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 
@@ -218,3 +219,23 @@ def test_eval_through_the_server_grades_as_the_transformers_engine(served, tmp_p
         [r[k] for k in keys] for r in records["tf"]
     ]
     assert all(r["status"] == "ok" for r in records["vllm"])
+
+
+def test_ask_chat_through_the_server_equals_the_transformers_engine(served, monkeypatch, capsys):
+    """``ask --chat``: two turns about one clip, the first as text history of the second."""
+    backbone, engine, _ = served
+    if backbone.family != "qwen2_5_vl":
+        pytest.skip("the bundled examples are the bundled Qwen2.5-VL backbone's")
+    example = examples()[1]
+    lines = [json.dumps(example["question"]), json.dumps(examples()[0]["question"])]
+    outputs = []
+    for extra in (["--engine", "vllm", "--vllm-url", engine.url], []):
+        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+        assert ask.main([example["video"], "--chat", "--json", "--budget", "0.15", *extra]) == 0
+        outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    served_turns, local_turns = outputs
+    assert len(served_turns) == 2
+    for a, b in zip(served_turns, local_turns, strict=True):
+        assert a["answer"] == b["answer"]
+        assert a["chunks"] == b["chunks"]
+    assert served_turns[0]["answer"] == example["answer"]
