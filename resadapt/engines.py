@@ -167,7 +167,9 @@ def request_body(
 
 
 class VllmEngine:
-    """A client of one thin vLLM server (:mod:`resadapt.vllm_plugin.server`) for ``backbone``.
+    """A client of one thin vLLM server (:mod:`resadapt.vllm_plugin.server`) for ``backbone``
+    (whose prompt and processor write the requests; None for a client that only calls
+    :meth:`health`).
 
     ``alive``, when given, says why the server process is gone (a local server that died), or
     None while it runs; it turns a refused connection into that sentence.
@@ -178,7 +180,7 @@ class VllmEngine:
     def __init__(
         self,
         url: str,
-        backbone: Backbone,
+        backbone: Backbone | None,
         *,
         timeout_s: float = REQUEST_TIMEOUT_S,
         alive: Callable[[], str | None] | None = None,
