@@ -27,7 +27,6 @@ from resadapt.policies import (
     SELECT_SIZES,
     check_allocator_path,
     combination_names,
-    policy_choices,
     policy_class,
     policy_names,
     scorer_names,

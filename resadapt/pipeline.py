@@ -32,11 +32,11 @@ from resadapt.errors import BudgetError, validate_question
 from resadapt.policies import (
     PROBE_BUDGET,
     RESIZE,
+    SELECT_SIZES,
     THUMB_SIDE,
     AllocationContext,
     Attention,
     Learned,
-    SELECT_SIZES,
     Policy,
     describe_policies,
     make_policy,

@@ -61,7 +61,8 @@ from resadapt.policies.compose import (
 # isort: on
 
 __all__ = [
-    "ALIASES", "COMPOSE", "SELECT_SIZES", "Composed", "combination_names", "policy_choices", "scorer_names",
+    "ALIASES", "COMPOSE", "SELECT_SIZES", "Composed", "combination_names", "policy_choices",
+    "scorer_names",
     "ATTENTION_QUERIES", "ATTENTION_SHARPNESS", "HUB_ID", "MIN_SCALE", "POLICY_NAMES",
     "PROBE_BUDGET", "PRUNE", "QUERY_HEAD_SHARE", "RESIZE", "SELECT", "THUMB_SIDE",
     "AllocationContext", "Attention", "Content", "InApp", "Keyframes", "Learned", "Operator",

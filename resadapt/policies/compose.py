@@ -75,9 +75,11 @@ class Composed(Policy):
         return getattr(scorer, name)
 
 
-def chain_operator(chain: tuple[str, ...], options: PolicyOptions = PolicyOptions()) -> Operator:
-    """The operator a chain of names makes: select (its sizes from ``options``) and/or prune."""
-    first = SelectChunks(options.select_sizes) if "select" in chain else RESIZE
+def chain_operator(chain: tuple[str, ...], options: PolicyOptions | None = None) -> Operator:
+    """The operator a chain of names makes: select (its sizes from ``options``; default: full)
+    and/or prune."""
+    sizes = (options or PolicyOptions()).select_sizes
+    first = SelectChunks(sizes) if "select" in chain else RESIZE
     return PruneAfter(first) if "prune" in chain else first
 
 
