@@ -63,9 +63,12 @@ def answer(
     num_frames: float,
     fps: float,
     max_new_tokens: float,
+    operator: str = ui.OWN_OPERATOR,
+    encode_budget: float = 0,
 ) -> dict:
     """Answer a question about a video: the `python -m resadapt.ask --json` object."""
-    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+                   operator, encode_budget)  # fmt: skip
     try:
         return ui.answer_json(PIPELINE, video, form)
     except ResAdaptError as e:
@@ -82,10 +85,13 @@ def answer_live(
     num_frames: float,
     fps: float,
     max_new_tokens: float,
+    operator: str = ui.OWN_OPERATOR,
+    encode_budget: float = 0,
     progress=gr.Progress(),  # noqa: B008 (gradio injects progress through the default)
 ):
     """Stream the answer; show the budget charts, the resized frames and the summary."""
-    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+                   operator, encode_budget)  # fmt: skip
     try:
         for view in ui.answer_views(PIPELINE, video, form, report=progress):
             yield tuple(gr.skip() if value is None else value for value in view.outputs())
@@ -103,10 +109,13 @@ def compare(
     num_frames: float,
     fps: float,
     max_new_tokens: float,
+    operator: str = ui.OWN_OPERATOR,
+    encode_budget: float = 0,
     progress=gr.Progress(),  # noqa: B008
 ) -> dict:
     """The same question at the same budget through learned (or attention), uniform and vanilla."""
-    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+                   operator, encode_budget)  # fmt: skip
     try:
         return ui.compare(PIPELINE, video, form, report=progress)
     except ResAdaptError as e:
@@ -206,7 +215,17 @@ def _form(pipeline: Pipeline) -> tuple[list, tuple[gr.Button, gr.Button, gr.Butt
         max_new_tokens = gr.Slider(
             1, 256, value=ui.Form.max_new_tokens, step=1, label="Max new tokens"
         )
-    inputs = [video, question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens]
+        with gr.Row():
+            operator = gr.Radio(
+                list(ui.OPERATOR_CHOICES),
+                value=ui.OWN_OPERATOR,
+                label="Operator after the policy (select: drop chunks; prune: after the tower)",
+            )
+            encode_budget = gr.Slider(
+                0, 1, value=0, step=0.05, label="+prune: tower's share of the tokens (0 = default)"
+            )
+    inputs = [video, question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+              operator, encode_budget]  # fmt: skip
     return inputs, (ask_btn, compare_btn, stop_btn)
 
 
