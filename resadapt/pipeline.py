@@ -37,6 +37,7 @@ from resadapt.policies import (
     AllocationContext,
     Attention,
     Learned,
+    Operator,
     Policy,
     describe_policies,
     make_policy,
@@ -417,14 +418,16 @@ class Pipeline:
         request: Request,
         policy: Policy | None = None,
         scales: np.ndarray | None = None,
+        operator: Operator | None = None,
     ) -> Allocation:
         """Scales from the policy (or given), fitted to the request's budget by its operator (given
-        scales are resized; the request's policy says whether the budget applies); sizes, tokens."""
+        scales go through ``operator``, by default resize; the request's policy says whether the
+        budget applies); sizes, tokens."""
         geometry = self.backbone.geometry
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
         vanilla = self.vanilla_tokens(video)
-        probe, notes, operator = None, [], RESIZE  # given scales are resized
+        probe, notes, operator = None, [], operator or RESIZE  # given scales: resized by default
         if scales is None:
             policy = policy or self.policy(request)
             ctx = self.context(video, request.question, policy.thumb_side)
