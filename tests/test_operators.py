@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from resadapt import ask, ui
+from resadapt import ask, report, ui
 from resadapt import eval as evaluator
 from resadapt.errors import BudgetError, PolicyError
 from resadapt.eval_config import EvalConfig, parse_policies
@@ -160,6 +160,21 @@ def test_the_evaluator_grid_takes_operator_and_encode_budget_axes(pipeline, vide
     vanilla = composed["vanilla_visual_tokens"]
     assert composed["visual_tokens"] <= int(0.2 * vanilla) < composed["encoded_visual_tokens"]
     assert composed["encoded_visual_tokens"] <= int(0.5 * vanilla) and composed["tower_s"] > 0
+    assert (out / "frontier_best.png").stat().st_size > 0  # learned has two members
+
+
+def test_the_best_of_each_family_is_drawn():
+    def row(policy, budget, accuracy):
+        return {"policy": policy, "budget": budget, "max_visual_tokens": None, "frames": 16,
+                "examples": 4, "accuracy": accuracy}  # fmt: skip
+
+    rows = [row("vanilla", None, 1.0), row("prune", 0.1, 0.9), row("learned", 0.1, 0.3),
+            row("learned+prune@0.25", 0.1, 0.95), row("learned", 0.2, 0.9),
+            row("learned+select:a", 0.2, 0.8), row("keyframes", 0.2, 0.5)]  # fmt: skip
+    best = {(r["policy"], r["budget"]): r["best_of"] for r in report.best_of_families(rows)}
+    assert best == {("vanilla", None): "vanilla", ("prune", 0.1): "prune",
+                    ("learned", 0.1): "learned+prune@0.25", ("learned", 0.2): "learned",
+                    ("attention", 0.2): "keyframes"}  # fmt: skip
 
 
 def test_the_app_form_composes_the_operator_beside_the_policy(pipeline):
