@@ -561,6 +561,7 @@ class Trainer:
                 prompts,
                 max_new_tokens=config.max_new_tokens,
                 batch_size=config.prompts_per_step,
+                operator=config.operator,
             )
         totals = dict(
             zip(VALIDATION_STATS, self._reduce([stats[k] for k in VALIDATION_STATS]), strict=True)
