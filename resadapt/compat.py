@@ -85,8 +85,12 @@ def backbone_signature(backbone: Backbone) -> dict[str, Any]:
     }
 
 
-def stamp(config: AllocatorConfig, backbone: Backbone) -> AllocatorConfig:
-    """``config`` with ``backbone``'s signature recorded (the trainer stamps before training).
+def stamp(
+    config: AllocatorConfig, backbone: Backbone, probe_model: Backbone | None = None
+) -> AllocatorConfig:
+    """``config`` with ``backbone``'s signature recorded (the trainer stamps before training), and
+    for a probe head run by another checkpoint (``probe_model``) that checkpoint's name and weights
+    fingerprint (``probe_backbone``, ``probe_weights_sha256``).
 
     Raises PolicyError when the allocator's chunks hold another number of frames than the
     backbone's, or when its learned query table has fewer rows than the backbone's vocabulary and
@@ -97,6 +101,7 @@ def stamp(config: AllocatorConfig, backbone: Backbone) -> AllocatorConfig:
     vocab = signature["backbone_vocab_size"]
     if (
         config.query_encoder == "learned"
+        and config.thumb_encoder != "probe"  # a probe head reads no query table
         and config.vocab_size < vocab
         and not config.query_id_folding
     ):
@@ -105,6 +110,12 @@ def stamp(config: AllocatorConfig, backbone: Backbone) -> AllocatorConfig:
             f"{backbone.name}'s tokenizer has {vocab:,} tokens; set vocab_size to at least {vocab} "
             "or query_id_folding to true (hash ids into the table)"
         )
+    if probe_model is not None:
+        signature = {
+            **signature,
+            "probe_backbone": probe_model.name,
+            "probe_weights_sha256": weights_fingerprint(probe_model),
+        }
     return dataclasses.replace(config, **signature)
 
 

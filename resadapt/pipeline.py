@@ -387,9 +387,12 @@ class Pipeline:
         request: Request,
         policy: Policy | None = None,
         scales: np.ndarray | None = None,
+        fill: bool | None = None,
     ) -> Allocation:
         """Scales from the policy (or given), fitted to the request's budget by its operator (given
-        scales are resized; the request's policy says whether the budget applies); sizes, tokens."""
+        scales are resized; the request's policy says whether the budget applies); sizes, tokens.
+        ``fill``: whether the fit raises the scales to use the budget (None: the policy's
+        ``fills_budget``; given scales: True)."""
         geometry = self.backbone.geometry
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
@@ -405,7 +408,9 @@ class Pipeline:
         assert scales.shape == (k,), (scales.shape, k)
         cap = self.token_cap(request, vanilla)
         fit = (policy if policy is not None else policy_class(self.policy_name(request))).fit
-        scales, pruned_to = fit(scales, geometry, base_h, base_w, cap, operator)
+        if fill is None:
+            fill = policy.fills_budget if policy is not None else True
+        scales, pruned_to = fit(scales, geometry, base_h, base_w, cap, operator, fill)
         sizes = [geometry.scaled_size(base_h, base_w, s) if s > 0 else (0, 0) for s in scales]
         tokens = [geometry.tokens(h, w) if h else 0 for h, w in sizes]
         if pruned_to is not None and pruned_to < vanilla:

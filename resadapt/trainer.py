@@ -54,6 +54,7 @@ from resadapt.checkpoint import (
 from resadapt.data import load_examples
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import Pipeline, load_backbone
+from resadapt.probe import FeatureCache
 from resadapt.relevance import chunk_attention, distillation_loss, pad_targets
 from resadapt.rollout import (
     ROLLOUT_STATS,
@@ -222,8 +223,17 @@ class Trainer:
         self.backbone = load_backbone(config, device=str(accelerator.device))
         self.pipeline = Pipeline(self.backbone)
         self.cache = DecodeCache(self.pipeline, config.decode_cache_mb * 2**20)
+        self.probe_model = None
+        """The probe VLM when it is not the backbone (``--probe-backbone``)."""
+        if config.probe_backbone is not None:
+            self.probe_model = load_backbone(
+                replace(config, backbone=config.probe_backbone), device=str(accelerator.device)
+            )
+        self.features = FeatureCache()
+        """A probe head's probe passes by (video, question): once per prompt, across rollouts,
+        epochs and validations (the probe VLM is frozen)."""
         set_seed(config.seed)  # after the backbone: the tiny builders reseed torch
-        allocator = build_allocator(config, self.backbone, resume)
+        allocator = build_allocator(config, self.backbone, resume, self.probe_model)
         if config.attention_weight and not allocator.config.query_match:
             raise ResAdaptError(
                 "--attention-weight needs the allocator's query detector (query_match); set "
@@ -385,7 +395,13 @@ class Trainer:
         batch = None
         if prompts:
             batch = collect_rollouts(
-                self.pipeline, self.allocator, prompts, config, probe_cache=self.probe_cache
+                self.pipeline,
+                self.allocator,
+                prompts,
+                config,
+                probe_cache=self.probe_cache,
+                features=self.features,
+                probe_model=self.probe_model,
             )
         return batch
 
@@ -561,6 +577,8 @@ class Trainer:
                 prompts,
                 max_new_tokens=config.max_new_tokens,
                 batch_size=config.prompts_per_step,
+                features=self.features,
+                probe_model=self.probe_model,
             )
         totals = dict(
             zip(VALIDATION_STATS, self._reduce([stats[k] for k in VALIDATION_STATS]), strict=True)

@@ -7,16 +7,13 @@ is recorded (resadapt.relevance) or how the budget is met (the policies' operato
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from resadapt import relevance
-from resadapt.backbone import ChunkedVideo
 from resadapt.errors import PolicyError
-from resadapt.geometry import uniform_step
 from resadapt.policies.base import (
     MIN_SCALE,
     PROBE_BUDGET,
@@ -28,6 +25,7 @@ from resadapt.policies.base import (
     register_policy,
 )
 from resadapt.policies.operators import SELECT
+from resadapt.probe import probe_video
 
 ATTENTION_QUERIES = "after_video"
 """Query positions the attention policy averages: every position after the video (with a real
@@ -75,25 +73,16 @@ class Attention(Policy):
         if ctx.video is None or ctx.backbone is None:
             raise PolicyError(f"the {self.name} policy needs the decoded video and the backbone")
         start = time.perf_counter()
-        backbone, video, k = ctx.backbone, ctx.video, ctx.num_chunks
-        vanilla = k * backbone.geometry.tokens(*video.base_size)
-        cap = math.floor(self.probe_budget * vanilla + 1e-9)
-        step = uniform_step(backbone.geometry, *video.base_size, k, cap)
-        probe_video = ChunkedVideo.from_frames(
-            video.frames,
-            video.timestamps,
-            video.sample_fps,
-            [(step.height, step.width)] * k,
-            ctx.frames_per_chunk,
-        )
+        low = probe_video(ctx.backbone, ctx.video, ctx.frames_per_chunk, self.probe_budget)
         (shares,) = relevance.chunk_attention(
-            backbone,
-            [probe_video],
+            ctx.backbone,
+            [low],
             [ctx.question],
             queries=ATTENTION_QUERIES,
             num_layers=self.probe_layers,
         )
-        ctx.probe = ProbeCost(visual_tokens=k * step.tokens, seconds=time.perf_counter() - start)
+        tokens = sum(ctx.backbone.geometry.tokens(c.shape[1], c.shape[2]) for c in low.chunks)
+        ctx.probe = ProbeCost(visual_tokens=tokens, seconds=time.perf_counter() - start)
         return shares.double().numpy()
 
 

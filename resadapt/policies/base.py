@@ -138,6 +138,10 @@ class Policy(ABC):
     ``--policies`` then takes ``NAME:PATH``."""
     runs_probe: ClassVar[bool] = False
     """Whether it runs a probe pass of the backbone (and sets ``AllocationContext.probe``)."""
+    fills_budget: bool = True
+    """Whether the fit raises the scores to use the budget (True) or keeps them when they fit
+    (False: the budget is a ceiling, for a policy that knows a smaller spend answers better; the
+    result reports the retention spent). An instance may set its own (a loaded allocator)."""
     app: ClassVar[InApp | None] = InApp()
     """Where the app shows it; None: not offered in the app."""
     thumb_side: int = THUMB_SIDE
@@ -161,13 +165,15 @@ class Policy(ABC):
         base_w: int,
         cap: int | None,
         operator: Operator | None = None,
+        fill: bool = True,
     ) -> Fitted:
         """(K,) scales within ``cap`` visual tokens (None: no cap) through the policy's operator,
         or through ``operator`` when given (scales chosen outside the policy are resized); the cap
         is ignored when the policy is not ``capped``. Returns the fitted scales and the tokens kept
-        after the vision tower (None: no pruning)."""
+        after the vision tower (None: no pruning); ``fill`` as ``fills_budget``."""
         operator = operator or cls.operator
-        return operator.fit(scales, geometry, base_h, base_w, cap if cls.capped else None, cls.name)
+        cap = cap if cls.capped else None
+        return operator.fit(scales, geometry, base_h, base_w, cap, cls.name, fill)
 
 
 _POLICIES: dict[str, type[Policy]] = {}

@@ -20,7 +20,15 @@ import torch
 
 from allocator import Allocator, AllocatorConfig, mean_scale
 from resadapt.errors import ChunkLimitError, PolicyError
-from resadapt.policies.base import AllocationContext, InApp, Policy, PolicyOptions, register_policy
+from resadapt.policies.base import (
+    AllocationContext,
+    InApp,
+    Policy,
+    PolicyOptions,
+    ProbeCost,
+    register_policy,
+)
+from resadapt.probe import FeatureCache, ProbeFeatures, model_depth, probe_features, stack_features
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +40,18 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def allocator_inputs(
-    ctxs: list[AllocationContext], tokenizer, max_query_tokens: int, device="cpu"
+    ctxs: list[AllocationContext],
+    tokenizer,
+    max_query_tokens: int,
+    device="cpu",
+    probe: list[ProbeFeatures] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch B contexts for the allocator, padding chunks and query tokens.
 
     Returns thumbs (B, K, F, 3, S, S) float in [0, 1], query_ids / query_mask (B, L),
-    chunk_mask (B, K) bool and chunk_times (B, K) seconds. A question longer than the window is
-    cut to its head and tail (:func:`query_window`), noted in its context's ``notes``.
+    chunk_mask (B, K) bool and chunk_times (B, K) seconds, and with ``probe`` (one pass per
+    context, for a probe head) its tensors (resadapt.probe.stack_features). A question longer than
+    the window is cut to its head and tail (:func:`query_window`), noted in its context's ``notes``.
     """
     k_max = max(c.num_chunks for c in ctxs)
     f = ctxs[0].frames_per_chunk
@@ -66,13 +79,49 @@ def allocator_inputs(
         if tokenizer.padding_side != "left":
             span = slice(0, len(ids))
         query_ids[b, span], query_mask[b, span] = ids, True
+    extra = stack_features(probe, k_max, device) if probe is not None else {}
     return {
         "thumbs": thumbs.to(device),
         "query_ids": query_ids.to(device),
         "query_mask": query_mask.to(device),
         "chunk_mask": chunk_mask.to(device),
         "chunk_times": chunk_times.to(device),
+        **extra,
     }
+
+
+def context_probe(
+    config: AllocatorConfig,
+    ctx: AllocationContext,
+    probe_model=None,
+    cache: FeatureCache | None = None,
+    key: str | None = None,
+) -> ProbeFeatures:
+    """The probe pass a probe head reads for one context: through ``probe_model`` (a smaller
+    checkpoint of the backbone's family) or the context's backbone, only as deep as the head reads
+    (``config.probe_layers``), from ``cache`` by (``key``, question, chunks) when given."""
+    model = probe_model if probe_model is not None else ctx.backbone
+    if ctx.video is None or model is None:
+        raise PolicyError("the probe head needs the decoded video and the backbone")
+    depth = model_depth(model)
+    if config.probe_layers > depth:
+        raise PolicyError(
+            f"the probe head reads layer {config.probe_layers} but the probe VLM has {depth} layers"
+        )
+
+    def compute() -> ProbeFeatures:
+        return probe_features(
+            model,
+            ctx.video,
+            ctx.question,
+            ctx.frames_per_chunk,
+            probe_budget=config.probe_budget,
+            num_layers=config.probe_layers,
+        )
+
+    if cache is None or key is None:
+        return compute()
+    return cache.get((key, ctx.question, ctx.num_chunks), compute)
 
 
 def query_window(ids: list[int], max_tokens: int) -> list[int]:
@@ -94,10 +143,17 @@ class Learned(Policy):
     needs_allocator = True
     app = InApp(10)
 
-    def __init__(self, allocator, tokenizer, *, path: str | None = None):
+    def __init__(self, allocator, tokenizer, *, path: str | None = None, probe_model=None):
         self.allocator = allocator.eval()
         self.tokenizer = tokenizer
         self.path = path
+        self.probe_model = probe_model
+        """The probe VLM when it is not the backbone (a smaller checkpoint of its family)."""
+        cfg = allocator.config
+        self.runs_probe = cfg.thumb_encoder == "probe"
+        """A probe head runs the probe pass (its cost is reported as ``attention``'s)."""
+        self.fills_budget = cfg.fills_budget
+        """False: the budget is a ceiling the head may stay under."""
         self.warning: str | None = None
         """Set when the allocator runs against a backbone it does not match (shown with results)."""
 
@@ -131,10 +187,25 @@ class Learned(Policy):
 
     @classmethod
     def from_options(cls, options: PolicyOptions) -> Policy:
-        """The loaded allocator itself; PolicyError when none is loaded."""
-        if options.learned is None:
+        """The loaded allocator itself; PolicyError when none is loaded, or when a probe head is
+        asked to run its probe shallower than the layer it reads."""
+        learned = options.learned
+        if learned is None:
             raise PolicyError("the learned policy needs an allocator checkpoint (--allocator PATH)")
-        return options.learned
+        cfg = getattr(learned, "allocator", None)
+        cfg = cfg.config if cfg is not None else None
+        if (
+            cfg is not None
+            and cfg.thumb_encoder == "probe"
+            and options.probe_layers is not None
+            and options.probe_layers < cfg.probe_layers
+        ):
+            raise PolicyError(
+                f"the allocator's probe head reads layer {cfg.probe_layers}; --probe-layers "
+                f"{options.probe_layers} would stop the probe before it (use at least "
+                f"{cfg.probe_layers}, or none)"
+            )
+        return learned
 
     @property
     def thumb_side(self) -> int:
@@ -155,7 +226,11 @@ class Learned(Policy):
                 "--frames or --fps"
             )
         device = next(self.allocator.parameters()).device
-        batch = allocator_inputs([ctx], self.tokenizer, cfg.max_query_tokens, device)
+        probe = None
+        if self.runs_probe:
+            probe = [context_probe(cfg, ctx, self.probe_model)]
+            ctx.probe = ProbeCost(visual_tokens=probe[0].visual_tokens, seconds=probe[0].seconds)
+        batch = allocator_inputs([ctx], self.tokenizer, cfg.max_query_tokens, device, probe)
         for note in ctx.notes:
             logger.info("%s", note)
         out = self.allocator(**batch)

@@ -39,9 +39,11 @@ class Operator:
         base_w: int,
         cap: int | None,
         policy: str,
+        fill: bool = True,
     ) -> Fitted:
         """(K,) scores → (K,) scales and the pruned token count, within ``cap`` visual tokens
-        (None: no cap). ``policy`` names the caller in a refusal (BudgetError, one sentence)."""
+        (None: no cap). ``policy`` names the caller in a refusal (BudgetError, one sentence).
+        ``fill`` False: the cap is a ceiling only (resize does not raise the scores to use it)."""
         raise NotImplementedError
 
 
@@ -50,10 +52,10 @@ class ResizeChunks(Operator):
 
     name = "resize"
 
-    def fit(self, scores, geometry, base_h, base_w, cap, policy) -> Fitted:
+    def fit(self, scores, geometry, base_h, base_w, cap, policy, fill=True) -> Fitted:
         if cap is None:
             return scores, None
-        return fit_budget(scores, geometry, base_h, base_w, cap), None
+        return fit_budget(scores, geometry, base_h, base_w, cap, fill=fill), None
 
 
 class SelectChunks(Operator):
@@ -62,7 +64,7 @@ class SelectChunks(Operator):
 
     name = "select"
 
-    def fit(self, scores, geometry, base_h, base_w, cap, policy) -> Fitted:
+    def fit(self, scores, geometry, base_h, base_w, cap, policy, fill=True) -> Fitted:
         return keep_top_chunks(scores, geometry, base_h, base_w, cap, policy), None
 
 
@@ -73,7 +75,7 @@ class PruneTokens(Operator):
     name = "prune"
     full_size_tower = True
 
-    def fit(self, scores, geometry, base_h, base_w, cap, policy) -> Fitted:
+    def fit(self, scores, geometry, base_h, base_w, cap, policy, fill=True) -> Fitted:
         vanilla = len(scores) * geometry.tokens(base_h, base_w)
         pruned_to = min(cap, vanilla) if cap is not None else vanilla
         if pruned_to < 1:
