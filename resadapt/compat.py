@@ -15,12 +15,9 @@ import json
 import logging
 from typing import Any
 
-import numpy as np
-import torch
-
 from allocator import AllocatorConfig
 from allocator.config import OPTIONAL_SIGNATURE_FIELDS, SIGNATURE_FIELDS
-from resadapt.backbone import Backbone
+from resadapt.backbone import Backbone, weights_fingerprint
 from resadapt.errors import PolicyError
 from resadapt.policies import check_fit
 
@@ -43,28 +40,6 @@ FIELD_NAMES = {
 def _sha256(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-FINGERPRINT_VALUES = 65536
-"""Values of the input-embedding matrix whose signs the weights fingerprint reads (strided)."""
-
-
-def weights_fingerprint(backbone: Backbone) -> str | None:
-    """sha256 of the signs of FINGERPRINT_VALUES values taken at an even stride through the
-    language model's input embeddings, with the matrix's shape: cheap at any model size, and
-    different for two trainings that share a tokenizer (the tokenizer hashes cannot tell them
-    apart; a fine-tune that moves the embeddings flips the signs of the values near zero).
-
-    Signs, not rounded values: a sign survives every cast, so a float32, bfloat16 or float16 load
-    of one checkpoint agrees, where any rounding grid has values on its boundaries. None when the
-    embeddings are not materialised (an offloaded ``meta`` tensor)."""
-    weight = backbone.model.get_input_embeddings().weight
-    if weight.device.type == "meta":
-        return None
-    flat = weight.detach().reshape(-1)
-    sample = flat[:: max(1, flat.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES]
-    signs = np.packbits(torch.signbit(sample).cpu().numpy())
-    return hashlib.sha256(json.dumps(list(weight.shape)).encode() + signs.tobytes()).hexdigest()
 
 
 def backbone_signature(backbone: Backbone) -> dict[str, Any]:

@@ -55,7 +55,10 @@ def probe_video(
     cap = math.floor(probe_budget * vanilla + 1e-9)
     step = uniform_step(backbone.geometry, *video.base_size, k, cap)
     return ChunkedVideo.from_frames(
-        video.frames, video.timestamps, video.sample_fps, [(step.height, step.width)] * k,
+        video.frames,
+        video.timestamps,
+        video.sample_fps,
+        [(step.height, step.width)] * k,
         frames_per_chunk,
     )
 
@@ -69,7 +72,9 @@ def _hidden_states(model, num_layers: int) -> Iterator[list[torch.Tensor]]:
     def keep(module, args, output) -> None:
         states.append(output[0] if isinstance(output, tuple) else output)
 
-    handles = [layer.register_forward_hook(keep) for layer in relevance.text_layers(model)[:num_layers]]
+    handles = [
+        layer.register_forward_hook(keep) for layer in relevance.text_layers(model)[:num_layers]
+    ]
     try:
         yield states
     finally:
@@ -102,9 +107,10 @@ def probe_features(
     is_video = (inputs["input_ids"] == backbone.model.config.video_token_id).cpu()  # (1, L)
     chosen = relevance.query_rows(is_video, inputs["attention_mask"].bool().cpu(), "after_video")
     q = chosen.shape[1]
-    with relevance.recording(backbone.model, q) as rows, _hidden_states(
-        backbone.model, num_layers
-    ) as states:
+    with (
+        relevance.recording(backbone.model, q) as rows,
+        _hidden_states(backbone.model, num_layers) as states,
+    ):
         with relevance.stop_after(backbone.model, num_layers):
             backbone.model(**inputs, logits_to_keep=1)
     weights = torch.stack(rows[:num_layers])[:, 0].float().cpu()  # (R, H, Q, L)

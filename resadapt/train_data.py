@@ -101,9 +101,7 @@ def probe_defaults(values: dict, probe_model) -> None:
             values[key] = value
 
 
-def resolve_allocator_config(
-    config: TrainConfig, backbone, probe_model=None
-) -> AllocatorConfig:
+def resolve_allocator_config(config: TrainConfig, backbone, probe_model=None) -> AllocatorConfig:
     """The architecture: allocator_config JSON, then the knobs, fitted to the backbone (and, for
     a probe head, to the probe VLM: ``probe_model``, else the backbone)."""
     values: dict = {}
