@@ -201,6 +201,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        self.started = time.perf_counter()
         self.out_dir = Path(config.out_dir)
         trackers = _trackers(config.log_with)
         self.accelerator = Accelerator(
@@ -615,6 +616,16 @@ class Trainer:
     def _card(self) -> dict:
         """The model card's training command and latest validation figures."""
         card = {"train_command": f"python -m resadapt.train --config {CONFIG_FILE}"}
+        allocator = self.allocator
+        if allocator.config.thumb_encoder == "probe":
+            card["num_parameters"] = sum(p.numel() for p in allocator.parameters())
+            minutes = (time.perf_counter() - self.started) / 60
+            card["train_cost"] = (
+                f"{minutes:.1f} min of wall time in this process up to this checkpoint "
+                f"({self.config.prompts_per_step} prompts × {self.config.num_rollouts} rollouts "
+                f"per step, {self.features.passes} probe passes, on "
+                f"{self.accelerator.device}, {self.accelerator.num_processes} process(es))"
+            )
         if self.last_validation is not None:
             card["validation"] = {
                 k: self.last_validation[k] for k in ("step", "accuracy", "retention", "videos")
