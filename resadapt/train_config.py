@@ -32,6 +32,7 @@ ALLOCATOR_KNOBS = (
     "thumb_encoder",
     "probe_layers",
     "probe_budget",
+    "fills_budget",
 )
 """TrainConfig fields that override the allocator's architecture (None: keep the default)."""
 
@@ -94,6 +95,11 @@ class TrainConfig(RolloutConfig, DataConfig, BackboneConfig):
     probe_budget: float | None = option(
         "--thumb-encoder probe: visual tokens of the probe pass as a share of full resolution "
         "(default 0.25)",
+        None,
+    )
+    fills_budget: bool | None = option(
+        "whether the fit raises every allocation to use the budget (true) or treats the budget as "
+        "a ceiling the policy may stay under (false); none: the allocator config's (true)",
         None,
     )
     probe_backbone: str | None = option(

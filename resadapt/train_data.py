@@ -79,11 +79,11 @@ PROBE_HEAD = {
     "num_heads": 4,
     "thumb_side": 16,
     "query_match": False,
-    "fills_budget": False,
 }
 """The probe head's defaults: a small head (the probe VLM does the reading), thumbnails it never
-reads kept tiny, no query detector (the probe's attention takes its place), and the budget a
-ceiling."""
+reads kept tiny, and no query detector (the probe's attention takes its place). The budget is
+filled unless ``--fills-budget false`` (a ceiling-only run collapsed to the smallest scales:
+docs/results.md)."""
 
 
 def probe_defaults(values: dict, probe_model) -> None:
