@@ -214,3 +214,30 @@ def test_learned_probe_head_reports_its_probe_and_refuses_a_shallower_pass(backb
     for _ in range(2):
         cache.get(("v", "q", 4), lambda: 1)
     assert cache.passes == 1
+
+
+def test_a_probe_vlm_other_than_the_backbone_is_stamped_and_loaded(tmp_path, video):
+    from resadapt import compat
+    from resadapt.backbone import Backbone
+
+    backbone = Backbone.load("tiny-random-qwen2.5-vl")
+    probe_vlm = Backbone.load("tiny-random-qwen2.5-vl")  # a second checkpoint of the family
+    text = probe_vlm.model.config.text_config
+    cfg = probe_config(
+        probe_layers=1, probe_heads=text.num_attention_heads, probe_hidden_size=text.hidden_size
+    )
+    cfg = compat.stamp(cfg, backbone, probe_vlm)
+    assert cfg.probe_backbone == "tiny-random-qwen2.5-vl" and cfg.probe_weights_sha256
+    assert cfg.backbone_model_type == "qwen2_5_vl"
+    Allocator(cfg).save_pretrained(tmp_path)
+    policy = Learned.load(tmp_path, backbone.tokenizer, backbone.model)
+    assert policy.probe_model is not None and policy.probe_model is not backbone
+    pipeline = Pipeline(backbone, learned=policy)
+    request = Request(question="Which card?", num_frames=8, policy="learned", budget=0.5)
+    allocation = pipeline.allocate(pipeline.decode(video, request), request)
+    assert allocation.probe is not None and allocation.probe.visual_tokens > 0
+    other = Learned(
+        policy.allocator, backbone.tokenizer, probe_model=Backbone.load("tiny-random-qwen3-vl")
+    )
+    with pytest.raises(PolicyError, match="family"):
+        Pipeline(backbone, learned=other).allocate(pipeline.decode(video, request), request)

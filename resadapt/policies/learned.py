@@ -103,6 +103,12 @@ def context_probe(
     model = probe_model if probe_model is not None else ctx.backbone
     if ctx.video is None or model is None:
         raise PolicyError("the probe head needs the decoded video and the backbone")
+    if model is not ctx.backbone and model.geometry.factor != ctx.backbone.geometry.factor:
+        raise PolicyError(
+            f"the probe VLM {model.name} has a patch factor of {model.geometry.factor} but the "
+            f"backbone {ctx.backbone.name} of {ctx.backbone.geometry.factor}; the probe must be a "
+            "checkpoint of the backbone's family"
+        )
     depth = model_depth(model)
     if config.probe_layers > depth:
         raise PolicyError(
@@ -183,7 +189,7 @@ class Learned(Policy):
             if backbone_model is None:
                 raise PolicyError(f"allocator {path} needs the backbone's input embeddings")
             alloc.set_query_embeddings(backbone_model.get_input_embeddings().weight)
-        return cls(alloc, tokenizer, path=str(path))
+        return cls(alloc, tokenizer, path=str(path), probe_model=load_probe_model(alloc.config))
 
     @classmethod
     def from_options(cls, options: PolicyOptions) -> Policy:
@@ -236,6 +242,24 @@ class Learned(Policy):
         out = self.allocator(**batch)
         scales = mean_scale(out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max)
         return scales[0].cpu().numpy()  # (K,)
+
+
+def load_probe_model(config: AllocatorConfig):
+    """The probe VLM a probe head was trained with when it is not the backbone (``probe_backbone``,
+    loaded like a backbone, on the CPU in float32), None otherwise; PolicyError when its weights are
+    not the ones the head was trained with."""
+    if config.thumb_encoder != "probe" or config.probe_backbone is None:
+        return None
+    from resadapt.backbone import Backbone, weights_fingerprint
+
+    model = Backbone.load(config.probe_backbone)
+    found = weights_fingerprint(model)
+    if config.probe_weights_sha256 and found and found != config.probe_weights_sha256:
+        raise PolicyError(
+            f"the probe head was trained with the probe VLM {config.probe_backbone} of other "
+            "weights (its weights fingerprint differs); use the checkpoint it was trained with"
+        )
+    return model
 
 
 def check_allocator_path(path: str) -> None:
