@@ -290,8 +290,9 @@ def load_allocator(path: str, backbone: Backbone, *, allow_mismatched: bool = Fa
 
     learned = Learned.load(path, backbone.tokenizer, backbone.model, check=check)
     learned.warning = warnings[0]
-    query = learned.allocator.query_encoder
-    if learned.warning and query.mode == "learned" and len(backbone.tokenizer) > query.vocab_size:
+    query = getattr(learned.allocator, "query_encoder", None)  # a probe head reads no query table
+    folds = query is not None and query.mode == "learned"
+    if learned.warning and folds and len(backbone.tokenizer) > query.vocab_size:
         query.fold_ids = True
         learned.warning += (
             f"; query token ids at or above {query.vocab_size:,} are folded into its table"

@@ -241,3 +241,16 @@ def test_a_probe_vlm_other_than_the_backbone_is_stamped_and_loaded(tmp_path, vid
     )
     with pytest.raises(PolicyError, match="family"):
         Pipeline(backbone, learned=other).allocate(pipeline.decode(video, request), request)
+
+
+def test_the_evaluator_and_the_app_load_a_saved_probe_head(tmp_path, backbone):
+    from resadapt import compat
+    from resadapt.pipeline import load_allocator
+
+    text = backbone.model.config.text_config
+    cfg = probe_config(
+        probe_layers=1, probe_heads=text.num_attention_heads, probe_hidden_size=text.hidden_size
+    )
+    Allocator(compat.stamp(cfg, backbone)).save_pretrained(tmp_path)
+    learned = load_allocator(str(tmp_path), backbone)
+    assert learned.runs_probe and not learned.fills_budget and learned.warning is None
