@@ -103,21 +103,14 @@ def group_zscore(
     return torch.where(std < min_std, torch.zeros_like(z), z)
 
 
-def reference_zscore(
-    values: torch.Tensor,
-    reference: torch.Tensor,
-    *,
-    eps: float = ZSCORE_EPS,
-    min_std: float = ZSCORE_MIN_STD,
-) -> torch.Tensor:
+def reference_zscore(values: torch.Tensor, reference: torch.Tensor, **zscore) -> torch.Tensor:
     """Step 1 with a reference: the group's M rewards z-scored against the mean and std of the M
-    rewards and the reference reward together (M + 1 values) → (M,); zeros when that std <
-    min_std. An allocation that scores below the reference (the uniform allocation at the same
-    budget) is pushed down even when the whole group scores alike."""
+    rewards and the reference reward together (M + 1 values; :func:`group_zscore` on the pool,
+    ``zscore`` its eps and min_std) → (M,). An allocation that scores below the reference (the
+    uniform allocation at the same budget) is pushed down even when the whole group scores
+    alike."""
     pool = torch.cat([values, reference.reshape(1).to(values.dtype)])  # (M + 1,)
-    std = pool.std(unbiased=False)
-    z = (values - pool.mean()) / (std + eps)
-    return torch.where(std < min_std, torch.zeros_like(z), z)
+    return group_zscore(pool, **zscore)[:-1]
 
 
 def cost_pivot(

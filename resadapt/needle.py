@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             argv,
             NeedleConfig,
             prog="python -m resadapt.needle",
-            description="Find the layers and heads of a checkpoint that find a question-named "
-            "object (the attention policies then read them).",
+            description=__doc__.splitlines()[0],
         )
         cli.setup_logging(logging.INFO)
         config = cli.make(NeedleConfig, args)

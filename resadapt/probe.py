@@ -28,6 +28,16 @@ from resadapt.video import SampledVideo
 
 
 @dataclass
+class ProbeCost:
+    """What a policy's own pass of the backbone cost (reported with the result)."""
+
+    visual_tokens: int
+    """Visual tokens the probe pass encoded."""
+    seconds: float
+    """Wall time of the probe: resizing, the processor and the (truncated) prefill."""
+
+
+@dataclass
 class ProbeFeatures:
     """What one probe pass gives the head for one (video, question)."""
 

@@ -11,20 +11,14 @@ import torch
 
 import resadapt.trainer as trainer
 from allocator import Allocator, AllocatorConfig, log_prob, mean_scale, sample
-from resadapt.capo import (
-    CONCENTRATION_WEIGHT,
-    SIMILARITY_WEIGHT,
-    capo_advantages,
-    reference_zscore,
-    scale_cost,
-    total_loss,
-)
+from resadapt.capo import capo_advantages, reference_zscore, scale_cost
 from resadapt.errors import PolicyError
 from resadapt.geometry import fit_budget
 from resadapt.pipeline import Pipeline, Request
 from resadapt.policies import make_policy
 from resadapt.policies.learned import Learned
 from resadapt.probe import FeatureCache, probe_features
+from tests.test_learning import one_thread, update  # noqa: F401 (one_thread: autouse fixture)
 
 PROMPTS, CHUNKS, ROLLOUTS = 8, 4, 8  # B, K, M
 LAYERS, HEADS, WIDTH = 3, 4, 16  # R, H, W of the toy probe VLM
@@ -34,14 +28,6 @@ PAY_SCALE = 0.5
 """The toy reward: 1 when the evidence chunk's sampled scale exceeds this, else 0."""
 RISE = 0.75
 STEPS = 30
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def probe_config(**kw) -> AllocatorConfig:
@@ -117,24 +103,7 @@ def train_toy() -> tuple[float, float]:
             cost = scale_cost(scales[i], cfg.scale_min, cfg.scale_max)
             advantages[i] = capo_advantages(acc, cost, reference=uniform)[:, None]
         old = log_prob(alpha, beta, actions)
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        out = model(**inputs)
-        pg, sim, con = trainer.policy_terms(
-            out, actions, old, advantages, inputs["chunk_mask"], cfg
-        )
-        loss = total_loss(
-            pg,
-            sim,
-            con,
-            pg.new_zeros(()),
-            sim_weight=SIMILARITY_WEIGHT,
-            con_weight=CONCENTRATION_WEIGHT,
-            attention_weight=0.0,
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        update(model, optimizer, inputs, actions, old, advantages)
     return before, evidence_scale(model, *held_out)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from allocator import AllocatorConfig
 from resadapt.errors import PolicyError
 from resadapt.policies.operators import RESIZE, Fitted, Operator
+from resadapt.probe import ProbeCost  # noqa: F401 (re-exported: what a policy reports)
 from resadapt.prune import CONTEXTUAL_SHARE
 
 if TYPE_CHECKING:
@@ -53,16 +54,6 @@ class InApp:
     """Place in the app's list of policies (lower first; ties in registration order)."""
     compared: bool = False
     """Whether the app's comparison runs it (besides the pipeline's default policy)."""
-
-
-@dataclass
-class ProbeCost:
-    """What a policy's own pass of the backbone cost (reported with the result)."""
-
-    visual_tokens: int
-    """Visual tokens the probe pass encoded."""
-    seconds: float
-    """Wall time of the probe: resizing, the processor and the (truncated) prefill."""
 
 
 @dataclass

@@ -20,15 +20,15 @@ import torch
 
 from allocator import Allocator, AllocatorConfig, mean_scale
 from resadapt.errors import ChunkLimitError, PolicyError
-from resadapt.policies.base import (
-    AllocationContext,
-    InApp,
-    Policy,
-    PolicyOptions,
+from resadapt.policies.base import AllocationContext, InApp, Policy, PolicyOptions, register_policy
+from resadapt.probe import (
+    FeatureCache,
     ProbeCost,
-    register_policy,
+    ProbeFeatures,
+    model_depth,
+    probe_features,
+    stack_features,
 )
-from resadapt.probe import FeatureCache, ProbeFeatures, model_depth, probe_features, stack_features
 
 logger = logging.getLogger(__name__)
 
