@@ -1,14 +1,17 @@
 """ResAdapt's Gradio app: upload a video, ask, and see where the visual-token budget went.
 
 UI wiring only: arguments, widgets, events, launch. Every callback calls one function of
-:mod:`resadapt.ui`; models are loaded once in :func:`main`. Named API endpoints: ``/answer``
-(the ``python -m resadapt.ask --json`` object) and ``/compare``.
+:mod:`resadapt.ui` (:mod:`resadapt.chat_ui` for the chat); models are loaded once in :func:`main`
+(at import on a Hugging Face Space, ZeroGPU's convention). Named API endpoints: ``/answer`` (the
+``python -m resadapt.ask --json`` object), ``/compare`` and ``/chat`` (history in and out).
 
     python app.py [--host 127.0.0.1] [--port 7860] [--backbone B] [--allocator PATH] [--share]
+        [--history text|none]
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -22,8 +25,9 @@ except ImportError:
 import gradio as gr
 
 import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
-from resadapt import cli, ui
+from resadapt import chat_ui, cli, ui, zerogpu
 from resadapt.assets import EXAMPLES
+from resadapt.chat import Chat, ChatConfig
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import ModelConfig, Pipeline, load_pipeline
 
@@ -32,18 +36,57 @@ QUEUE_SIZE = 16
 CONCURRENCY = 1
 """Model runs at once, across all events (they share one concurrency group)."""
 MODEL_GROUP = "model"
-GPU_SECONDS = 120
-"""ZeroGPU time requested per call, in seconds."""
+ON_SPACE = os.environ.get("SPACE_ID") is not None
+"""Running as a Hugging Face Space (the platform sets SPACE_ID)."""
+CACHE_EXAMPLES = "lazy" if ON_SPACE else False
+"""Example caching: lazy on a Space (an example runs once, when first clicked, so start-up spends
+no GPU time), off elsewhere (a click runs the example live)."""
 
 logger = logging.getLogger("app")
 
 PIPELINE: Pipeline | None = None
 """The loaded models, set once by :func:`build_demo`; every callback reads it."""
+CHAT: Chat | None = None
+"""The chat over :data:`PIPELINE` (its decode cache), set once by :func:`chat_view`."""
 
 
-def gpu(fn):
-    """``spaces.GPU`` on ZeroGPU Spaces; elsewhere the function itself."""
-    return fn if spaces is None else spaces.GPU(duration=GPU_SECONDS)(fn)
+# ---------------------------------------------------------------------------------------- ZeroGPU
+def answer_seconds(
+    video: str | None,
+    question: str | None = None,
+    policy: str | None = None,
+    budget: float | None = ui.DEFAULT_RETENTION,
+    max_visual_tokens: float | None = None,
+    num_frames: float | None = None,
+    fps: float | None = ui.Form.fps,
+    max_new_tokens: float | None = ui.Form.max_new_tokens,
+    *rest,
+    runs: int = 1,
+    **kwargs,
+) -> int:
+    """ZeroGPU seconds of one answer: called with the callback's own arguments."""
+    policy = policy or (PIPELINE.default_policy if PIPELINE is not None else None)
+    return zerogpu.request_seconds(video, policy, budget, num_frames, fps, max_new_tokens, runs)
+
+
+def compare_seconds(*args, **kwargs) -> int:
+    """ZeroGPU seconds of a comparison: one answer per compared policy."""
+    runs = len(ui.compare_policies(PIPELINE)) if PIPELINE is not None else 1
+    return answer_seconds(*args, runs=runs, **kwargs)
+
+
+def chat_seconds(video, question, history, *settings, **kwargs) -> int:
+    """ZeroGPU seconds of one chat turn (the history is text: it adds no visual tokens)."""
+    return answer_seconds(video, question, *settings, **kwargs)
+
+
+def gpu(fn=None, *, duration=answer_seconds):
+    """``spaces.GPU(duration=...)`` on ZeroGPU Spaces (``duration`` is called with the callback's
+    arguments); elsewhere the function itself. ``spaces`` returns the function itself too when
+    ZeroGPU is off."""
+    if fn is None:
+        return functools.partial(gpu, duration=duration)
+    return fn if spaces is None else spaces.GPU(duration=duration)(fn)
 
 
 def user_error(error: ResAdaptError) -> gr.Error:
@@ -93,7 +136,7 @@ def answer_live(
         raise user_error(e) from e
 
 
-@gpu
+@gpu(duration=compare_seconds)
 def compare(
     video: str,
     question: str,
@@ -113,11 +156,128 @@ def compare(
         raise user_error(e) from e
 
 
+@gpu
+def answer_example(video: str, question: str):
+    """A bundled example at the app's defaults, every output at once (a cached example's)."""
+    try:
+        return ui.answer_outputs(PIPELINE, video, ui.Form(question))
+    except ResAdaptError as e:
+        raise user_error(e) from e
+
+
 def show_comparison(comparison: dict | None):
     """The comparison as a side-by-side table and a tokens-over-time chart per policy."""
     if not comparison:
         return gr.skip(), gr.skip()
     return ui.compare_views(comparison)
+
+
+# ---------------------------------------------------------------------------------------- chat
+@gpu(duration=chat_seconds)
+def chat(
+    video: str,
+    question: str,
+    history: list[dict],
+    policy: str,
+    budget: float,
+    max_visual_tokens: float,
+    num_frames: float,
+    fps: float,
+    max_new_tokens: float,
+) -> tuple[list[dict], dict]:
+    """The next turn of a chat about a video: the messages after it, and its ask --json object."""
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    try:
+        return chat_ui.chat_json(CHAT, video, form, history)
+    except ResAdaptError as e:
+        raise user_error(e) from e
+
+
+@gpu(duration=chat_seconds)
+def chat_live(
+    video: str,
+    question: str,
+    history: list[dict],
+    policy: str,
+    budget: float,
+    max_visual_tokens: float,
+    num_frames: float,
+    fps: float,
+    max_new_tokens: float,
+    results: list[dict],
+):
+    """Stream the next turn into the chat; then the budget chart of every turn."""
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    try:
+        for i, view in enumerate(chat_ui.chat_views(CHAT, video, form, history, results)):
+            outputs = [gr.skip() if value is None else value for value in view.outputs()]
+            if i == 0:  # emptied first: the chart takes a new turn's colour only when redrawn
+                outputs[1] = None
+            yield tuple(outputs)
+    except ResAdaptError as e:
+        raise user_error(e) from e
+
+
+def clear_chat():
+    """An empty chat: no messages, an empty chart, no results, no question."""
+    return [], None, [], ""
+
+
+def clear_question() -> str:
+    return ""
+
+
+def chat_view(pipeline: Pipeline, video: gr.Video, settings: list, history: str) -> None:
+    """The chat under the single answer: follow-up questions about the uploaded video, each turn
+    allocated for its own question with the policy, budget and frames set above; a new video
+    starts a new chat. Wires ``/chat``."""
+    global CHAT
+    CHAT = chat_ui.make_chat(pipeline, history)
+    with gr.Accordion("Chat: follow-up questions about this video, a budget per turn"):
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Chat", height=640, elem_id="chat")
+                chat_question = gr.Textbox(
+                    label="Ask about the video (the policy, budget and frames above apply)",
+                    lines=2,
+                    elem_id="chat-question",
+                )
+                with gr.Row():
+                    send_btn = gr.Button("Send", variant="primary", elem_id="chat-send")
+                    chat_stop_btn = gr.Button("Stop", variant="stop", elem_id="chat-stop")
+                    clear_btn = gr.Button("Clear chat", elem_id="chat-clear")
+            with gr.Column(scale=2):
+                moved_plot = _time_plot(
+                    "tokens",
+                    "How the budget moved: visual tokens per chunk, one line per turn",
+                    "moved-chart",
+                    height=360,
+                    color="turn",
+                )
+                with gr.Accordion("JSON (what /chat returns for the last turn)", open=False):
+                    turn_json = gr.JSON(label="Turn")
+    results = gr.State([])
+    private = dict(concurrency_id=MODEL_GROUP, api_visibility="private")
+    inputs = [video, chat_question, chatbot, *settings, results]
+    outputs = [chatbot, moved_plot, results]
+    runs = [
+        send_btn.click(chat_live, inputs, outputs, **private),
+        chat_question.submit(chat_live, inputs, outputs, **private),
+    ]
+    for run in runs:
+        run.success(clear_question, None, chat_question, api_visibility="private")
+    chat_stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
+    cleared = [chatbot, moved_plot, results, chat_question]
+    clear_btn.click(clear_chat, None, cleared, api_visibility="private")
+    video.change(clear_chat, None, cleared, api_visibility="private")
+    api_only = gr.Button(visible=False)  # /chat: history in, (history, turn) out
+    api_only.click(
+        chat,
+        [video, chat_question, chatbot, *settings],
+        [chatbot, turn_json],
+        concurrency_id=MODEL_GROUP,
+        api_name="chat",
+    )
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -168,7 +328,10 @@ def build_layout(pipeline: Pipeline) -> Page:
             ui.example_rows(),
             inputs[:2],  # the video and the question
             label="Examples (one click runs them)",
-            cache_examples=False,
+            fn=answer_example,
+            outputs=live,
+            cache_examples=bool(CACHE_EXAMPLES),
+            cache_mode="lazy",
             api_visibility="private",
         )
     api_only = gr.Button(visible=False)
@@ -210,15 +373,15 @@ def _form(pipeline: Pipeline) -> tuple[list, tuple[gr.Button, gr.Button, gr.Butt
     return inputs, (ask_btn, compare_btn, stop_btn)
 
 
-def _time_plot(y: str, title: str, elem_id: str, **extra) -> gr.LinePlot:
-    """A line plot of column ``y`` against ``time_s`` (seconds), 240 px high."""
+def _time_plot(y: str, title: str, elem_id: str, height: int = 240, **extra) -> gr.LinePlot:
+    """A line plot of column ``y`` against ``time_s`` (seconds), ``height`` px high."""
     return gr.LinePlot(
         x="time_s",
         y=y,
         title=title,
         x_title="time (s)",
         y_title=y,
-        height=240,
+        height=height,
         elem_id=elem_id,
         **extra,
     )
@@ -274,10 +437,11 @@ def wire_events(page: Page) -> None:
     # Stopping (the button, or a client that went away) closes the running generator, which
     # stops generation at its next step (Backbone.stream): the next queued request starts.
     runs = [
-        page.examples.load_input_event.then(answer_live, inputs, live, **private),
         ask_btn.click(answer_live, inputs, live, **private),
         page.question.submit(answer_live, inputs, live, **private),
     ]
+    if not CACHE_EXAMPLES:  # a cached example shows its stored outputs instead
+        runs.append(page.examples.load_input_event.then(answer_live, inputs, live, **private))
     stop_btn.click(None, None, None, cancels=runs, api_visibility="private")
     compare_btn.click(
         compare, inputs, compare_json, concurrency_id=MODEL_GROUP, api_name="compare"
@@ -289,13 +453,16 @@ def wire_events(page: Page) -> None:
     )
 
 
-def build_demo(pipeline: Pipeline) -> gr.Blocks:
-    """The app around a loaded pipeline, its queue configured (not launched)."""
+def build_demo(pipeline: Pipeline, history: str = "text") -> gr.Blocks:
+    """The app around a loaded pipeline, its queue configured (not launched); ``history``: how
+    the chat's earlier turns reach the backbone (resadapt.chat.HISTORY_MODES)."""
     global PIPELINE
     PIPELINE = pipeline
     gr.set_static_paths([str(EXAMPLES)])
     with gr.Blocks(title="ResAdapt") as demo:
-        wire_events(build_layout(pipeline))
+        page = build_layout(pipeline)
+        wire_events(page)
+        chat_view(pipeline, page.inputs[0], page.inputs[2:], history)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
 
@@ -322,14 +489,17 @@ def main(argv: list[str] | None = None) -> int:
             argv,
             ServeConfig,
             ModelConfig,
+            ChatConfig,
             prog="python app.py",
             description=__doc__.splitlines()[0],
         )
         cli.setup_logging(logging.INFO)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
         serve = cli.make(ServeConfig, args)
-        pipeline = load_pipeline(cli.make(ModelConfig, args))
-        build_demo(pipeline).launch(
+        config = cli.make(ModelConfig, args)
+        loaded = SPACE_PIPELINE if SPACE_PIPELINE is not None and config == ModelConfig() else None
+        pipeline = loaded or load_pipeline(config)
+        build_demo(pipeline, cli.make(ChatConfig, args).history).launch(
             server_name=serve.host,
             server_port=serve.port,
             share=serve.share,
@@ -337,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     return cli.run(body)
+
+
+SPACE_PIPELINE: Pipeline | None = load_pipeline(ModelConfig()) if ON_SPACE else None
+"""On a Space, the default models loaded at import (ZeroGPU moves them to its GPU per call)."""
 
 
 if __name__ == "__main__":

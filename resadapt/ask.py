@@ -1,5 +1,7 @@
 """``python -m resadapt.ask VIDEO QUESTION``: answer one question under a visual-token budget.
 
+``python -m resadapt.ask VIDEO --chat``: a chat, one question per line of standard input.
+
 Owns the command line (the fields of :class:`resadapt.pipeline.Request` and
 :class:`resadapt.pipeline.ModelConfig`, plus ``--json``) and the two output formats: a readable
 table, or exactly one JSON object with ``--json``. Bad input becomes one ``error: …`` line and
@@ -11,9 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import TextIO
 
 import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
+from resadapt.chat import Chat, ChatConfig, Turn
+from resadapt.errors import QuestionError, ResAdaptError, VideoError
 from resadapt.pipeline import ModelConfig, Request, load_pipeline
 
 logger = logging.getLogger("resadapt.ask")
@@ -58,11 +63,12 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def body() -> None:
+    def body() -> int | None:
         args = cli.parse(
             argv,
             Request,
             ModelConfig,
+            ChatConfig,
             prog="python -m resadapt.ask",
             description="Answer a question about a local video file, spending visual tokens "
             "where the policy decides.",
@@ -70,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             extra=_video_question_and_output,
         )
         cli.setup_logging()
+        if args.chat:
+            return chat(args, sys.stdin, sys.stdout)
+        if args.question is None:
+            raise QuestionError("give a question, or --chat to read questions from standard input")
         request = cli.make(Request, args)
         pipeline = load_pipeline(cli.make(ModelConfig, args))
         result = pipeline.ask(args.video, request).to_json()
@@ -78,11 +88,62 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run(body)
 
 
+def chat(args, lines: TextIO, out: TextIO) -> int:
+    """``--chat``: one question per line of ``lines`` (a line that is a JSON string is decoded;
+    blank lines are skipped), each its own turn about the one decoded video, the earlier turns as
+    text (``--history``). Prints each turn as ``--json`` or the table does; a bad question is one
+    ``error: …`` line and the chat goes on (exit 2 at the end); a bad video ends it."""
+    pipeline = load_pipeline(cli.make(ModelConfig, args))
+    session = Chat(pipeline, history=cli.make(ChatConfig, args).history)
+    turns: list[Turn] = []
+    failed = False
+    for line in lines:
+        question = chat_line(line)
+        if not question.strip():
+            continue
+        try:
+            result = session.turn(args.video, cli.make(Request, args, question=question), turns)
+        except VideoError:
+            raise
+        except ResAdaptError as e:
+            sys.stderr.write(f"error: {e}\n")
+            failed = True
+            continue
+        turns.append(Turn(question, result.answer))
+        blob = result.to_json()
+        out.write((json.dumps(blob) if args.json else format_table(blob) + "\n") + "\n")
+        out.flush()
+    return 2 if failed else 0
+
+
+def chat_line(line: str) -> str:
+    """A question read from one line: a JSON string is decoded (so it may hold line breaks)."""
+    text = line.rstrip("\r\n")
+    if text.lstrip().startswith('"'):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return text
+        if isinstance(value, str):
+            return value
+    return text
+
+
 def _video_question_and_output(parser) -> None:
-    """The positional video and question (in that order) and ``--json``."""
+    """The positional video and question (in that order), ``--json`` and ``--chat``."""
     parser.add_argument("video", help="path of a local video file")
-    parser.add_argument("question", help="the question to answer")
-    parser.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    parser.add_argument("question", nargs="?", help="the question to answer (not with --chat)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print exactly one JSON object (with --chat: one per turn, one per line)",
+    )
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="read one question per line from standard input (a line that is a JSON string is "
+        "decoded) and answer each as a turn about the one decoded video",
+    )
 
 
 if __name__ == "__main__":

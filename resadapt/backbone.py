@@ -25,7 +25,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -269,10 +269,15 @@ class Backbone:
         return self.processor.tokenizer
 
     # ------------------------------------------------------------------ inputs
-    def prompt(self, question: str) -> str:
-        """The chat-templated user turn with one video placeholder, ending in the assistant cue."""
+    def prompt(self, question: str, history: Sequence[tuple[str, str]] = ()) -> str:
+        """The chat-templated user turn with one video placeholder, ending in the assistant cue.
+
+        ``history``: earlier (question, answer) turns of a chat, as text turns before it; the one
+        video stays in the last user turn (see :func:`history_messages`).
+        """
         messages = [
-            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
+            *history_messages(history),
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]},
         ]
         return self.processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
@@ -283,8 +288,11 @@ class Backbone:
         videos: list[ChunkedVideo],
         questions: list[str],
         answers: list[str] | None = None,
+        histories: list[Sequence[tuple[str, str]]] | None = None,
     ) -> BatchFeature:
         """Model inputs for B (video, question[, answer]) rows, left-padded.
+
+        ``histories[b]``: row b's earlier chat turns as text (:meth:`prompt`); none by default.
 
         Returns a BatchFeature with input_ids / attention_mask / mm_token_type_ids (B, L),
         pixel_values_videos, video_grid_thw (sum K, 3) and position_ids (4, B, L) for Qwen2.5-VL.
@@ -294,7 +302,7 @@ class Backbone:
         video_token = self.processor.video_token
         texts, items, metadata = [], [], []
         for b, (video, question) in enumerate(zip(videos, questions, strict=True)):
-            text = self.prompt(question)
+            text = self.prompt(question, histories[b] if histories is not None else ())
             assert text.count(video_token) == 1, "the chat template must place one video"
             text = text.replace(video_token, video_token * len(video.chunks))
             if answers is not None:
@@ -516,6 +524,19 @@ class Backbone:
                 pred = logp[row, -n - 1 : -1]  # (n, V) logits at t predict token t + 1
                 out[b] = pred.gather(-1, target[:, None]).sum() / (n if per_token else 1)
         return out
+
+
+def history_messages(history: Sequence[tuple[str, str]]) -> list[dict]:
+    """Earlier (question, answer) turns as text-only chat messages, in order.
+
+    A chat sends the video once, in its last user turn (at that turn's allocation): the earlier
+    turns carry no video item, so the prompt holds exactly the visual tokens of one allocation.
+    """
+    messages = []
+    for question, answer in history:
+        messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
 
 
 def _chunk_metadata(chunk: np.ndarray, times: np.ndarray, sample_fps: float) -> VideoMetadata:

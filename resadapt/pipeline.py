@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -490,17 +490,23 @@ class Pipeline:
         yield from self.answer_stream(video, allocation, request, timings)
 
     def answer_stream(
-        self, video: SampledVideo, allocation: Allocation, request: Request, timings: dict
+        self,
+        video: SampledVideo,
+        allocation: Allocation,
+        request: Request,
+        timings: dict,
+        history: Sequence[tuple[str, str]] = (),
     ) -> Iterator[Result]:
         """Encode the allocated chunks and stream the answer into a growing Result.
 
         ``timings`` holds the stages already spent (decode_s, allocate_s); probe_s (the part of
         allocate_s the policy's probe pass took), backbone_s and total_s are added here (backbone_s
-        covers resizing, the processor, prefill and generation).
+        covers resizing, the processor, prefill and generation). ``history``: a chat's earlier
+        (question, answer) turns, as text before this question (:meth:`Backbone.prompt`).
         """
         t3 = time.perf_counter()
         chunked = self.chunked(video, allocation)
-        inputs = self.backbone.prepare([chunked], [request.question])
+        inputs = self.backbone.prepare([chunked], [request.question], histories=[history])
         produced = self.backbone.chunk_tokens(inputs)
         assert produced == [t for t in allocation.tokens if t], (produced, allocation.tokens)
         t4 = time.perf_counter()

@@ -272,6 +272,17 @@ def answer_json(pipeline: Pipeline, path: str | None, form: Form) -> dict:
     return last.result
 
 
+def answer_outputs(pipeline: Pipeline, path: str | None, form: Form) -> tuple:
+    """Every output of :func:`answer_views` at its last value (View.outputs order): what a cached
+    example shows, all at once."""
+    outputs: list = [None] * len(View("").outputs())
+    for view in answer_views(pipeline, path, form):
+        outputs = [
+            old if new is None else new for old, new in zip(outputs, view.outputs(), strict=True)
+        ]
+    return tuple(outputs)
+
+
 def compare(
     pipeline: Pipeline,
     path: str | None,

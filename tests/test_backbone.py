@@ -50,10 +50,11 @@ def chunked(frames, timestamps, sizes=None, f=2):
     )
 
 
-def native_inputs(backbone, frames, metadata):
-    """The model's own single-video path: one video item, the processor's stock positions."""
+def native_inputs(backbone, frames, metadata, text=None):
+    """The model's own single-video path: one video item, the processor's stock positions;
+    ``text``: the templated prompt (default: the one-turn prompt of QUESTION)."""
     return backbone.processor(
-        text=[backbone.prompt(QUESTION)],
+        text=[text or backbone.prompt(QUESTION)],
         videos=[frames],
         video_metadata=[metadata],
         do_resize=False,

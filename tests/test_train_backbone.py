@@ -8,7 +8,7 @@ import torch
 
 from resadapt.backbone import Backbone
 from resadapt.pipeline import Pipeline, Request
-from resadapt.world import recipe
+from resadapt.world import losses, recipe
 from resadapt.world.clips import make_clip
 from resadapt.world.synth import write_dataset
 
@@ -115,16 +115,16 @@ def test_attention_target_only_where_the_evidence_is_one_chunk(run):
             c.scales[:] = 1.0
         return made
 
-    _, _, stats = recipe.batch_losses(backbone, heads, clips("count"), True, bind_layer=0)
+    _, _, stats = losses.batch_losses(backbone, heads, clips("count"), True, bind_layer=0)
     assert "bind_attention" not in stats and "query_colour_acc" in stats
     assert "count_probe_acc" in stats and "present_acc" not in stats  # presence is off by default
     count = clips("count")
-    _, aux_off, _ = recipe.batch_losses(backbone, heads, count, True, bind_layer=0)
-    _, aux_on, stats = recipe.batch_losses(
+    _, aux_off, _ = losses.batch_losses(backbone, heads, count, True, bind_layer=0)
+    _, aux_on, stats = losses.batch_losses(
         backbone, heads, count, True, bind_layer=0, presence_weight=1.0
     )
     assert "present_acc" in stats and aux_on > aux_off  # count's own targets
-    _, _, stats = recipe.batch_losses(backbone, heads, clips("main"), True, bind_layer=0)
+    _, _, stats = losses.batch_losses(backbone, heads, clips("main"), True, bind_layer=0)
     assert "bind_attention" in stats and "count_probe_acc" not in stats
 
 
