@@ -106,9 +106,12 @@ def answer(
     num_frames: float,
     fps: float,
     max_new_tokens: float,
+    operator: str = ui.OWN_OPERATOR,
+    encode_budget: float = 0,
 ) -> dict:
     """Answer a question about a video: the `python -m resadapt.ask --json` object."""
-    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+                   operator, encode_budget)  # fmt: skip
     try:
         return ui.answer_json(PIPELINE, video, form)
     except ResAdaptError as e:
@@ -125,10 +128,13 @@ def answer_live(
     num_frames: float,
     fps: float,
     max_new_tokens: float,
+    operator: str = ui.OWN_OPERATOR,
+    encode_budget: float = 0,
     progress=gr.Progress(),  # noqa: B008 (gradio injects progress through the default)
 ):
     """Stream the answer; show the budget charts, the resized frames and the summary."""
-    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+                   operator, encode_budget)  # fmt: skip
     try:
         for view in ui.answer_views(PIPELINE, video, form, report=progress):
             yield tuple(gr.skip() if value is None else value for value in view.outputs())
@@ -146,10 +152,13 @@ def compare(
     num_frames: float,
     fps: float,
     max_new_tokens: float,
+    operator: str = ui.OWN_OPERATOR,
+    encode_budget: float = 0,
     progress=gr.Progress(),  # noqa: B008
 ) -> dict:
     """The same question at the same budget through learned (or attention), uniform and vanilla."""
-    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+                   operator, encode_budget)  # fmt: skip
     try:
         return ui.compare(PIPELINE, video, form, report=progress)
     except ResAdaptError as e:
@@ -184,9 +193,12 @@ def chat(
     num_frames: float,
     fps: float,
     max_new_tokens: float,
+    operator: str = ui.OWN_OPERATOR,
+    encode_budget: float = 0,
 ) -> tuple[list[dict], dict]:
     """The next turn of a chat about a video: the messages after it, and its ask --json object."""
-    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+                   operator, encode_budget)  # fmt: skip
     try:
         return chat_ui.chat_json(CHAT, video, form, history)
     except ResAdaptError as e:
@@ -204,10 +216,13 @@ def chat_live(
     num_frames: float,
     fps: float,
     max_new_tokens: float,
+    operator: str,
+    encode_budget: float,
     results: list[dict],
 ):
     """Stream the next turn into the chat; then the budget chart of every turn."""
-    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens)
+    form = ui.Form(question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+                   operator, encode_budget)  # fmt: skip
     try:
         for i, view in enumerate(chat_ui.chat_views(CHAT, video, form, history, results)):
             outputs = [gr.skip() if value is None else value for value in view.outputs()]
@@ -369,7 +384,17 @@ def _form(pipeline: Pipeline) -> tuple[list, tuple[gr.Button, gr.Button, gr.Butt
         max_new_tokens = gr.Slider(
             1, 256, value=ui.Form.max_new_tokens, step=1, label="Max new tokens"
         )
-    inputs = [video, question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens]
+        with gr.Row():
+            operator = gr.Radio(
+                list(ui.OPERATOR_CHOICES),
+                value=ui.OWN_OPERATOR,
+                label="Operator after the policy (select: drop chunks; prune: after the tower)",
+            )
+            encode_budget = gr.Slider(
+                0, 1, value=0, step=0.05, label="+prune: tower's share of the tokens (0 = default)"
+            )
+    inputs = [video, question, policy, budget, max_visual_tokens, num_frames, fps, max_new_tokens,
+              operator, encode_budget]  # fmt: skip
     return inputs, (ask_btn, compare_btn, stop_btn)
 
 

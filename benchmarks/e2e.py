@@ -1,12 +1,15 @@
 """End to end per method at one visual-token budget: latency per stage and peak memory on this CPU.
 
 ``python -m benchmarks.e2e [--setups bundled,qwen2.5-vl-7b,qwen3-vl-8b]
-[--policies vanilla,uniform,learned,attention,keyframes,prune] [--budget 0.15] [--frames 16]
+[--policies vanilla,uniform,learned,attention,keyframes,prune,learned+prune] [--budget 0.15]
+[--encode-budget 0.25] [--frames 16]
 [--frame-counts 32,128] [--side 448] [--max-new-tokens 8] [--no-warmup] [--tiny]
 [--json-out PATH]``
 
 Every method answers the same question about the same clip with at most ``--budget`` × the
-full-resolution visual tokens reaching the language model (vanilla: all of them). Setups:
+full-resolution visual tokens reaching the language model (vanilla: all of them). A method is any
+policy name, ``scorer+operator`` combinations included (``learned+prune`` encodes
+``--encode-budget`` × the full-resolution tokens in the tower, then prunes to ``--budget``). Setups:
   * ``bundled``: the bundled trained backbone and allocator (``assets/``) on the first bundled
     example clip (16 frames at 168²; a ``--frames`` beyond the clip repeats its last frame).
   * ``qwen2.5-vl-7b`` / ``qwen3-vl-8b``: the published widths at reduced depth with random weights
@@ -31,7 +34,7 @@ stage, which sum to ``total``:
     encode every chunk at low resolution through the backbone; its seconds in parentheses);
   * ``prepare``: resizing the chunks and the processor (``backbone.batches``);
   * ``vision``: the forwards of the vision tower (inside the first forward of ``generate``, or
-    for ``prune`` in ``Pipeline.encode`` before it, at full resolution, with the token scoring);
+    for ``prune`` and ``SCORER+prune`` in ``Pipeline.encode`` before it, with the token scoring);
   * ``prefill``: the first language-model forward of ``generate`` less any tower time inside it;
   * ``generate``: the later forwards (one per generated token after the first);
   * ``other``: the rest (pruning's token selection, generate's own bookkeeping, decoding text).
@@ -75,7 +78,7 @@ from resadapt.pipeline import (
     load_allocator,
     load_pipeline,
 )
-from resadapt.policies import Vanilla, policy_names
+from resadapt.policies import Vanilla, policy_choices
 from resadapt.world.tiny import build_tiny
 
 GIB = real_size.GIB
@@ -96,13 +99,19 @@ class E2EConfig:
         choices=SETUPS,
     )
     policies: tuple[str, ...] = cli.option(
-        "comma list of methods (vanilla is the reference of the ratios)",
+        "comma list of methods: policies and scorer+operator combinations (vanilla is the "
+        "reference of the ratios)",
         METHODS,
-        choices=policy_names,
+        choices=policy_choices,
     )
     budget: float = cli.option(
         "retention: share of the full-resolution visual tokens that may reach the language model",
         0.15,
+    )
+    encode_budget: float | None = cli.option(
+        "SCORER+prune methods: share of the full-resolution tokens the tower encodes before "
+        "pruning to --budget (default: the pipeline's)",
+        None,
     )
     frames: int = cli.option("frames sampled by the bundled setup", 16)
     frame_counts: tuple[int, ...] = cli.option("frame counts of the real-shaped setups", (32, 128))
@@ -124,6 +133,8 @@ class E2EConfig:
         self.frame_counts = tuple(self.frame_counts)
         if not 0 < self.budget <= 1:
             raise cli.UsageError(f"--budget must be in (0, 1], got {self.budget}")
+        if self.encode_budget is not None and not 0 < self.encode_budget <= 1:
+            raise cli.UsageError(f"--encode-budget must be in (0, 1], got {self.encode_budget}")
         if not self.setups or not self.policies:
             raise cli.UsageError("--setups and --policies need at least one name each")
         if min((self.frames, *self.frame_counts)) < 2 or self.side < 32:
@@ -281,6 +292,7 @@ def measure(
         question=question,
         policy=policy,
         budget=config.budget,
+        encode_budget=config.encode_budget,
         num_frames=frames,
         max_new_tokens=config.max_new_tokens,
     )
@@ -375,7 +387,8 @@ def header(config: E2EConfig, example: str, wall: float) -> str:
     shape = "tiny widths" if config.tiny else "published widths"
     lines = [
         f"budget {config.budget:g} (visual tokens reaching the language model ÷ full resolution); "
-        f"{config.max_new_tokens} new tokens at most; {config.dtype}; {torch.get_num_threads()} "
+        + (f"encode budget {config.encode_budget:g}; " if config.encode_budget else "")
+        + f"{config.max_new_tokens} new tokens at most; {config.dtype}; {torch.get_num_threads()} "
         f"threads; one child process per row; wall {wall:.0f} s",
     ]
     if BUNDLED in config.setups:
@@ -412,8 +425,9 @@ def jobs(config: E2EConfig, folder: Path) -> Iterator[tuple[str, int, str, str]]
 
 def run(config: E2EConfig, isolate: bool = True) -> list[dict]:
     """Every setup × frame count × method, each in its own child (``isolate=False``: in this
-    process, for tests; peaks are then not each row's own); prints the table, returns the rows.
-    ``--json-out`` is rewritten after every row (``"complete": false`` until the last)."""
+    process, for tests; peaks are then not each row's own); prints the table, returns the rows
+    (with their ratios, ``--json-out`` or not). ``--json-out`` is rewritten after every row
+    (``"complete": false`` until the last)."""
     start = time.perf_counter()
     measure_row = run_child if isolate else measure
     rows = []
@@ -433,6 +447,7 @@ def run(config: E2EConfig, isolate: bool = True) -> list[dict]:
                 done = row.get("error") or f"{row['total_s']:.1f} s, {row['peak_gib']:.2f} GiB"
                 print(f"{setup} {frames} {policy}: {done}", file=sys.stderr, flush=True)
     save(complete=True)
+    add_ratios(rows)  # the table reads them: never only when --json-out is given
     example = Path(examples()[0]["video"]).name if BUNDLED in config.setups else ""
     print(header(config, example, time.perf_counter() - start))
     print(table(rows))

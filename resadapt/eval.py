@@ -123,6 +123,7 @@ class Evaluator:
             probe_budget=self.config.probe_budget,
             probe_layers=self.config.probe_layers,
             contextual_share=self.config.contextual_share,
+            select_sizes=self.config.select_sizes,
         )
 
     def run(self, examples: list[Example]) -> Iterator[dict]:
@@ -169,6 +170,8 @@ class Evaluator:
             probe_budget=self.config.probe_budget,
             probe_layers=self.config.probe_layers,
             contextual_share=self.config.contextual_share,
+            encode_budget=spec.encode_budget,
+            select_sizes=self.config.select_sizes,
         )
 
     def _decode(self, e: Example, frames: int | None) -> SampledVideo | ResAdaptError:
@@ -227,8 +230,8 @@ class Evaluator:
             assert produced == encoded, "tokens"
             tower = time.perf_counter()
             inputs = self.pipeline.encode(inputs, [ready[b].allocation for b in index])
-            full_size = policy_class(spec.name).operator.full_size_tower
-            tower_s = (time.perf_counter() - tower) / len(index) if full_size else 0.0
+            prunes = policy_class(spec.name).operator.prunes
+            tower_s = (time.perf_counter() - tower) / len(index) if prunes else 0.0
             responses = backbone.generate(inputs, self.config.max_new_tokens)
             backbone_s = (time.perf_counter() - start) / len(index)
             yield from self._graded([ready[b] for b in index], responses, backbone_s, tower_s)
@@ -270,7 +273,7 @@ class Evaluator:
 def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
     """Load the backbone once and every allocator the policies name; returns the backbone name."""
     backbone = load_backbone(config)
-    learned = {}
+    learned, by_path = {}, {}
     for spec in config.policies:
         if not policy_class(spec.name).needs_allocator:
             continue
@@ -280,8 +283,10 @@ def load(config: EvalConfig) -> tuple[Pipeline, dict[str, Learned], str]:
                 f"{spec.name} needs an allocator trained against {backbone.name}: write "
                 f"{spec.name}:PATH in --policies"
             )
-        allow = config.allow_mismatched_allocator
-        learned[spec.label] = load_allocator(path, backbone, allow_mismatched=allow)
+        if path not in by_path:  # one allocator serves each of its combinations
+            allow = config.allow_mismatched_allocator
+            by_path[path] = load_allocator(path, backbone, allow_mismatched=allow)
+        learned[spec.label] = by_path[path]
     return Pipeline(backbone), learned, backbone.name
 
 

@@ -18,10 +18,19 @@ from resadapt.errors import (
     ResAdaptError,
 )
 from resadapt.pipeline import (
+    ENCODE_BUDGET,
     ModelConfig,
     Request,
 )
-from resadapt.policies import check_allocator_path, policy_class, policy_names
+from resadapt.policies import (
+    COMPOSE,
+    SELECT_SIZES,
+    check_allocator_path,
+    combination_names,
+    policy_class,
+    policy_names,
+    scorer_names,
+)
 from resadapt.video import MAX_SAMPLED_FRAMES
 
 DEFAULT_BUDGETS = (0.1, 0.25, 0.5)
@@ -37,7 +46,10 @@ class PolicySpec:
     name: str
     allocator: str | None = None
     label: str = ""
-    """Name in rows and plots: the policy name, or ``learned:PATH`` when several are compared."""
+    """Name in rows and plots: the policy name, or ``learned:PATH`` when several are compared,
+    followed by ``@E`` for an ``--encode-budgets`` point."""
+    encode_budget: float | None = None
+    """``scorer+…+prune``: the tower's share of the full-resolution tokens (None: the default)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,8 @@ class Budget:
 
 
 def parse_policies(text: str) -> tuple[PolicySpec, ...]:
-    """``vanilla,uniform,learned:PATH`` → specs; raises PolicyError naming a bad entry."""
+    """``vanilla,uniform,learned:PATH,learned+prune`` → specs; raises PolicyError naming a bad
+    entry (a combination the registry refuses: its one sentence)."""
     names = policy_names()
     entries = [e.strip() for e in text.split(",") if e.strip()]
     if not entries:
@@ -66,13 +79,15 @@ def parse_policies(text: str) -> tuple[PolicySpec, ...]:
     parsed = []
     for entry in entries:
         name, _, path = entry.partition(":")
-        if name not in names:
+        if COMPOSE in name:
+            policy_class(name)  # PolicyError: the combination's own refusal
+        elif name not in names:
             raise PolicyError(
                 f"unknown policy {name!r} in --policies; choose from {', '.join(names)}"
             )
-        if path and name not in takers:
+        if path and not policy_class(name).needs_allocator:
             raise PolicyError(
-                f"only {' or '.join(takers)} takes an allocator path "
+                f"only {' or '.join(takers)} (and its combinations) takes an allocator path "
                 f"({' or '.join(n + ':PATH' for n in takers)}), got {entry!r}"
             )
         parsed.append((name, path or None))
@@ -92,6 +107,48 @@ def _policies_help() -> str:
         f"comma list of {', '.join(names)} (learned without a path uses --allocator: "
         "$RESADAPT_ALLOCATOR, else the bundled allocator when it matches the backbone)"
     )
+
+
+def _operators(text: str) -> tuple[str, ...]:
+    """``--operators``: operator chains (``resize``, ``select``, ``prune``, ``select+prune``)."""
+    chains = tuple(c.strip() for c in text.split(",") if c.strip())
+    for chain in chains:
+        if chain != OWN_OPERATOR:
+            policy_class(COMPOSE.join(("learned", chain)))  # PolicyError naming the chains
+    return chains
+
+
+OWN_OPERATOR = "resize"
+"""``--operators`` entry for each policy as named (a scorer's own operator)."""
+
+
+def with_operators(
+    specs: tuple[PolicySpec, ...], chains: tuple[str, ...], encode_budgets: tuple[float, ...]
+) -> tuple[PolicySpec, ...]:
+    """The grid's policies: every scorer of ``specs`` followed by every operator chain that makes
+    a combination (:func:`combination_names`: vanilla and uniform only with prune; a policy that
+    is no scorer, or a combination already, is kept as named), and every one whose tower spends
+    the encode cap at every encode budget (labelled ``name@E``). Repeats are dropped."""
+    out: dict[tuple, PolicySpec] = {}
+    combinations = combination_names()
+    for spec in specs:
+        names = [spec.name]
+        if chains and spec.name in scorer_names():
+            own = (
+                OWN_OPERATOR in chains or not policy_class(spec.name).capped
+            )  # vanilla: the reference
+            names = [spec.name] if own else []
+            names += [n for c in chains if (n := COMPOSE.join((spec.name, c))) in combinations]
+            names = names or [spec.name]
+        for name in names:
+            prefix = spec.label.replace(spec.name, name, 1)
+            encodes = policy_class(name).operator.spends_encode_cap
+            for e in encode_budgets if encodes and encode_budgets else (None,):
+                label = prefix if e is None else f"{prefix}@{e:g}"
+                out.setdefault(
+                    (name, spec.allocator, e), PolicySpec(name, spec.allocator, label, e)
+                )
+    return tuple(out.values())
 
 
 def _budgets(text: str) -> tuple[float | None, ...]:
@@ -119,6 +176,23 @@ class EvalConfig(DataConfig, ModelConfig):
         _policies_help,
         parse_policies("vanilla,uniform,content,random"),
         parse=parse_policies,
+    )
+    operators: tuple[str, ...] = option(
+        "comma list of operator chains applied to every scorer of --policies: resize (the policy "
+        "as named), select, prune, select+prune; e.g. --policies learned,uniform --operators "
+        "resize,prune (default: the policies as named)",
+        (),
+        parse=_operators,
+    )
+    encode_budgets: tuple[float, ...] = option(
+        "comma list of encode budgets in (0, 1]: every SCORER+prune and SCORER+select+prune "
+        f"policy runs at each (rows labelled NAME@E; default: --encode-budget's {ENCODE_BUDGET:g})",
+        (),
+    )
+    select_sizes: str = option(
+        "SCORER+select: kept chunks at full resolution or at their own scales",
+        default_of(Request, "select_sizes"),
+        choices=SELECT_SIZES,
     )
     budgets: tuple[float | None, ...] = option(
         "comma list of retention budgets in (0, 1], and none for each policy's own allocation "
@@ -170,6 +244,11 @@ class EvalConfig(DataConfig, ModelConfig):
         self.budgets = _unique(self.budgets)
         self.max_visual_tokens = _unique(self.max_visual_tokens)
         self.frames = _unique(self.frames)
+        self.encode_budgets = _unique(self.encode_budgets)
+        for e in self.encode_budgets:
+            if not 0 < e <= 1:
+                raise BudgetError(f"--encode-budgets: a share must be in (0, 1], got {e:g}")
+        self.policies = with_operators(self.policies, self.operators, self.encode_budgets)
         if not self.budgets and not self.max_visual_tokens:
             self.budgets = DEFAULT_BUDGETS
         for r in self.budgets:
@@ -200,6 +279,7 @@ class EvalConfig(DataConfig, ModelConfig):
             probe_budget=self.probe_budget,
             probe_layers=self.probe_layers,
             contextual_share=self.contextual_share,
+            select_sizes=self.select_sizes,
         )
         if not 0 < self.scale <= 1:
             raise BudgetError(f"--scale must be in (0, 1], got {self.scale}")

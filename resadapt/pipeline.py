@@ -32,15 +32,17 @@ from resadapt.errors import BudgetError, validate_question
 from resadapt.policies import (
     PROBE_BUDGET,
     RESIZE,
+    SELECT_SIZES,
     THUMB_SIDE,
     AllocationContext,
     Attention,
     Learned,
+    Operator,
     Policy,
     describe_policies,
     make_policy,
+    policy_choices,
     policy_class,
-    policy_names,
 )
 from resadapt.records import Allocation, Result
 from resadapt.video import SampledVideo, load_video
@@ -49,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 1024
 """Longest answer a request may ask for, in tokens."""
+ENCODE_BUDGET = 0.25
+"""Default share of the full-resolution tokens the vision tower may encode for a
+``scorer+…+prune`` policy (never below the budget itself)."""
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "checkpoint")
@@ -65,7 +70,8 @@ def _policy_help() -> str:
     built (a policy registered after import is listed)."""
     return (
         f"allocation policy (default: {Learned.name} when an allocator is loaded, else "
-        f"{Attention.name}): {describe_policies()}"
+        f"{Attention.name}): {describe_policies()}; or a scorer followed by operators, "
+        "SCORER+select, SCORER+prune, SCORER+select+prune (e.g. learned+prune)"
     )
 
 
@@ -77,7 +83,7 @@ class Request:
     """
 
     question: str = option("the question to answer", positional=True)
-    policy: str | None = option(_policy_help, None, choices=policy_names)
+    policy: str | None = option(_policy_help, None, choices=policy_choices)
     scale: float = option("scale of --policy uniform before budget fitting, in (0, 1]", 0.5)
     budget: float | None = option(
         "retention R in (0, 1]: the share of the full-resolution visual tokens that may be spent",
@@ -109,11 +115,25 @@ class Request:
         "(the remaining tokens merged into evenly spaced targets)",
         prune.CONTEXTUAL_SHARE,
     )
+    encode_budget: float | None = option(
+        "SCORER+prune and SCORER+select+prune: share in (0, 1] of the full-resolution visual "
+        "tokens the scorer and operator spend in the vision tower before pruning keeps --budget "
+        f"of them (never below the budget; default {ENCODE_BUDGET:g})",
+        None,
+    )
+    select_sizes: str = option(
+        "SCORER+select: keep the top chunks at full resolution while the budget holds them "
+        "(full), or the chunks scored at least half the top score at their own scales fitted to "
+        "the budget (own)",
+        SELECT_SIZES[0],
+        choices=SELECT_SIZES,
+    )
 
     def __post_init__(self) -> None:
         self.question = validate_question(self.question)
         validate_probe(self.probe_budget, self.probe_layers)
         validate_contextual(self.contextual_share)
+        validate_encode(self.encode_budget, self.select_sizes)
         if self.policy is not None:
             policy_class(self.policy)  # PolicyError naming the choices for an unknown name
         if self.budget is not None and not 0 < self.budget <= 1:
@@ -136,6 +156,16 @@ def validate_probe(probe_budget: float, probe_layers: int | None) -> None:
         raise BudgetError(f"the probe budget must be in (0, 1], got {probe_budget}")
     if probe_layers is not None and probe_layers < 1:
         raise BudgetError(f"probe layers must be at least 1 (or none for all), got {probe_layers}")
+
+
+def validate_encode(encode_budget: float | None, select_sizes: str) -> None:
+    """Raise BudgetError for an encode budget outside (0, 1] or an unknown select variant."""
+    if encode_budget is not None and not 0 < encode_budget <= 1:
+        raise BudgetError(f"the encode budget must be in (0, 1], got {encode_budget}")
+    if select_sizes not in SELECT_SIZES:
+        raise BudgetError(
+            f"select sizes must be one of {', '.join(SELECT_SIZES)}, got {select_sizes!r}"
+        )
 
 
 def validate_contextual(share: float) -> None:
@@ -380,6 +410,7 @@ class Pipeline:
             probe_budget=request.probe_budget,
             probe_layers=request.probe_layers,
             contextual_share=request.contextual_share,
+            select_sizes=request.select_sizes,
         )
 
     def allocate(
@@ -388,17 +419,18 @@ class Pipeline:
         request: Request,
         policy: Policy | None = None,
         scales: np.ndarray | None = None,
+        operator: Operator | None = None,
         fill: bool | None = None,
     ) -> Allocation:
         """Scales from the policy (or given), fitted to the request's budget by its operator (given
-        scales are resized; the request's policy says whether the budget applies); sizes, tokens.
-        ``fill``: whether the fit raises the scales to use the budget (None: the policy's
-        ``fills_budget``; given scales: True)."""
+        scales go through ``operator``, by default resize; the request's policy says whether the
+        budget applies); sizes, tokens. ``fill``: whether the fit raises the scales to use the
+        budget (None: the policy's ``fills_budget``; given scales: True)."""
         geometry = self.backbone.geometry
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
         vanilla = self.vanilla_tokens(video)
-        probe, notes, operator = None, [], RESIZE  # given scales are resized
+        probe, notes, operator = None, [], operator or RESIZE  # given scales: resized by default
         if scales is None:
             policy = policy or self.policy(request)
             ctx = self.context(video, request.question, policy.thumb_side)
@@ -409,15 +441,21 @@ class Pipeline:
         assert scales.shape == (k,), (scales.shape, k)
         cap = self.token_cap(request, vanilla)
         fit = (policy if policy is not None else policy_class(self.policy_name(request))).fit
+        encode_cap = self.encode_cap(request, vanilla)
         if fill is None:
             fill = policy.fills_budget if policy is not None else True
-        scales, pruned_to = fit(scales, geometry, base_h, base_w, cap, operator, fill)
+        scales, pruned_to = fit(scales, geometry, base_h, base_w, cap, operator, encode_cap, fill)
         sizes = [geometry.scaled_size(base_h, base_w, s) if s > 0 else (0, 0) for s in scales]
         tokens = [geometry.tokens(h, w) if h else 0 for h, w in sizes]
-        if pruned_to is not None and pruned_to < vanilla:
+        if pruned_to is not None and pruned_to < sum(tokens) == vanilla:
             notes.append(
                 f"the vision tower encoded all {vanilla} visual tokens at full resolution; "
                 f"{pruned_to} reached the language model"
+            )
+        elif pruned_to is not None and pruned_to < sum(tokens):
+            notes.append(
+                f"the vision tower encoded {sum(tokens)} of the {vanilla} full-resolution visual "
+                f"tokens; {pruned_to} reached the language model"
             )
         return Allocation(
             scales=scales,
@@ -445,6 +483,13 @@ class Pipeline:
             caps.append(request.max_visual_tokens)
         return min(caps) if caps else None
 
+    @staticmethod
+    def encode_cap(request: Request, vanilla_tokens: int) -> int:
+        """The visual tokens the tower may encode before pruning (``scorer+…+prune`` policies):
+        ``--encode-budget`` (default :data:`ENCODE_BUDGET`) of the full-resolution tokens."""
+        share = ENCODE_BUDGET if request.encode_budget is None else request.encode_budget
+        return math.floor(share * vanilla_tokens + 1e-9)
+
     def chunked(self, video: SampledVideo, allocation: Allocation) -> ChunkedVideo:
         """Resize every kept chunk's frames to its allocated size (dropped chunks are left out)."""
         return ChunkedVideo.from_frames(
@@ -471,7 +516,8 @@ class Pipeline:
             pad_token_id=self.backbone.tokenizer.pad_token_id,
         )
         for allocation, kept in zip(allocations, pruned.kept_per_chunk, strict=True):
-            allocation.kept_tokens = kept
+            per_item = iter(kept)  # the encoded chunks' counts; a dropped chunk keeps 0
+            allocation.kept_tokens = [next(per_item) if on else 0 for on in allocation.kept]
         return pruned.inputs
 
     # ------------------------------------------------------------------ whole questions

@@ -2,7 +2,8 @@
 
 Owns ``Summary`` (running totals per frames × policy × budget cell and per task), the row columns
 of ``results.json`` / ``results.csv``, ``format_table`` / ``format_task_table`` (the printed
-tables), ``plot_frontier`` (``frontier.png``, ``frontier_<task>.png``) and ``write_outputs``. Knows
+tables), ``plot_frontier`` (``frontier.png``, ``frontier_<task>.png``; ``frontier_best.png``: the
+best of each family, :func:`family`, when a family has several members) and ``write_outputs``. Knows
 nothing about running the grid, decoding, policies or the backbone: it reads the per-example
 records :mod:`resadapt.eval` yields.
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from resadapt.benchmark_readers import Breakdown
 from resadapt.eval_config import Budget, EvalConfig
-from resadapt.policies import Vanilla
+from resadapt.policies import ALIASES, COMPOSE, Vanilla
 
 ROW_COLUMNS = (
     "policy",
@@ -257,6 +258,31 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def family(label: str) -> str:
+    """A row's family: its scorer (``learned`` for learned, learned+select, learned+prune:PATH@E,
+    ...; ``attention`` for keyframes), except that vanilla+prune is ``prune``."""
+    name = label.split(":")[0].split("@")[0]
+    name = {alias: combo for combo, alias in ALIASES.items()}.get(name, name)
+    scorer = name.split(COMPOSE)[0]
+    return "prune" if scorer == Vanilla.name and COMPOSE in name else scorer
+
+
+def best_of_families(rows: list[dict]) -> list[dict]:
+    """One row per (frames, family, budget): the family's most accurate row there (ties: the first
+    in grid order), its policy replaced by ``family (policy)`` of the winner."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if not r["examples"]:
+            continue
+        key = (r["frames"], family(r["policy"]), r["budget"], r["max_visual_tokens"])
+        if key not in best or r["accuracy"] > best[key]["accuracy"]:
+            best[key] = r
+    out = []
+    for (_, fam, *_), r in best.items():
+        out.append(r | {"policy": fam, "best_of": r["policy"]})
+    return out
+
+
 def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict], skipped) -> None:
     """results.json, results.csv, frontier.png (and frontier_<task>.png) in ``out``."""
     meta = {"backbone": backbone, "config": config.to_json(), "skipped_rows": dict(skipped)}
@@ -272,6 +298,10 @@ def write_outputs(out: Path, config: EvalConfig, backbone: str, rows: list[dict]
         writer.writeheader()
         writer.writerows(flat)
     plot_frontier(rows, out / "frontier.png", f"{Path(backbone).name}")
+    families = {family(r["policy"]) for r in rows}
+    if len(families) < len({r["policy"] for r in rows}):  # some family has several members
+        name = f"{Path(backbone).name}, best of each family"
+        plot_frontier(best_of_families(rows), out / "frontier_best.png", name)
     tasks = dict.fromkeys(task for r in rows for task in r.get("by_task", {}))
     for task in tasks if len(tasks) > 1 else ():
         task_rows = [r | r["by_task"][task] for r in rows if task in r.get("by_task", {})]

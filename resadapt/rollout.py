@@ -38,7 +38,8 @@ from resadapt.data import Example
 from resadapt.errors import ResAdaptError, VideoError
 from resadapt.grading import grade
 from resadapt.pipeline import MAX_NEW_TOKENS, Pipeline, Request
-from resadapt.policies import allocator_inputs
+from resadapt.policies import COMPOSE, PolicyOptions, allocator_inputs
+from resadapt.policies.compose import OPERATOR_CHAINS, chain_operator
 from resadapt.policies.learned import context_probe
 from resadapt.probe import FeatureCache
 from resadapt.video import SampledVideo
@@ -54,6 +55,10 @@ normalised mean scale."""
 CORRECT_THRESHOLD = 0.35
 """An allocation whose reward exceeds this counts as correct (docs/capo.md step 4); also the logged
 accuracy, so it means the same under both rewards."""
+OWN_OPERATOR = "resize"
+TRAIN_OPERATORS = (OWN_OPERATOR, *(COMPOSE.join(chain) for chain in OPERATOR_CHAINS))
+"""What a sampled allocation goes through before the backbone (``--operator``): resize (the
+allocator's own), or the operators of a ``learned+…`` policy (resadapt.policies.compose)."""
 SAMPLING_STREAM, ANSWER_STREAM = 0, 1
 """Sub-streams of a prompt's seed: allocation draws, and answer sampling when N > 1."""
 
@@ -111,6 +116,14 @@ class RolloutConfig:
         "otherwise",
         None,
     )
+    operator: str = option(
+        "the operators the allocator is trained under, as at inference with --policy "
+        "learned+OPERATOR: resize, select, prune or select+prune; every sampled allocation (and "
+        "validation) goes through them, so the reward and the cost (the tokens that reach the "
+        "language model) are those of inference",
+        OWN_OPERATOR,
+        choices=TRAIN_OPERATORS,
+    )
     seed: int = option("seed of the init, the data order and the draws", 0)
 
     def __post_init__(self) -> None:
@@ -135,11 +148,22 @@ class RolloutConfig:
         check("credit_ridge", self.credit_ridge > 0, "must be positive")
         check("probe_credit", self.probe_credit >= 0, "must be 0 or positive")
         check_choices(self)
+        if "prune" in self.operator and self.reward != "grade":
+            raise ResAdaptError(
+                f"--operator {self.operator} needs --reward grade (the gold answer's probability "
+                "is scored on unpruned inputs)"
+            )
         if self.answers_per_rollout > 1 and self.reward != "grade":
             raise ResAdaptError(
                 "--answers-per-rollout > 1 needs --reward grade (the log-probability of the gold "
                 "answer is deterministic); set it to 1"
             )
+
+
+def rollout_operator(operator: str, request: Request):
+    """The Operator a ``--operator`` name makes (select's sizes from the request)."""
+    chain = () if operator == OWN_OPERATOR else tuple(operator.split(COMPOSE))
+    return chain_operator(chain, PolicyOptions(select_sizes=request.select_sizes))
 
 
 PROBE_SCORING = RolloutConfig(reward="logprob", max_new_tokens=1)
@@ -267,11 +291,13 @@ def score_allocations(
     """
     backbone = pipeline.backbone
     example, question = prompt.example, prompt.request.question
+    operator = rollout_operator(config.operator, prompt.request)
     allocations = [
-        pipeline.allocate(prompt.video, prompt.request, scales=s, fill=fill) for s in scales
+        pipeline.allocate(prompt.video, prompt.request, scales=s, operator=operator, fill=fill)
+        for s in scales
     ]
     videos = [pipeline.chunked(prompt.video, a) for a in allocations]
-    tokens = torch.tensor([sum(a.tokens) for a in allocations], dtype=torch.float32)  # (M,)
+    tokens = torch.tensor([a.visual_tokens for a in allocations], dtype=torch.float32)  # (M,)
     vanilla = allocations[0].vanilla_tokens
     m = len(videos)
     if config.reward == "logprob":
@@ -285,6 +311,7 @@ def score_allocations(
     sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
     sampling = {} if n == 1 else sampling
     for j, (index, inputs) in enumerate(backbone.batches(rows, [question] * len(rows))):
+        inputs = pipeline.encode(inputs, [allocations[b // n] for b in index])  # prune: the tower
         out = backbone.generate(inputs, config.max_new_tokens, seed=seed + j, **sampling)
         for b, answer in zip(index, out, strict=True):
             answers[b] = answer
@@ -543,8 +570,10 @@ def validate(
     batch_size: int,
     features: FeatureCache | None = None,
     probe_model=None,
+    operator: str = OWN_OPERATOR,
 ) -> dict[str, float]:
-    """The deterministic policy (Beta-mean scales) and greedy answers on ``prompts``: sums."""
+    """The deterministic policy (Beta-mean scales) through ``operator`` and greedy answers on
+    ``prompts``: sums."""
     stats = dict.fromkeys(VALIDATION_STATS, 0.0)
     was_training = allocator.training
     allocator.eval()
@@ -556,21 +585,28 @@ def validate(
         counts = inputs["chunk_mask"].sum(dim=1).tolist()  # (B,)
         fill = allocator.config.fills_budget
         allocations = [
-            pipeline.allocate(p.video, p.request, scales=scales[i, :k].double().numpy(), fill=fill)
+            pipeline.allocate(
+                p.video,
+                p.request,
+                scales=scales[i, :k].double().numpy(),
+                operator=rollout_operator(operator, p.request),
+                fill=fill,
+            )
             for i, (p, k) in enumerate(zip(batch, counts, strict=True))
         ]
         videos = [pipeline.chunked(p.video, a) for p, a in zip(batch, allocations, strict=True)]
         questions = [p.request.question for p in batch]
         answers: list[str] = [""] * len(batch)
         for index, inputs in backbone.batches(videos, questions):
+            inputs = pipeline.encode(inputs, [allocations[b] for b in index])
             for b, answer in zip(index, backbone.generate(inputs, max_new_tokens), strict=True):
                 answers[b] = answer
         for i, (p, a, answer) in enumerate(zip(batch, allocations, answers, strict=True)):
             ex = p.example
             stats["videos"] += 1
             stats["accuracy"] += grade(ex.problem_type, answer, ex.gold(), len(ex.options or []))
-            stats["retention"] += sum(a.tokens) / a.vanilla_tokens
-            stats["visual_tokens"] += sum(a.tokens)
+            stats["retention"] += a.visual_tokens / a.vanilla_tokens
+            stats["visual_tokens"] += a.visual_tokens
             stats["scale_spread"] += float(scales[i, : counts[i]].double().std(unbiased=False))
     allocator.train(was_training)
     return stats

@@ -13,10 +13,11 @@ from functools import partial
 from allocator.config import QUERY_ENCODERS, THUMB_ENCODERS
 from resadapt.assets import default_backbone
 from resadapt.capo import CONCENTRATION_WEIGHT, SIMILARITY_WEIGHT
-from resadapt.cli import check_choices, check_field, option
+from resadapt.cli import check_choices, check_field, default_of, option
 from resadapt.data import DataConfig
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import BackboneConfig
+from resadapt.pipeline import BackboneConfig, Request
+from resadapt.policies import SELECT_SIZES
 from resadapt.rollout import RolloutConfig
 
 TRACKERS = ("none", "tensorboard", "wandb", "all")
@@ -59,6 +60,16 @@ class TrainConfig(RolloutConfig, DataConfig, BackboneConfig):
         "retention ceiling in (0, 1] that every sampled allocation (and validation) is fitted to, "
         "as at inference with --budget; none: allocations are used as sampled",
         None,
+    )
+    encode_budget: float | None = option(
+        "--operator prune or select+prune: share in (0, 1] of the full-resolution tokens the "
+        "tower encodes before pruning to --budget, as at inference (default: the pipeline's)",
+        None,
+    )
+    select_sizes: str = option(
+        "--operator select or select+prune: kept chunks at full resolution or their own scales",
+        default_of(Request, "select_sizes"),
+        choices=SELECT_SIZES,
     )
     decode_cache_mb: int = option("decoded frames kept in memory (LRU by path), in MiB", 2048)
     # --- allocator ----------------------------------------------------------------------------
@@ -155,6 +166,8 @@ class TrainConfig(RolloutConfig, DataConfig, BackboneConfig):
             self.backbone = default_backbone()
         if self.budget is not None:
             check("budget", 0 < self.budget <= 1, "must be in (0, 1]")
+        if self.encode_budget is not None:
+            check("encode_budget", 0 < self.encode_budget <= 1, "must be in (0, 1]")
         positive = ("val_size", "steps", "prompts_per_step", "ppo_epochs")
         for name in positive:
             check(name, getattr(self, name) >= 1, "must be at least 1")

@@ -52,6 +52,8 @@ def _request(config: TrainConfig, example: Example) -> Request:
         num_frames=config.num_frames,
         fps=config.fps,
         budget=config.budget,
+        encode_budget=config.encode_budget,
+        select_sizes=config.select_sizes,
         max_new_tokens=config.max_new_tokens,
     )
 

@@ -580,6 +580,7 @@ class Trainer:
                 batch_size=config.prompts_per_step,
                 features=self.features,
                 probe_model=self.probe_model,
+                operator=config.operator,
             )
         totals = dict(
             zip(VALIDATION_STATS, self._reduce([stats[k] for k in VALIDATION_STATS]), strict=True)

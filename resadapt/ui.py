@@ -24,7 +24,7 @@ from resadapt.cli import default_of
 from resadapt.errors import BudgetError, PolicyError, VideoError
 from resadapt.grading import grade
 from resadapt.pipeline import Allocation, Pipeline, Request, Result
-from resadapt.policies import policy_class, policy_names
+from resadapt.policies import COMPOSE, policy_class, policy_names
 from resadapt.video import SampledVideo, container_duration, resize_frames
 
 MAX_UPLOAD_MB = 200
@@ -44,6 +44,11 @@ COMPARE_COLUMNS = (
     "allocator s", "backbone s", "total s",
 )  # fmt: skip
 """Columns of :func:`compare_table`."""
+
+OWN_OPERATOR = "resize"
+OPERATOR_CHOICES = (OWN_OPERATOR, "select", "prune", "select+prune")
+"""The app's operator choice beside the policy: ``resize`` runs the policy as chosen; another
+composes ``policy+operator`` (resadapt.policies.compose)."""
 
 Report = Callable[..., object]
 """A progress sink called as ``report(fraction, desc=...)`` (gradio's Progress fits)."""
@@ -65,17 +70,30 @@ class Form:
     """Frames to sample; 0 or None: sample by ``fps``."""
     fps: float | None = default_of(Request, "fps")
     max_new_tokens: float = default_of(Request, "max_new_tokens")
+    operator: str | None = None
+    """One of OPERATOR_CHOICES after the policy; None or ``resize``: the policy as chosen."""
+    encode_budget: float | None = None
+    """``+prune``: the tower's share of the full-resolution tokens; 0 or None: the default."""
 
     def request(self) -> Request:
         """The validated Request; raises a ResAdaptError naming the bad field."""
         offered = offered_policies()
         if self.policy is not None and self.policy not in offered:
             raise PolicyError(f"unknown policy {self.policy!r}; choose one of {', '.join(offered)}")
+        policy = self.policy
+        if self.operator not in (None, OWN_OPERATOR):
+            if self.operator not in OPERATOR_CHOICES:
+                choices = ", ".join(OPERATOR_CHOICES)
+                raise PolicyError(f"unknown operator {self.operator!r}; choose one of {choices}")
+            if policy is None:
+                raise PolicyError(f"choose a policy to follow with the {self.operator} operator")
+            policy = COMPOSE.join((policy, self.operator))
         if self.fps is None:
             raise BudgetError("fps must be a positive number of frames per second, got nothing")
         return Request(
             question=self.question,
-            policy=self.policy,
+            policy=policy,
+            encode_budget=_unset_zero(self.encode_budget),
             budget=_unset_zero(self.budget),
             max_visual_tokens=_count("max visual tokens", self.max_visual_tokens),
             num_frames=_count("the frame count", self.num_frames),

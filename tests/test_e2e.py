@@ -66,6 +66,21 @@ def test_stages_sum_and_ratios_refer_to_vanilla(measured):
     ) + 1 and "| bundled | 16 | prune | 43 (0.149) | 288 |" in (printed)
 
 
+def test_the_report_needs_no_json_out_and_takes_combinations(capsys):
+    """Without --json-out the printed table still has every row's ratios (it once died with
+    KeyError: 'token_ratio' after measuring every row); a scorer+operator method is a row."""
+    config = e2e.E2EConfig(**FAST, setups=("bundled",), warmup=False, encode_budget=0.5,
+                           policies=("vanilla", "learned+prune"))  # fmt: skip
+    assert config.json_out is None
+    rows = e2e.run(config, isolate=False)
+    out = capsys.readouterr().out
+    assert [r["method"] for r in rows] == ["vanilla", "learned+prune"] and "error" not in rows[1]
+    assert rows[1]["lm_tokens"] == rows[1]["cap"] < rows[1]["encoded_tokens"] <= 144  # 0.5 × 288
+    assert rows[1]["total_ratio"] is not None and rows[1]["vision_s"] > 0
+    assert "| bundled | 16 | learned+prune | 43 (0.149) |" in out
+    assert "encode budget 0.5" in out
+
+
 def test_a_refused_request_is_a_row():
     config = e2e.E2EConfig(**(FAST | {"frames": 514}), setups=("bundled",), policies=("learned",))
     (row,) = e2e.run(config, isolate=False)  # 257 chunks: over the allocator's 256
@@ -89,6 +104,8 @@ def test_one_child_measures_its_own_peak(tmp_path, capsys):
     [
         ["--budget", "1.5"],
         ["--policies", "vanilla,best"],
+        ["--policies", "vanilla,keyframes+prune"],
+        ["--encode-budget", "0"],
         ["--frame-counts", "1"],
         ["--frame-counts", ""],
     ],

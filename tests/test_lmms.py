@@ -158,3 +158,15 @@ def test_the_prune_policy_prunes_what_reaches_the_language_model(model):
     )
     assert isinstance(answer, str) and logprob <= 0
     assert seen == [cap, cap] and cap < pruning.pipeline.vanilla_tokens(video)
+
+
+def test_model_args_take_scorer_operator_combinations():
+    """``policy=learned+select+prune,encode_budget=0.5`` parses like any policy (one registry)."""
+    from resadapt import cli, lmms
+    from resadapt.pipeline import ModelConfig, Request
+
+    argv = lmms._argv({"policy": "learned+select+prune", "encode_budget": 0.5})
+    args = cli.parse(
+        argv, ModelConfig, Request, exclude=("question",), prog="lmms", description="lmms"
+    )
+    assert args.policy == "learned+select+prune" and args.encode_budget == 0.5

@@ -354,3 +354,79 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args):
 def test_cli_argparse_errors_exit_2(tmp_path, capsys):
     assert synth.main(["--out", str(tmp_path), "--num", "2", "--task", "nope"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- busy scenes
+def _distractor_box(sample: synth.Sample, top: int, left: int) -> tuple[slice, slice]:
+    side = synth.distractor_px(sample.cards[0].size)
+    return slice(top, top + side), slice(left, left + side)
+
+
+@pytest.mark.parametrize("task", ["main", "count", "long"])
+def test_distractors_are_deterministic_and_the_sparse_clip_is_unchanged(task):
+    busy, again = (synth.generate_sample(5, task=task, distractors=4) for _ in range(2))
+    sparse = synth.generate_sample(5, task=task)
+    assert busy.frames.tobytes() == again.frames.tobytes() and busy.distractors == again.distractors
+    assert len(busy.distractors) == 4 and not sparse.distractors
+    assert busy.cards == sparse.cards and busy.question == sparse.question
+    assert busy.row("v") == sparse.row("v") | {"distractors": 4}
+    assert "distractors" not in sparse.row("v")  # a sparse row is the row of before
+    other = np.ones(busy.frames.shape[:3], bool)  # pixels outside every distractor box
+    for top, left in busy.distractors:
+        other[(slice(None), *_distractor_box(busy, top, left))] = False
+    np.testing.assert_array_equal(busy.frames[other], sparse.frames[other])
+    assert not np.array_equal(
+        synth.generate_sample(6, task=task, distractors=4).frames, busy.frames
+    )
+
+
+def test_distractors_are_colourless_salient_never_over_a_card_and_in_every_frame():
+    for seed in range(8):
+        sample = synth.generate_sample(seed, distractors=4)
+        card_pixels = _chroma(sample.frames) > CHROMA_CARD  # (T, H, W)
+        for top, left in sample.distractors:
+            box = _distractor_box(sample, top, left)
+            for card in sample.cards:  # never over a card's box, in any frame
+                rows = range(card.top, card.top + card.size)
+                cols = range(card.left, card.left + card.size)
+                assert not (set(rows) & set(range(box[0].start, box[0].stop)) and
+                            set(cols) & set(range(box[1].start, box[1].stop)))  # fmt: skip
+            crop = sample.frames[(slice(None), *box)]  # (T, s, s, 3) in every frame
+            assert not card_pixels[(slice(None), *box)].any(), "a distractor has no colour"
+            energies = np.stack([_grating_energies(frame) for frame in crop])  # (T, 4)
+            full = _grating_energies(
+                _crop(sample.frames[sample.cards[0].frames[0]], sample.cards[0])
+            )
+            assert energies.max(axis=1).min() > 0.5 * full.max()  # the cards' fine detail
+            assert len(set(energies.argmax(axis=1).tolist())) == 1  # the same pattern throughout
+
+
+def test_the_question_is_still_answerable_on_busy_clips():
+    """The queried card is still the only patch of its colour in its chunk's tiny thumbnail, and
+    its grating is still read at full size: distractors add clutter, never remove evidence."""
+    for seed in range(20):
+        sample = synth.generate_sample(seed, distractors=6)
+        card = sample.cards[sample.query]
+        frame = sample.frames[card.frames[0]]
+        assert _grating_energies(_crop(frame, card)).argmax() == card.label_index
+        target = np.asarray(synth.COLOURS[card.colour], np.float64)
+        match = []
+        for k in range(len(sample.frames) // synth.FRAMES_PER_CHUNK):
+            thumb = np.asarray(Image.fromarray(sample.frames[2 * k]).resize((28, 28), Image.BOX))
+            match.append(int((np.linalg.norm(thumb - target, axis=-1) < 40).sum()))
+        assert int(np.argmax(match)) == card.chunk
+
+
+def test_distractor_bounds_are_one_sentence(tmp_path, capsys):
+    with pytest.raises(ResAdaptError, match=r"distractors must be in \[0, 16\]"):
+        synth.generate_sample(0, distractors=17)
+    args = ["--out", str(tmp_path / "x"), "--num", "1", "--distractors", "-1"]
+    assert synth.main(args) == 2
+    assert capsys.readouterr().err.startswith("error: distractors must be in")
+    out = tmp_path / "busy"
+    assert synth.main(["--out", str(out), "--num", "2", "--seed", "3", "--distractors", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["distractors"] == 2
+        again = synth.generate_sample(row["seed"], task=row["task"], distractors=2)
+        assert row == again.row(row["video"])

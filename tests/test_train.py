@@ -8,6 +8,7 @@ data order and the allocator config.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -272,6 +273,32 @@ def test_budget_fits_every_sampled_allocation(data, tmp_path):
     assert 0 < record["retention"] <= 0.3
 
 
+def test_the_operator_is_applied_inside_the_rollouts(data, tmp_path):
+    """--operator select+prune: every sampled allocation (and validation) is selected within the
+    encode budget and pruned to the budget after the tower, as at inference with
+    learned+select+prune, so the cost CAPO sees is the tokens that reach the language model."""
+    out = tmp_path / "run"
+    argv = ["--data", str(data["train"]), "--backbone", BACKBONE, "--out-dir", str(out)]
+    argv += ["--steps", "1", "--num-frames", "8", "--prompts-per-step", "2", "--num-rollouts", "4"]
+    argv += ["--hidden-dim", "64", "--num-layers", "1", "--num-heads", "2", "--budget", "0.3"]
+    argv += ["--operator", "select+prune", "--encode-budget", "0.6", "--val-data", str(data["val"])]
+    argv += ["--val-size", "2", "--val-every", "1", "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    pipeline = Pipeline(Backbone.load(BACKBONE))
+    vanilla = pipeline.vanilla_tokens(
+        pipeline.decode(str(data["video"]), Request("?", num_frames=8))
+    )
+    pruned = math.floor(0.3 * vanilla + 1e-9) / vanilla  # every rollout: exactly the budget
+    records = metric_lines(out)
+    (record,) = [r for r in records if r["split"] == "train"]
+    (val,) = [r for r in records if r["split"] == "val"]
+    assert record["retention"] == pytest.approx(pruned) and val["retention"] == pytest.approx(
+        pruned
+    )
+    saved = json.loads((out / FINAL / CONFIG_FILE).read_text())
+    assert saved["operator"] == "select+prune" and saved["encode_budget"] == 0.6
+
+
 # ------------------------------------------------------------------------------------ boundaries
 @pytest.mark.parametrize(
     "extra, message",
@@ -283,6 +310,9 @@ def test_budget_fits_every_sampled_allocation(data, tmp_path):
         (["--budget", "1.5"], "--budget must be in (0, 1]"),
         (["--probe-credit", "-1"], "--probe-credit must be 0 or positive"),
         (["--answers-per-rollout", "2", "--reward", "logprob"], "needs --reward grade"),
+        (["--operator", "prune", "--reward", "logprob"], "--operator prune needs --reward grade"),
+        (["--operator", "drop"], "--operator must be one of"),
+        (["--encode-budget", "0"], "--encode-budget must be in (0, 1]"),
         (["--init-allocator", "x", "--hidden-dim", "64"], "drop --hidden-dim"),
         (["--bogus", "1"], "unrecognized arguments"),
     ],

@@ -57,7 +57,7 @@ def test_the_decorated_callbacks_run_and_their_durations_take_the_same_arguments
     assert app.chat_seconds(video, question, history, *settings) == app.answer_seconds(
         video, question, *settings
     )
-    views = list(app.chat_live(video, question, [], *settings, []))
+    views = list(app.chat_live(video, question, [], *settings, ui.OWN_OPERATOR, 0, []))
     assert views[-1][2] and len(views[-1][0]) == 3
     comparison = app.compare(video, question, *settings)
     assert len(comparison["results"]) >= 3

@@ -6,13 +6,16 @@ validates or builds policies (the pipeline, the CLIs, the evaluator, the app) re
 Importing this package registers the built-in policies in this order: vanilla, uniform, random
 (:mod:`.fixed`), content (:mod:`.content`), learned (:mod:`.learned`), attention, keyframes
 (:mod:`.attention`) and prune (:mod:`.posttower`). The interface and the registry are
-:mod:`.base`; the operators (resize, select, prune) are :mod:`.operators`. Knows nothing about
+:mod:`.base`; the operators (resize, select, prune) are :mod:`.operators`; ``scorer+operator``
+names (``learned+select+prune``; the peers ``keyframes`` and ``prune`` are aliases of
+``attention+select`` and ``vanilla+prune``) are :mod:`.compose`. Knows nothing about
 budgets beyond the operators' fit (resadapt.geometry) or about how the backbone encodes chunks.
 """
 
 # isort: off
 # the modules register their policies when imported: this order is the registry's order
 from resadapt.policies.base import (
+    COMPOSE,
     MIN_SCALE,
     PROBE_BUDGET,
     THUMB_SIDE,
@@ -47,10 +50,19 @@ from resadapt.policies.attention import (
     attention_scales,
 )
 from resadapt.policies.posttower import Prune
-from resadapt.policies.operators import PRUNE, RESIZE, SELECT, Operator
+from resadapt.policies.operators import PRUNE, RESIZE, SELECT, SELECT_SIZES, Operator
+from resadapt.policies.compose import (
+    ALIASES,
+    Composed,
+    combination_names,
+    policy_choices,
+    scorer_names,
+)
 # isort: on
 
 __all__ = [
+    "ALIASES", "COMPOSE", "SELECT_SIZES", "Composed", "combination_names", "policy_choices",
+    "scorer_names",
     "ATTENTION_QUERIES", "ATTENTION_SHARPNESS", "HUB_ID", "MIN_SCALE", "POLICY_NAMES",
     "PROBE_BUDGET", "PRUNE", "QUERY_HEAD_SHARE", "RESIZE", "SELECT", "THUMB_SIDE",
     "AllocationContext", "Attention", "Content", "InApp", "Keyframes", "Learned", "Operator",

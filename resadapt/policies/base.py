@@ -4,8 +4,10 @@ Owns what a policy sees (:class:`AllocationContext`) and reports (:class:`ProbeC
 it is built from (:class:`PolicyOptions`), the :class:`Policy` base class (name, description,
 operator, budget fitting, the attributes the pipeline, the evaluator and the app read), and the
 registry: :func:`register_policy`, :func:`policy_names`, :func:`policy_class`,
-:func:`make_policy`. Knows no particular policy (each is one class in its own module, registered
-when resadapt.policies is imported) and nothing about how the backbone encodes chunks.
+:func:`make_policy`; a ``scorer+operator`` name is resolved by the composer that
+resadapt.policies.compose installs (:func:`set_composer`). Knows no particular policy (each is one
+class in its own module, registered when resadapt.policies is imported) and nothing about how the
+backbone encodes chunks.
 
 Letters: T sampled frames, K chunks, F frames per chunk, S thumbnail side.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -21,7 +24,7 @@ import numpy as np
 
 from allocator import AllocatorConfig
 from resadapt.errors import PolicyError
-from resadapt.policies.operators import RESIZE, Fitted, Operator
+from resadapt.policies.operators import RESIZE, SELECT_SIZES, Fitted, Operator
 from resadapt.probe import ProbeCost  # noqa: F401 (re-exported: what a policy reports)
 from resadapt.prune import CONTEXTUAL_SHARE
 
@@ -108,6 +111,9 @@ class PolicyOptions:
     """attention, keyframes: language-model layers of the probe pass (None: all)."""
     contextual_share: float = CONTEXTUAL_SHARE
     """prune: share of the kept visual tokens that are merged contextual tokens."""
+    select_sizes: str = SELECT_SIZES[0]
+    """``scorer+select``: the kept chunks at ``full`` resolution or at their ``own`` scales
+    (resadapt.policies.operators.SELECT_SIZES)."""
 
 
 class Policy(ABC):
@@ -156,18 +162,24 @@ class Policy(ABC):
         base_w: int,
         cap: int | None,
         operator: Operator | None = None,
+        encode_cap: int | None = None,
         fill: bool = True,
     ) -> Fitted:
         """(K,) scales within ``cap`` visual tokens (None: no cap) through the policy's operator,
         or through ``operator`` when given (scales chosen outside the policy are resized); the cap
-        is ignored when the policy is not ``capped``. Returns the fitted scales and the tokens kept
-        after the vision tower (None: no pruning); ``fill`` as ``fills_budget``."""
+        is ignored when the policy is not ``capped``. ``encode_cap``: what the tower may encode
+        when the operator prunes after it. Returns the fitted scales and the tokens kept after the
+        vision tower (None: no pruning); ``fill`` as ``fills_budget``."""
         operator = operator or cls.operator
         cap = cap if cls.capped else None
-        return operator.fit(scales, geometry, base_h, base_w, cap, cls.name, fill)
+        return operator.fit(scales, geometry, base_h, base_w, cap, cls.name, encode_cap, fill)
 
 
 _POLICIES: dict[str, type[Policy]] = {}
+_COMPOSER: list[Callable[[str], type[Policy]]] = []
+"""The function that resolves a ``scorer+operator`` name (resadapt.policies.compose)."""
+COMPOSE = "+"
+"""Joins a scorer and its operators in a policy name (``learned+select+prune``)."""
 
 
 def register_policy(cls: type[Policy]) -> type[Policy]:
@@ -200,8 +212,16 @@ def policy_names() -> tuple[str, ...]:
     return tuple(_POLICIES)
 
 
+def set_composer(composer: Callable[[str], type[Policy]]) -> None:
+    """Install the resolver of ``scorer+operator`` names (resadapt.policies.compose does)."""
+    _COMPOSER[:] = [composer]
+
+
 def policy_class(name: str) -> type[Policy]:
-    """The class registered under ``name``; PolicyError naming the choices for an unknown one."""
+    """The class registered under ``name``, or the combination a ``scorer+operator`` name makes;
+    PolicyError naming the choices for an unknown one (or why a combination is refused)."""
+    if COMPOSE in name and _COMPOSER:
+        return _COMPOSER[0](name)
     if name not in _POLICIES:
         raise PolicyError(f"unknown policy {name!r}; choose one of {', '.join(policy_names())}")
     return _POLICIES[name]
@@ -221,7 +241,10 @@ def make_policy(
     probe_budget: float = PROBE_BUDGET,
     probe_layers: int | None = None,
     contextual_share: float = CONTEXTUAL_SHARE,
+    select_sizes: str = PolicyOptions.select_sizes,
 ) -> Policy:
     """The policy ``name`` built from the request's options (learned: a loaded allocator)."""
-    options = PolicyOptions(scale, seed, learned, probe_budget, probe_layers, contextual_share)
+    options = PolicyOptions(
+        scale, seed, learned, probe_budget, probe_layers, contextual_share, select_sizes
+    )
     return policy_class(name).from_options(options)

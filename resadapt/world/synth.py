@@ -55,6 +55,15 @@ which chunks show a card gives n. The chunk of the first card says a little (fiv
 earlier than two: 36 % against 25 % chance), and the first card's colour nothing.
 Numeric rather than multiple choice: a count is a number, and its answer tokens ("2"–"5") differ
 from main's letters, so a model that confuses the two tasks is graded wrong rather than lucky.
+Busy scenes (``distractors`` = N > 0): N colourless squares (``DISTRACTOR_SHARE`` of the card
+side), each carrying a grating of the cards' period (random orientation and phase) around a dark
+or light grey, sit in *every* frame, never over any card's box (in any frame; they may overlap
+each other). They are as salient as the cards
+to anything that ranks by detail or contrast, and no question names them (they have no colour), so
+a query-agnostic ranking spends tokens on them and a query-aware one need not. Their draws come
+from their own stream of the seed, so a sample with N = 0 is the sample of before, and the same
+seed with N > 0 is the same clip with the squares added.
+
 A curriculum for a trainer is the keyword arguments of :func:`generate_sample`: fewer frames,
 fewer cards and larger ``card_px`` are easier; :func:`token_labels` gives per-token colour and
 label targets for auxiliary losses.
@@ -123,6 +132,18 @@ colour is far from grey (max − min channel ≥ 115) while the clutter is nearl
 COLOUR_NAMES = tuple(COLOURS)
 ORIENTATIONS = ("horizontal", "vertical", "diagonal", "antidiagonal")
 """Grating classes, named by the direction the stripes run ("diagonal" rises like "/")."""
+DISTRACTOR_GREYS = (70.0, 180.0)
+"""Grey levels (all three channels) a distractor square's grating sits on: darker or lighter than
+the clutter (95-150), so it stands out as much as a card; ±45 of grating stays within [25, 225]."""
+MAX_DISTRACTORS = 16
+"""Most distractor squares per clip."""
+DISTRACTOR_STREAM = 0x44495354
+"""Second entropy word of a sample's distractor draws (``default_rng([seed, DISTRACTOR_STREAM])``):
+the sample's own draws stay those of a clip without distractors."""
+DISTRACTOR_SHARE = 5 / 6
+"""Side of a distractor square as a share of the card side (40 px beside 48-px cards)."""
+PLACEMENT_TRIES = 10_000
+"""Random corners tried per distractor before the clip is refused as too crowded."""
 COUNT_RANGE = (2, 5)
 """Smallest and largest answer of the count task (cards in the video); its ``num_cards`` is the
 largest answer, so it needs that many chunks."""
@@ -202,6 +223,8 @@ class Sample:
     query: int
     """Index into ``cards`` of the queried card (count: the first card)."""
     fps: float
+    distractors: tuple[tuple[int, int], ...] = ()
+    """(top, left) of every distractor square (:func:`distractor_px` on a side), in every frame."""
 
     @property
     def answer_index(self) -> int:
@@ -219,6 +242,8 @@ class Sample:
             seed=self.seed,
             evidence_frames=list(self.evidence_frames),
         )
+        if self.distractors:  # a sparse clip's row is the row of before
+            row["distractors"] = len(self.distractors)
         return row
 
 
@@ -231,10 +256,12 @@ def generate_sample(
     num_cards: int | None = None,
     card_px: int = DEFAULT_CARD_PX,
     fps: float = DEFAULT_FPS,
+    distractors: int = 0,
 ) -> Sample:
     """Render one sample in memory (no file I/O). A Generator yields a fresh integer seed first,
     so every sample can be reproduced from ``sample.seed`` and the same arguments. A mixture
-    (``MIXTURES``) renders its part ``seed % len(parts)`` at the same seed."""
+    (``MIXTURES``) renders its part ``seed % len(parts)`` at the same seed. ``distractors``: grey
+    grating squares in every frame (see the module's "Busy scenes")."""
     if isinstance(rng_or_seed, np.random.Generator):
         seed = int(rng_or_seed.integers(2**31))
     else:
@@ -244,7 +271,7 @@ def generate_sample(
     spec = _task_spec(part_of(task, seed))
     num_frames = spec.num_frames if num_frames is None else num_frames
     num_cards = spec.num_cards if num_cards is None else num_cards
-    _validate(spec, num_frames, size, num_cards, card_px, fps)
+    _validate(spec, num_frames, size, num_cards, card_px, fps, distractors)
     rng = np.random.default_rng(seed)
 
     num_chunks = num_frames // FRAMES_PER_CHUNK
@@ -252,6 +279,7 @@ def generate_sample(
     cards, phases, query = draw(rng, spec, num_chunks, num_cards, size, card_px)
 
     video = background(rng, num_frames, size)  # (T, H, W, 3) float32
+    corners = _paint_distractors(video, seed, distractors, cards, card_px)
     for card, phase in zip(cards, phases, strict=True):
         pattern = card_pattern(spec.evidence, card.label_index, card_px, phase)  # (c, c)
         rgb = np.asarray(COLOURS[card.colour], np.float32)
@@ -276,6 +304,52 @@ def generate_sample(
         cards=cards,
         query=query,
         fps=float(fps),
+        distractors=corners,
+    )
+
+
+def _paint_distractors(
+    video: np.ndarray, seed: int, num: int, cards: tuple[Card, ...], card_px: int
+) -> tuple[tuple[int, int], ...]:
+    """Paint ``num`` grey grating squares into every frame of ``video`` (T, H, W, 3) float32, in
+    place, away from every card's box and from each other; returns their (top, left) corners.
+    Draws from the seed's own distractor stream; ResAdaptError when they do not fit."""
+    if num == 0:
+        return ()
+    rng = np.random.default_rng([seed, DISTRACTOR_STREAM])
+    size = video.shape[1]
+    side = distractor_px(card_px)
+    corners: list[tuple[int, int]] = []
+    for _ in range(num):
+        for _ in range(PLACEMENT_TRIES):
+            top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            if all(_apart(top, left, side, c.top, c.left, c.size) for c in cards):
+                break
+        else:
+            raise ResAdaptError(
+                f"a distractor of {side} px does not fit beside {len(cards)} cards of {card_px} px "
+                f"in a {size}-px frame: lower --num-cards or --card-px"
+            )
+        corners.append((top, left))
+        grey = float(rng.choice(DISTRACTOR_GREYS))
+        label = int(rng.integers(len(ORIENTATIONS)))
+        pattern = card_pattern("grating", label, side, rng.uniform(0.0, 2 * math.pi))
+        video[:, top : top + side, left : left + side] = (grey + pattern)[None, :, :, None]
+    return tuple(corners)
+
+
+def distractor_px(card_px: int) -> int:
+    """Side of a distractor square: ``DISTRACTOR_SHARE`` of the card's, at least ``MIN_CARD_PX``."""
+    return max(MIN_CARD_PX, round(card_px * DISTRACTOR_SHARE))
+
+
+def _apart(top: int, left: int, side: int, other_top: int, other_left: int, other: int) -> bool:
+    """Whether the squares (top, left, side) and (other_top, other_left, other) do not overlap."""
+    return (
+        top + side <= other_top
+        or other_top + other <= top
+        or left + side <= other_left
+        or other_left + other <= left
     )
 
 
@@ -395,6 +469,7 @@ def write_dataset(
     card_px: int = DEFAULT_CARD_PX,
     fps: float = DEFAULT_FPS,
     crf: int = DEFAULT_CRF,
+    distractors: int = 0,
 ) -> Path:
     """Write ``num`` samples as ``out_dir/videos/<task>_<i>.mp4`` and return ``out_dir/data.jsonl``.
 
@@ -416,6 +491,7 @@ def write_dataset(
             spec.num_cards if num_cards is None else num_cards,
             card_px,
             fps,
+            distractors,
         )
     out_dir = Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
@@ -432,6 +508,7 @@ def write_dataset(
                 num_cards=num_cards,
                 card_px=card_px,
                 fps=fps,
+                distractors=distractors,
             )
             video = f"videos/{task}_{i:05d}.mp4"
             write_video(out_dir / video, sample.frames, fps, crf)
@@ -449,7 +526,13 @@ def _task_spec(task: str) -> TaskSpec:
 
 
 def _validate(
-    spec: TaskSpec, num_frames: int, size: int, num_cards: int, card_px: int, fps: float
+    spec: TaskSpec,
+    num_frames: int,
+    size: int,
+    num_cards: int,
+    card_px: int,
+    fps: float,
+    distractors: int = 0,
 ) -> None:
     """Raise ResAdaptError naming the first argument outside its allowed range."""
     max_cards = min(len(COLOURS), len(ORIENTATIONS) if spec.evidence == "grating" else len(DIGITS))
@@ -475,6 +558,8 @@ def _validate(
         raise ResAdaptError(f"card_px must be in [{MIN_CARD_PX}, {size}] (the size), got {card_px}")
     if not 0 < fps <= MAX_FPS:
         raise ResAdaptError(f"fps must be in (0, {MAX_FPS}], got {fps}")
+    if not 0 <= distractors <= MAX_DISTRACTORS:
+        raise ResAdaptError(f"distractors must be in [0, {MAX_DISTRACTORS}], got {distractors}")
 
 
 def _question_answer(
@@ -534,6 +619,11 @@ class DatasetConfig:
     )
     card_px: int = option("card side in pixels", DEFAULT_CARD_PX)
     crf: int = option("x264 quality, 0 = lossless", DEFAULT_CRF)
+    distractors: int = option(
+        "busy scenes: grey squares carrying the cards' grating, no colour, in every frame and "
+        "never over a card (no question names them)",
+        0,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -562,6 +652,7 @@ def _write(argv: list[str] | None) -> None:
             card_px=cfg.card_px,
             fps=cfg.fps,
             crf=cfg.crf,
+            distractors=cfg.distractors,
         )
     except OSError as e:
         raise ResAdaptError(f"cannot write the dataset to {cfg.out}: {e.strerror or e}") from e
