@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -155,14 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         cli.setup_logging(logging.INFO)
         config = cli.make(NeedleConfig, args)
         backbone = Backbone.load(config.backbone)
-        choice = find_heads(
-            backbone,
-            clips=config.clips,
-            num_frames=config.num_frames,
-            size=config.size,
-            seed=config.seed,
-            probe_budget=config.probe_budget,
-        )
+        options = {k: v for k, v in asdict(config).items() if k not in ("backbone", "out")}
+        choice = find_heads(backbone, **options)  # clips, frames, size, seed, probe budget
         path = save(choice, config.out or needle_path(config.backbone))
         logger.info("%s; written to %s", choice.describe(), path)
 
