@@ -10,6 +10,21 @@ MODEL_CARD = (
     "video it reads {{ config.thumb_side }}-pixel thumbnails and the question and picks the scale "
     "in [{{ config.scale_min }}, {{ config.scale_max }}] at which the frozen vision-language "
     "backbone encodes that chunk, before the backbone sees any pixel.\n\n"
+    '{% if config.thumb_encoder == "probe" %}'
+    "## What the head reads\n\n"
+    "A probe head: instead of thumbnails it reads the frozen "
+    '{{ config.probe_backbone or "backbone" }}\'s own pass over every chunk at one low size '
+    "({{ config.probe_budget }} × the full-resolution visual tokens) with the question, through "
+    "its first {{ config.probe_layers }} language-model layers: per chunk, the share of the "
+    "attention to visual tokens for each of {{ config.probe_layers }} layers × "
+    "{{ config.probe_heads }} heads, from the positions after the video and from the answer "
+    "position, and the chunk's mean hidden state ({{ config.probe_hidden_size }} wide) at each of "
+    "those layers. A linear read-out of the attention log ratios biases each chunk's Beta; "
+    "{% if num_parameters %}{{ num_parameters }} trainable parameters; {% endif %}"
+    "trained by CAPO alone (no attention distillation). The budget is "
+    "{% if config.fills_budget %}filled{% else %}a ceiling: it may spend less{% endif %}.\n\n"
+    "{% if train_cost %}Training cost: {{ train_cost }}.\n\n{% endif %}"
+    "{% endif %}"
     "## Backbone\n\n"
     "It only fits the backbone it was trained against; ResAdapt refuses to load it with any "
     "other.\n\n"
@@ -36,5 +51,5 @@ MODEL_CARD = (
     "the weights.\n"
 )
 """The allocator's model card (``README.md`` next to its weights, the Hugging Face convention);
-Jinja with ``config`` (the AllocatorConfig) and, when given, ``train_command`` (str) and
-``validation`` (name → figure)."""
+Jinja with ``config`` (the AllocatorConfig) and, when given, ``train_command`` (str),
+``validation`` (name → figure), and for a probe head ``num_parameters`` and ``train_cost`` (str)."""

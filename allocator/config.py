@@ -27,7 +27,10 @@ SIGNATURE_FIELDS = (
 """Config fields an allocator and a backbone must agree on (the backbone's side: its signature)."""
 OPTIONAL_SIGNATURE_FIELDS = ("backbone_weights_sha256",)
 """Signature fields that allocators stamped before them lack: compared only where recorded."""
-THUMB_ENCODERS = ("conv", "pretrained")
+THUMB_ENCODERS = ("conv", "pretrained", "probe")
+PROBE_ROWS = 2
+"""Query rows of the probe features per layer and head: the positions after the video, and the
+answer position."""
 
 
 @dataclass
@@ -81,6 +84,28 @@ class AllocatorConfig:
     pretrained_image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     """Per-channel std the pretrained tower expects (its image_std; SigLIP: 0.5, CLIP: 0.2686,
     0.2613, 0.2758)."""
+    probe_layers: int = 0
+    """thumb_encoder="probe": the deepest language-model layer the head reads (the probe pass runs
+    only that deep); 0 for the other encoders."""
+    probe_heads: int = 0
+    """thumb_encoder="probe": attention heads per layer of the probe VLM."""
+    probe_hidden_size: int = 0
+    """thumb_encoder="probe": width of the probe VLM's hidden states."""
+    probe_budget: float = 0.25
+    """thumb_encoder="probe": visual tokens of the probe pass, as a share of the full-resolution
+    tokens (every chunk at one low size)."""
+    probe_gain: float = 8.0
+    """thumb_encoder="probe": initial gain on the head's read-out of the attention log ratios (the
+    read-out starts at zero, so the first allocations are uniform whatever the gain)."""
+    fills_budget: bool = True
+    """Whether the fit raises the allocation to use the budget (True) or treats the budget as a
+    ceiling only (False: the probe head, which may know that a smaller spend answers better)."""
+    probe_backbone: str | None = None
+    """Name or path of the probe VLM when it is not the backbone itself (a smaller checkpoint of
+    the same family); None: the backbone."""
+    probe_weights_sha256: str | None = None
+    """Fingerprint of the probe VLM's weights (as ``backbone_weights_sha256``), None: the backbone
+    or not recorded."""
     scale_min: float = SCALE_MIN
     """Scale of the action a = 0: s = scale_min + a * (scale_max - scale_min)."""
     scale_max: float = SCALE_MAX
@@ -134,7 +159,6 @@ class AllocatorConfig:
             "thumb_side",
             "frames_per_chunk",
             "hidden_dim",
-            "num_layers",
             "num_heads",
             "mlp_ratio",
             "max_chunks",
@@ -146,6 +170,25 @@ class AllocatorConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_layers, int) or self.num_layers < 0:
+            raise ValueError(f"num_layers must be an integer >= 0, got {self.num_layers!r}")
+        if self.num_layers == 0 and self.thumb_encoder != "probe":
+            raise ValueError("num_layers=0 (no mixer) is only for thumb_encoder='probe'")
+        if self.thumb_encoder == "probe":
+            for name in ("probe_layers", "probe_heads", "probe_hidden_size"):
+                value = getattr(self, name)
+                if not isinstance(value, int) or value <= 0:
+                    raise ValueError(
+                        f'thumb_encoder="probe" needs {name} >= 1 (the probe VLM\'s shape), got '
+                        f"{value!r}"
+                    )
+            if not 0 < self.probe_budget <= 1:
+                raise ValueError(f"probe_budget must be in (0, 1], got {self.probe_budget}")
+            if self.query_match:
+                raise ValueError(
+                    'thumb_encoder="probe" reads the backbone\'s own binding; set query_match '
+                    "false (the probe's attention shares take the detector's place)"
+                )
         if self.query_layers < 0:
             raise ValueError(f"query_layers must be >= 0, got {self.query_layers}")
         if self.hidden_dim % self.num_heads:

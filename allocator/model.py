@@ -5,7 +5,8 @@ huggingface_hub's PyTorchModelHubMixin). Knows nothing about video decoding, tok
 backbone's answers or the training objective.
 
 Shape legend: B videos, K chunks, F frames per chunk, S thumbnail side, L query tokens,
-D hidden width, E query-embedding width, H pretrained-tower width.
+D hidden width, E query-embedding width, H pretrained-tower width; the probe's A = rows × layers ×
+heads attention features, R layers read, W the probe VLM's hidden width.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants, hf_hub_d
 from torch import nn
 
 from allocator.card import MODEL_CARD
-from allocator.config import AllocatorConfig
+from allocator.config import PROBE_ROWS, AllocatorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -341,6 +342,56 @@ class QueryMatch(nn.Module):
         return score.log_softmax(dim=1).masked_fill(~chunk_mask, 0.0)  # (B, K)
 
 
+class ProbeEncoder(nn.Module):
+    """The probe head's reader: per chunk, the frozen VLM's attention shares per query row, layer
+    and head (A of them) and its pooled hidden states at the R layers read → chunk features (B, K,
+    D), a Beta-logit bias (B, K) and the question's state (B, 1, D) the mixer reads.
+
+    Attention shares become log ratios to an even share, log(K · share), clamped below at
+    ``MATCH_FLOOR``; a linear read-out of them, times a learned gain, is the bias (which layers and
+    heads bind the question); they also enter the features, with the hidden states mixed over the
+    R layers (softmax weights) and projected. The read-out starts at zero and the Beta head's last
+    layer at zero weight: every chunk starts at the same Beta (uniform allocation).
+    """
+
+    def __init__(self, config: AllocatorConfig) -> None:
+        super().__init__()
+        d, w = config.hidden_dim, config.probe_hidden_size
+        self.num_features = PROBE_ROWS * config.probe_layers * config.probe_heads  # A
+        self.readout = nn.Linear(self.num_features, 1, bias=False)
+        nn.init.zeros_(self.readout.weight)
+        self.gain = nn.Parameter(torch.tensor(float(config.probe_gain)))
+        self.attention_proj = nn.Linear(self.num_features, d)
+        self.layer_logits = nn.Parameter(torch.zeros(config.probe_layers))  # (R,)
+        self.hidden_norm = nn.LayerNorm(w)
+        self.hidden_proj = nn.Linear(w, d)
+        self.query_proj = nn.Linear(w, d)
+        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU())
+
+    def forward(
+        self,
+        attention: torch.Tensor,
+        hidden: torch.Tensor,
+        query: torch.Tensor,
+        chunk_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """attention (B, K, A) shares summing to 1 over each video's chunks per feature, hidden
+        (B, K, R, W), query (B, R, W), chunk_mask (B, K) → features (B, K, D), bias (B, K),
+        question state (B, 1, D)."""
+        dtype = self.attention_proj.weight.dtype
+        count = chunk_mask.sum(dim=1).to(dtype)[:, None, None]  # (B, 1, 1)
+        ratio = (attention.to(dtype) * count).clamp_min(1e-12).log().clamp_min(MATCH_FLOOR)
+        ratio = ratio.masked_fill(~chunk_mask[..., None], 0.0)  # (B, K, A)
+        bias = self.gain * self.readout(ratio).squeeze(-1)  # (B, K)
+        mix = self.layer_logits.softmax(dim=0)  # (R,)
+        pooled = torch.einsum("bkrw,r->bkw", hidden.to(dtype), mix)  # (B, K, W)
+        asked = torch.einsum("brw,r->bw", query.to(dtype), mix)  # (B, W)
+        q = self.query_proj(self.hidden_norm(asked))  # (B, D)
+        x = self.attention_proj(ratio) + self.hidden_proj(self.hidden_norm(pooled)) + q[:, None]
+        features = self.mlp(x).masked_fill(~chunk_mask[..., None], 0.0)  # (B, K, D)
+        return features, bias.masked_fill(~chunk_mask, 0.0), q[:, None]
+
+
 class BetaHead(nn.Module):
     """Chunk state → (α, β) = softplus(0.5 z) + 1: every Beta is unimodal or flat (docs/capo.md)."""
 
@@ -356,7 +407,8 @@ class BetaHead(nn.Module):
         k = config.init_min_shape
         alpha0, beta0 = (k, k * (1 - m) / m) if m <= 0.5 else (k * m / (1 - m), k)
         last = self.net[-1]
-        nn.init.normal_(last.weight, std=1e-2)
+        # The probe head starts exactly uniform: every chunk's Beta is the bias's.
+        nn.init.normal_(last.weight, std=0.0 if config.thumb_encoder == "probe" else 1e-2)
         with torch.no_grad():
             last.bias.copy_(
                 torch.tensor([2 * _softplus_inverse(alpha0 - 1), 2 * _softplus_inverse(beta0 - 1)])
@@ -397,13 +449,16 @@ class Allocator(
         elif isinstance(config, dict):  # from config.json
             config = AllocatorConfig.from_dict(config)
         self.config = config
-        if config.thumb_encoder == "conv":
-            self.thumb_encoder: nn.Module = ConvThumbEncoder(config)
-        else:
-            self.thumb_encoder = PretrainedThumbEncoder(config)
-        self.chunk_pool = ChunkPool(config)
         self.time_embedding = TimeEmbedding(config)
-        self.query_encoder = QueryEncoder(config)
+        if config.thumb_encoder == "probe":  # the question's state comes from the probe pass
+            self.thumb_encoder: nn.Module = ProbeEncoder(config)
+        else:
+            if config.thumb_encoder == "conv":
+                self.thumb_encoder = ConvThumbEncoder(config)
+            else:
+                self.thumb_encoder = PretrainedThumbEncoder(config)
+            self.chunk_pool = ChunkPool(config)
+            self.query_encoder = QueryEncoder(config)
         if config.query_match:
             self.query_match = QueryMatch(config, self.thumb_encoder.map_dim)
             self.match_embed = nn.Linear(1, config.hidden_dim)
@@ -466,10 +521,19 @@ class Allocator(
         query_mask: torch.Tensor,
         chunk_mask: torch.Tensor,
         chunk_times: torch.Tensor,
+        probe_attention: torch.Tensor | None = None,
+        probe_hidden: torch.Tensor | None = None,
+        probe_query: torch.Tensor | None = None,
     ) -> AllocatorOutput:
         """thumbs (B, K, F, 3, S, S) in [0, 1]; query_ids (B, L) long; query_mask (B, L) bool;
-        chunk_mask (B, K) bool (padding False); chunk_times (B, K) chunk mid-times in seconds."""
+        chunk_mask (B, K) bool (padding False); chunk_times (B, K) chunk mid-times in seconds.
+        thumb_encoder="probe" reads the probe pass instead of the thumbnails and the question's
+        ids: probe_attention (B, K, A), probe_hidden (B, K, R, W), probe_query (B, R, W)."""
         self._check_inputs(thumbs, query_ids, query_mask, chunk_mask, chunk_times)
+        if self.config.thumb_encoder == "probe":
+            return self._probe_forward(
+                chunk_mask, chunk_times, probe_attention, probe_hidden, probe_query
+            )
         b, k = chunk_mask.shape
         dtype = self.head.net[1].weight.dtype
         # Only valid chunks are encoded: padding pixels can neither leak nor cost time.
@@ -499,6 +563,36 @@ class Allocator(
             )  # (B, K, D)
         alpha, beta = self.head(self.mixer_norm(x), bias)  # (B, K), (B, K)
         return AllocatorOutput(alpha=alpha, beta=beta, features=features, match_log_share=log_share)
+
+    def _probe_forward(
+        self,
+        chunk_mask: torch.Tensor,
+        chunk_times: torch.Tensor,
+        attention: torch.Tensor | None,
+        hidden: torch.Tensor | None,
+        query: torch.Tensor | None,
+    ) -> AllocatorOutput:
+        """The probe head: probe features → chunk features, mixer (reading the question's state
+        from the same pass) → Beta head biased by the attention read-out."""
+        c = self.config
+        b, k = chunk_mask.shape
+        a = PROBE_ROWS * c.probe_layers * c.probe_heads
+        expected = {
+            "probe_attention": (attention, (b, k, a)),
+            "probe_hidden": (hidden, (b, k, c.probe_layers, c.probe_hidden_size)),
+            "probe_query": (query, (b, c.probe_layers, c.probe_hidden_size)),
+        }
+        for name, (t, shape) in expected.items():
+            if t is None or tuple(t.shape) != shape:
+                got = None if t is None else tuple(t.shape)
+                raise ValueError(f"{name} must be {shape} for this probe head, got {got}")
+        features, bias, asked = self.thumb_encoder(attention, hidden, query, chunk_mask)
+        x = features + self.time_embedding(chunk_times, chunk_mask)  # (B, K, D)
+        keep = chunk_mask.new_ones(b, 1)  # (B, 1)
+        for layer in self.mixer:
+            x = layer(x, asked, tgt_key_padding_mask=~chunk_mask, memory_key_padding_mask=~keep)
+        alpha, beta = self.head(self.mixer_norm(x), bias)  # (B, K), (B, K)
+        return AllocatorOutput(alpha=alpha, beta=beta, features=features)
 
     # ----------------------------------------------------------------------------------------
     # save / load: the frozen tower and backbone embeddings come from their own sources

@@ -18,7 +18,10 @@ policy name, ``scorer+operator`` combinations included (``learned+prune`` encode
     ``--frame-counts``. No allocator was trained against them: ``learned`` runs the bundled
     allocator with ``allow_mismatched=True``, so its cost is what is measured (its choices, like
     every answer of a random model, mean nothing). A video of more chunks than the allocator
-    accepts is a refused row (one sentence), not a crash.
+    accepts is a refused row (one sentence), not a crash. When the bundled allocator is a probe head
+    (it reads its own backbone's layers and heads), ``learned`` is an untrained probe head of the
+    same recipe built for the shape (``benchmarks.real_size.probe_head``): its probe pass through
+    every built layer is in ``alloc``.
 
 Each (setup, frames, method) runs in a fresh child process, so its peak resident memory (VmHWM)
 is its own (before the timed request it answers a short one, two chunks without a budget, with
@@ -218,6 +221,8 @@ def build_pipeline(config: E2EConfig, setup: str) -> Pipeline:
         setup, model, processor, max_pixels=pixels, max_batch_tokens=real_size.NO_BUDGET_TOKENS
     )
     learned = load_allocator(str(BUNDLED_ALLOCATOR), backbone, allow_mismatched=True)
+    if learned.runs_probe:  # a probe head reads its own model's layers and heads: one of this shape
+        learned = real_size.probe_head(backbone)
     return Pipeline(backbone, learned)
 
 

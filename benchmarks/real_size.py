@@ -12,6 +12,9 @@ One run measures, for each family, ``--rows`` questions about one generated ``--
   * ``vanilla`` (every chunk at full resolution) and ``fixed`` (a learned-style, peaked scale vector
     fitted to ``--budget`` retention; any other policy of ``resadapt.policies.policy_names()``, e.g.
     ``attention`` (its probe pass counts in ``allocate``), can be named in ``--policies``), and
+  * ``probe`` (a probe-head allocator built for the model, untrained: its probe pass through every
+    built layer counts in ``allocate``) and ``probe-train`` (one CAPO training step of that head:
+    the probe pass, ``--rows`` sampled allocations answered by the model, the update; ``train_s``),
   * one prefill for all rows (``batched``) against micro-batches under ``--max-batch-tokens``
     (``budgeted``),
 each in a fresh child process: peak resident memory (VmHWM), the resident memory of the built model,
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +186,10 @@ class RealSizeConfig:
         "comma list of model shapes", tuple(FAMILIES), choices=tuple(FAMILIES)
     )
     policies: tuple[str, ...] = cli.option(
-        "comma list: vanilla, fixed (a peaked scale vector fitted to --budget) or a policy name of "
-        "resadapt.policies (fitted to --budget)",
+        "comma list: vanilla, fixed (a peaked scale vector fitted to --budget), probe (a "
+        "probe-head allocator), probe-train (one CAPO step of it) or a policy name of "
+        "resadapt.policies "
+        "(fitted to --budget)",
         ("vanilla", "fixed"),
     )
     text_layers: int = cli.option("language-model layers built (published: 28 / 36)", 2)
@@ -205,10 +210,56 @@ class RealSizeConfig:
 
     def __post_init__(self) -> None:
         for name in self.policies:
-            if name != "fixed" and name not in policy_names():
+            if name not in EXTRA_POLICIES and name not in policy_names():
                 raise cli.UsageError(f"--policies: unknown policy {name!r}")
         if self.frames < 2 or self.side < 32 or self.rows < 1:
             raise cli.UsageError("--frames ≥ 2, --side ≥ 32 and --rows ≥ 1 are needed")
+
+
+EXTRA_POLICIES = ("fixed", "probe", "probe-train")
+"""The benchmark's own rows besides the registered policies."""
+
+
+def probe_head(backbone: Backbone):
+    """An untrained probe-head allocator (resadapt.train_data's defaults) for ``backbone``, as the
+    learned policy."""
+    from allocator import Allocator, AllocatorConfig
+    from resadapt.policies.learned import Learned
+    from resadapt.train_data import probe_defaults
+
+    values = {"thumb_encoder": "probe", "frames_per_chunk": backbone.geometry.frames_per_chunk}
+    probe_defaults(values, backbone)
+    return Learned(Allocator(AllocatorConfig(**values)), backbone.tokenizer)
+
+
+def probe_train_step(pipeline: Pipeline, learned, video, request: Request, rollouts: int) -> float:
+    """Seconds of one CAPO step of the probe head on one prompt: probe pass, ``rollouts`` sampled
+    allocations answered and graded, the clipped update."""
+    from resadapt.capo import total_loss
+    from resadapt.data import Example
+    from resadapt.probe import FeatureCache
+    from resadapt.rollout import Prompt, RolloutConfig, collect_rollouts
+    from resadapt.trainer import policy_terms
+
+    allocator = learned.allocator
+    options = ["left", "right", "up", "down"]
+    example = Example(video, QUESTION, "left", "multiple_choice", options)
+    sampled = pipeline.decode(video, request)
+    prompt = Prompt(example, replace(request, question=example.prompt()), sampled, 0)
+    config = RolloutConfig(num_rollouts=max(2, rollouts), max_new_tokens=request.max_new_tokens)
+    optimizer = torch.optim.AdamW(allocator.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    batch = collect_rollouts(pipeline, allocator, [prompt], config, features=FeatureCache())
+    allocator.train()
+    out = allocator(**batch.inputs)
+    pg, sim, con = policy_terms(
+        out, batch.actions, batch.log_prob, batch.advantages, batch.chunk_mask, allocator.config
+    )
+    total_loss(
+        pg, sim, con, pg.new_zeros(()), sim_weight=1e-3, con_weight=5e-4, attention_weight=0.0
+    ).backward()
+    optimizer.step()
+    return time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------------ one child
@@ -262,13 +313,15 @@ def measure(config: RealSizeConfig, family: str, policy: str, batching: str, vid
     backbone = Backbone(
         family, model, processor, max_pixels=config.side * config.side, max_batch_tokens=budget
     )
-    pipeline = Pipeline(backbone)
+    probing = policy in ("probe", "probe-train")
+    learned = probe_head(backbone) if probing else None
+    pipeline = Pipeline(backbone, learned=learned)
     weights_rss = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
     request = Request(
         question=QUESTION,
-        policy=None if policy == "fixed" else policy,
-        budget=config.budget if policy == "fixed" or policy_class(policy).capped else None,
+        policy=None if policy == "fixed" else "learned" if probing else policy,
+        budget=config.budget if policy in EXTRA_POLICIES or policy_class(policy).capped else None,
         num_frames=config.frames,
         max_new_tokens=config.max_new_tokens,
     )
@@ -286,7 +339,7 @@ def measure(config: RealSizeConfig, family: str, policy: str, batching: str, vid
         micro_batches += 1
         backbone.generate(inputs, config.max_new_tokens)
     t3 = time.perf_counter()
-    return {
+    result = {
         "family": family,
         "policy": policy,
         "batching": batching,
@@ -303,7 +356,13 @@ def measure(config: RealSizeConfig, family: str, policy: str, batching: str, vid
         "prefill_s": clock.prefill_s,
         "generate_s": clock.generate_s,
         "total_s": t3 - t0,
+        "probe_visual_tokens": allocation.probe.visual_tokens if allocation.probe else 0,
+        "train_s": None,
     }
+    if policy == "probe-train":  # after the answers' clock: its forwards are the step's own
+        result["train_s"] = probe_train_step(pipeline, learned, video, request, config.rows)
+        result["peak_gib"] = peak_rss_bytes() / GIB
+    return result
 
 
 # ------------------------------------------------------------------------------------ parent
@@ -326,10 +385,11 @@ COLUMNS = (
     ("weights_gib", ">7", ".2f"), ("peak_gib", ">7", ".2f"), ("decode_s", ">7", ".2f"),
     ("allocate_s", ">7", ".3f"), ("prepare_s", ">7", ".2f"), ("vision_s", ">7", ".2f"),
     ("prefill_s", ">7", ".2f"), ("generate_s", ">7", ".2f"), ("total_s", ">7", ".2f"),
+    ("probe_visual_tokens", ">6", "d"), ("train_s", ">7", ".2f"),
 )  # fmt: skip
 """Printed table: (key, alignment and width, number format)."""
 HEADERS = ("family", "policy", "batching", "tokens", "mb", "weights", "peak", "decode", "alloc",
-           "prepare", "vision", "prefill", "generate", "total")  # fmt: skip
+           "prepare", "vision", "prefill", "generate", "total", "probe tok", "train")  # fmt: skip
 
 
 def table(results: list[dict]) -> str:
@@ -340,7 +400,10 @@ def table(results: list[dict]) -> str:
             where = f"| {r['family']} | {r['policy']} | {r['batching']} |"
             lines.append(f"{where} failed: {r['error']} |")
             continue
-        cells = [format(r[key], fmt) if fmt else str(r[key]) for key, _, fmt in COLUMNS]
+        cells = [
+            "–" if r.get(key) is None else format(r[key], fmt) if fmt else str(r[key])
+            for key, _, fmt in COLUMNS
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

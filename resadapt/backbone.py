@@ -18,7 +18,9 @@ from :mod:`resadapt.geometry`, so the predicted token counts are the ones the pr
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import queue
@@ -572,3 +574,25 @@ def _dtype(name: str) -> torch.dtype | str:
     if name not in table:
         raise BackboneError(f"dtype {name!r} is not one of {', '.join(table)}")
     return table[name]
+
+
+FINGERPRINT_VALUES = 65536
+"""Values of the input-embedding matrix whose signs the weights fingerprint reads (strided)."""
+
+
+def weights_fingerprint(backbone: Backbone) -> str | None:
+    """sha256 of the signs of FINGERPRINT_VALUES values taken at an even stride through the
+    language model's input embeddings, with the matrix's shape: cheap at any model size, and
+    different for two trainings that share a tokenizer (the tokenizer hashes cannot tell them
+    apart; a fine-tune that moves the embeddings flips the signs of the values near zero).
+
+    Signs, not rounded values: a sign survives every cast, so a float32, bfloat16 or float16 load
+    of one checkpoint agrees, where any rounding grid has values on its boundaries. None when the
+    embeddings are not materialised (an offloaded ``meta`` tensor)."""
+    weight = backbone.model.get_input_embeddings().weight
+    if weight.device.type == "meta":
+        return None
+    flat = weight.detach().reshape(-1)
+    sample = flat[:: max(1, flat.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES]
+    signs = np.packbits(torch.signbit(sample).cpu().numpy())
+    return hashlib.sha256(json.dumps(list(weight.shape)).encode() + signs.tobytes()).hexdigest()

@@ -103,6 +103,16 @@ def group_zscore(
     return torch.where(std < min_std, torch.zeros_like(z), z)
 
 
+def reference_zscore(values: torch.Tensor, reference: torch.Tensor, **zscore) -> torch.Tensor:
+    """Step 1 with a reference: the group's M rewards z-scored against the mean and std of the M
+    rewards and the reference reward together (M + 1 values; :func:`group_zscore` on the pool,
+    ``zscore`` its eps and min_std) → (M,). An allocation that scores below the reference (the
+    uniform allocation at the same budget) is pushed down even when the whole group scores
+    alike."""
+    pool = torch.cat([values, reference.reshape(1).to(values.dtype)])  # (M + 1,)
+    return group_zscore(pool, **zscore)[:-1]
+
+
 def cost_pivot(
     cost: torch.Tensor, *, pivot_alpha: float = 0.5, pivot_fixed: float = 0.4
 ) -> torch.Tensor:
@@ -159,9 +169,12 @@ def capo_advantages(
     gas: float = 0.05,
     correct_floor: float = 0.001,
     direct_weight: float = 0.5,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Advantages of the M allocations of ONE prompt group: acc (M,) in [0, 1], cost (M,) in
     [0, 1] → (M,). Every chunk of allocation m then gets A_m (docs/capo.md step 7, in the loss).
+    ``reference`` (a scalar, the uniform allocation's reward at the same budget) joins the group's
+    mean and std in step 1 (:func:`reference_zscore`).
 
     mode="capo" (docs/capo.md steps 1–6):
         A = z(acc) + encourage · Shape − gas · c, then max(A, correct_floor) where correct;
@@ -177,7 +190,10 @@ def capo_advantages(
         )
     acc = acc.float()
     cost = cost.float()
-    base = group_zscore(acc)  # (M,)
+    if reference is None:
+        base = group_zscore(acc)  # (M,)
+    else:
+        base = reference_zscore(acc, reference.float())  # (M,)
     if mode == "none":
         return base
     if mode == "direct":

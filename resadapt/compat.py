@@ -15,12 +15,9 @@ import json
 import logging
 from typing import Any
 
-import numpy as np
-import torch
-
 from allocator import AllocatorConfig
 from allocator.config import OPTIONAL_SIGNATURE_FIELDS, SIGNATURE_FIELDS
-from resadapt.backbone import Backbone
+from resadapt.backbone import Backbone, weights_fingerprint
 from resadapt.errors import PolicyError
 from resadapt.policies import check_fit
 
@@ -45,28 +42,6 @@ def _sha256(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-FINGERPRINT_VALUES = 65536
-"""Values of the input-embedding matrix whose signs the weights fingerprint reads (strided)."""
-
-
-def weights_fingerprint(backbone: Backbone) -> str | None:
-    """sha256 of the signs of FINGERPRINT_VALUES values taken at an even stride through the
-    language model's input embeddings, with the matrix's shape: cheap at any model size, and
-    different for two trainings that share a tokenizer (the tokenizer hashes cannot tell them
-    apart; a fine-tune that moves the embeddings flips the signs of the values near zero).
-
-    Signs, not rounded values: a sign survives every cast, so a float32, bfloat16 or float16 load
-    of one checkpoint agrees, where any rounding grid has values on its boundaries. None when the
-    embeddings are not materialised (an offloaded ``meta`` tensor)."""
-    weight = backbone.model.get_input_embeddings().weight
-    if weight.device.type == "meta":
-        return None
-    flat = weight.detach().reshape(-1)
-    sample = flat[:: max(1, flat.numel() // FINGERPRINT_VALUES)][:FINGERPRINT_VALUES]
-    signs = np.packbits(torch.signbit(sample).cpu().numpy())
-    return hashlib.sha256(json.dumps(list(weight.shape)).encode() + signs.tobytes()).hexdigest()
-
-
 def backbone_signature(backbone: Backbone) -> dict[str, Any]:
     """The AllocatorConfig fields that record ``backbone``: its name and its signature
     (:data:`allocator.config.SIGNATURE_FIELDS`)."""
@@ -85,8 +60,12 @@ def backbone_signature(backbone: Backbone) -> dict[str, Any]:
     }
 
 
-def stamp(config: AllocatorConfig, backbone: Backbone) -> AllocatorConfig:
-    """``config`` with ``backbone``'s signature recorded (the trainer stamps before training).
+def stamp(
+    config: AllocatorConfig, backbone: Backbone, probe_model: Backbone | None = None
+) -> AllocatorConfig:
+    """``config`` with ``backbone``'s signature recorded (the trainer stamps before training), and
+    for a probe head run by another checkpoint (``probe_model``) that checkpoint's name and weights
+    fingerprint (``probe_backbone``, ``probe_weights_sha256``).
 
     Raises PolicyError when the allocator's chunks hold another number of frames than the
     backbone's, or when its learned query table has fewer rows than the backbone's vocabulary and
@@ -97,6 +76,7 @@ def stamp(config: AllocatorConfig, backbone: Backbone) -> AllocatorConfig:
     vocab = signature["backbone_vocab_size"]
     if (
         config.query_encoder == "learned"
+        and config.thumb_encoder != "probe"  # a probe head reads no query table
         and config.vocab_size < vocab
         and not config.query_id_folding
     ):
@@ -105,6 +85,12 @@ def stamp(config: AllocatorConfig, backbone: Backbone) -> AllocatorConfig:
             f"{backbone.name}'s tokenizer has {vocab:,} tokens; set vocab_size to at least {vocab} "
             "or query_id_folding to true (hash ids into the table)"
         )
+    if probe_model is not None:
+        signature = {
+            **signature,
+            "probe_backbone": probe_model.name,
+            "probe_weights_sha256": weights_fingerprint(probe_model),
+        }
     return dataclasses.replace(config, **signature)
 
 

@@ -157,8 +157,14 @@ def fit_budget(
     base_height: int,
     base_width: int,
     max_tokens: int,
+    *,
+    fill: bool = True,
 ) -> np.ndarray:
     """Adjust per-chunk scales (K,) so that their tokens fit ``max_tokens``; return the new (K,).
+
+    ``fill`` False makes the budget a ceiling only: scales that fit are kept (snapped to their
+    rungs) and scales that do not are lowered by one common multiplier; the third rule below does
+    not apply.
 
     Contract (property-tested):
       * the total never exceeds ``max_tokens`` (a hard ceiling);
@@ -187,7 +193,7 @@ def fit_budget(
         return np.maximum(0, np.searchsorted(starts, wanted, side="right") - 1)
 
     # 1. One common multiplier keeps every ratio: the largest that fits (the spend is monotone).
-    lo, hi = 0.0, 1.0 / pref.min()
+    lo, hi = 0.0, 1.0 / pref.min() if fill else 1.0
     if tokens_of[levels_at(hi)].sum() <= max_tokens:
         lo = hi
     else:
@@ -198,6 +204,8 @@ def fit_budget(
             else:
                 hi = mid
     levels = levels_at(lo)
+    if not fill:
+        return np.array([ladder[level].scale for level in levels])
     # 2. Spend what is left one rung at a time, most preferred chunks first, never overtaking a
     #    chunk the policy prefers strictly more.
     order = np.argsort(-pref, kind="stable")

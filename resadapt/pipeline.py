@@ -323,8 +323,9 @@ def load_allocator(path: str, backbone: Backbone, *, allow_mismatched: bool = Fa
 
     learned = Learned.load(path, backbone.tokenizer, backbone.model, check=check)
     learned.warning = warnings[0]
-    query = learned.allocator.query_encoder
-    if learned.warning and query.mode == "learned" and len(backbone.tokenizer) > query.vocab_size:
+    query = getattr(learned.allocator, "query_encoder", None)  # a probe head reads no query table
+    folds = query is not None and query.mode == "learned"
+    if learned.warning and folds and len(backbone.tokenizer) > query.vocab_size:
         query.fold_ids = True
         learned.warning += (
             f"; query token ids at or above {query.vocab_size:,} are folded into its table"
@@ -430,10 +431,12 @@ class Pipeline:
         policy: Policy | None = None,
         scales: np.ndarray | None = None,
         operator: Operator | None = None,
+        fill: bool | None = None,
     ) -> Allocation:
         """Scales from the policy (or given), fitted to the request's budget by its operator (given
         scales go through ``operator``, by default resize; the request's policy says whether the
-        budget applies); sizes, tokens."""
+        budget applies); sizes, tokens. ``fill``: whether the fit raises the scales to use the
+        budget (None: the policy's ``fills_budget``; given scales: True)."""
         geometry = self.backbone.geometry
         base_h, base_w = video.base_size
         k = len(video.frames) // geometry.frames_per_chunk
@@ -450,7 +453,9 @@ class Pipeline:
         cap = self.token_cap(request, vanilla)
         fit = (policy if policy is not None else policy_class(self.policy_name(request))).fit
         encode_cap = self.encode_cap(request, vanilla)
-        scales, pruned_to = fit(scales, geometry, base_h, base_w, cap, operator, encode_cap)
+        if fill is None:
+            fill = policy.fills_budget if policy is not None else True
+        scales, pruned_to = fit(scales, geometry, base_h, base_w, cap, operator, encode_cap, fill)
         sizes = [geometry.scaled_size(base_h, base_w, s) if s > 0 else (0, 0) for s in scales]
         tokens = [geometry.tokens(h, w) if h else 0 for h, w in sizes]
         if pruned_to is not None and pruned_to < sum(tokens) == vanilla:

@@ -32,3 +32,27 @@ def backbone_builder(name: str) -> BackboneBuilder | None:
 def registered_backbones() -> tuple[str, ...]:
     """Every registered name, in registration order."""
     return tuple(_BUILDERS)
+
+
+NeedleSource = Callable[[Any, int, int, int, int], Any]
+"""Writes needle clips: ``source(out_dir, num, seed, num_frames, size)`` → the path of a data.jsonl
+whose rows carry ``evidence_frames`` (the frames showing the object the question names)."""
+
+_NEEDLE_SOURCES: dict[str, NeedleSource] = {}
+
+
+def register_needle_source(name: str, source: NeedleSource) -> None:
+    """Make ``source`` available to the needle test (resadapt.needle) under ``name``, once."""
+    if name in _NEEDLE_SOURCES:
+        raise ValueError(f"a needle source named {name!r} is already registered")
+    _NEEDLE_SOURCES[name] = source
+
+
+def needle_source(name: str) -> NeedleSource | None:
+    """The needle source registered under ``name``, or None."""
+    return _NEEDLE_SOURCES.get(name)
+
+
+def needle_sources() -> tuple[str, ...]:
+    """Every registered needle source, in registration order."""
+    return tuple(_NEEDLE_SOURCES)

@@ -40,6 +40,8 @@ from resadapt.grading import grade
 from resadapt.pipeline import MAX_NEW_TOKENS, Pipeline, Request
 from resadapt.policies import COMPOSE, PolicyOptions, allocator_inputs
 from resadapt.policies.compose import OPERATOR_CHAINS, chain_operator
+from resadapt.policies.learned import context_probe
+from resadapt.probe import FeatureCache
 from resadapt.video import SampledVideo
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,12 @@ class RolloutConfig:
         "advantage gains w·d_k·(a_k − mean a_k)·√12, d_k its probe's reward standardised over "
         "the K probes (resadapt.capo); 0: no probes",
         PROBE_CREDIT,
+    )
+    uniform_reference: bool | None = option(
+        "give every CAPO group a reference: the reward of the uniform allocation at the same "
+        "budget joins the group's mean and std (docs/capo.md); none: on for the probe head, off "
+        "otherwise",
+        None,
     )
     operator: str = option(
         "the operators the allocator is trained under, as at inference with --policy "
@@ -264,7 +272,13 @@ def probe_scales(chunks: int, scale_min: float, scale_max: float) -> np.ndarray:
 
 
 def score_allocations(
-    pipeline: Pipeline, prompt: Prompt, scales: np.ndarray, config: RolloutConfig, *, seed: int
+    pipeline: Pipeline,
+    prompt: Prompt,
+    scales: np.ndarray,
+    config: RolloutConfig,
+    *,
+    seed: int,
+    fill: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Run the frozen backbone on M allocations of one prompt and score them by ``config.reward``.
 
@@ -272,13 +286,15 @@ def score_allocations(
     "grade": mean grade of N = ``answers_per_rollout`` answers per allocation (greedy for N = 1,
     sampled at ``temperature`` / ``top_p`` / ``top_k`` otherwise, micro-batch j seeded
     ``seed + j``); "logprob": exp(log p(gold | video, question) / n), n the scored tokens (answer +
-    end of turn). The M·N rows run in micro-batches under the backbone's token budget.
+    end of turn). The M·N rows run in micro-batches under the backbone's token budget. ``fill``:
+    whether the budget's fit raises the scales to use it (the policy's ``fills_budget``).
     """
     backbone = pipeline.backbone
     example, question = prompt.example, prompt.request.question
     operator = rollout_operator(config.operator, prompt.request)
     allocations = [
-        pipeline.allocate(prompt.video, prompt.request, scales=s, operator=operator) for s in scales
+        pipeline.allocate(prompt.video, prompt.request, scales=s, operator=operator, fill=fill)
+        for s in scales
     ]
     videos = [pipeline.chunked(prompt.video, a) for a in allocations]
     tokens = torch.tensor([a.visual_tokens for a in allocations], dtype=torch.float32)  # (M,)
@@ -305,13 +321,49 @@ def score_allocations(
     return scores, tokens, vanilla
 
 
-def _contexts(pipeline: Pipeline, prompts: list[Prompt], allocator) -> dict[str, torch.Tensor]:
-    side = allocator.config.thumb_side
-    ctxs = [pipeline.context(p.video, p.request.question, side) for p in prompts]
+def _contexts(
+    pipeline: Pipeline,
+    prompts: list[Prompt],
+    allocator,
+    features: FeatureCache | None = None,
+    probe_model=None,
+) -> dict[str, torch.Tensor]:
+    """The allocator's inputs for the prompts; a probe head's probe passes come from ``features``
+    (by video path and question: computed once per prompt, across rollouts and epochs)."""
+    cfg = allocator.config
+    ctxs = [pipeline.context(p.video, p.request.question, cfg.thumb_side) for p in prompts]
     device = next(allocator.parameters()).device
-    return allocator_inputs(
-        ctxs, pipeline.backbone.tokenizer, allocator.config.max_query_tokens, device
-    )
+    probe = None
+    if cfg.thumb_encoder == "probe":
+        probe = [
+            context_probe(cfg, c, probe_model, features, p.example.video)
+            for c, p in zip(ctxs, prompts, strict=True)
+        ]
+    return allocator_inputs(ctxs, pipeline.backbone.tokenizer, cfg.max_query_tokens, device, probe)
+
+
+def uses_reference(config: RolloutConfig, allocator) -> bool:
+    """Whether CAPO's groups get the uniform allocation's reward as a reference (``None``: for the
+    probe head)."""
+    if config.uniform_reference is None:
+        return allocator.config.thumb_encoder == "probe"
+    return config.uniform_reference
+
+
+def _reference_reward(
+    pipeline: Pipeline, prompt: Prompt, k: int, config: RolloutConfig, cache: dict | None
+) -> torch.Tensor:
+    """The reward of the uniform allocation of the prompt's K chunks at the request's budget
+    (every chunk at one scale, fitted to fill the budget), scored as the rollouts are; cached by
+    (video, question, chunks, "uniform")."""
+    key = (prompt.example.video, prompt.request.question, k, "uniform")
+    if cache is not None and key in cache:
+        return cache[key]
+    seed = prompt_seed(config.seed, prompt.position, ANSWER_STREAM)
+    scores, _, _ = score_allocations(pipeline, prompt, np.ones((1, k)), config, seed=seed)
+    if cache is not None:
+        cache[key] = scores[0]
+    return scores[0]
 
 
 @torch.no_grad()
@@ -321,6 +373,8 @@ def collect_rollouts(
     prompts: list[Prompt],
     config: RolloutConfig,
     probe_cache: dict | None = None,
+    features: FeatureCache | None = None,
+    probe_model=None,
 ) -> RolloutBatch:
     """Sample ``config.num_rollouts`` allocations per prompt, score them, compute CAPO advantages.
 
@@ -331,10 +385,14 @@ def collect_rollouts(
     (``probe_scales``, scored by the gold answer's probability) add probe credit
     (``capo.probe_advantages``); their rewards are kept in ``probe_cache`` (by video, question and
     chunk count; the backbone is frozen and the scoring deterministic), so a prompt seen again in a
-    later epoch costs no probe rows.
+    later epoch costs no probe rows. A probe head's probe passes come from ``features`` (once per
+    video and question); with ``uses_reference`` the uniform allocation's reward (cached in
+    ``probe_cache``) joins every group (``capo.reference_zscore``).
     """
     assert prompts, "collect_rollouts needs at least one prompt"
-    inputs = _contexts(pipeline, prompts, allocator)
+    inputs = _contexts(pipeline, prompts, allocator, features, probe_model)
+    fill = allocator.config.fills_budget
+    reference = uses_reference(config, allocator)
     out = _policy(allocator, inputs)
     mask = inputs["chunk_mask"]  # (B, K)
     b, k_max, m = len(prompts), mask.shape[1], config.num_rollouts
@@ -347,11 +405,16 @@ def collect_rollouts(
         draws, scales = _draw(allocator, out, i, k, prompt, config)  # (M, K_i) each
         answer_seed = prompt_seed(config.seed, prompt.position, ANSWER_STREAM)
         scores, tokens, vanilla = score_allocations(
-            pipeline, prompt, scales.double().numpy(), config, seed=answer_seed
+            pipeline, prompt, scales.double().numpy(), config, seed=answer_seed, fill=fill
         )  # (M,), (M,), int
         costs = _costs(allocator, config.cost, scales, tokens, vanilla)  # (M,)
+        ref = _reference_reward(pipeline, prompt, k, config, probe_cache) if reference else None
         adv = capo_advantages(
-            scores, costs, mode=config.advantage, correct_threshold=CORRECT_THRESHOLD
+            scores,
+            costs,
+            mode=config.advantage,
+            correct_threshold=CORRECT_THRESHOLD,
+            reference=ref,
         )  # (M,)
         per_chunk = _chunk_credit(
             pipeline, allocator, prompt, config, adv, scores, draws, probe_cache, stats
@@ -505,6 +568,8 @@ def validate(
     *,
     max_new_tokens: int,
     batch_size: int,
+    features: FeatureCache | None = None,
+    probe_model=None,
     operator: str = OWN_OPERATOR,
 ) -> dict[str, float]:
     """The deterministic policy (Beta-mean scales) through ``operator`` and greedy answers on
@@ -515,15 +580,17 @@ def validate(
     backbone = pipeline.backbone
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        inputs = _contexts(pipeline, batch, allocator)
+        inputs = _contexts(pipeline, batch, allocator, features, probe_model)
         scales = _mean_scales(allocator, allocator(**inputs))  # (B, K)
         counts = inputs["chunk_mask"].sum(dim=1).tolist()  # (B,)
+        fill = allocator.config.fills_budget
         allocations = [
             pipeline.allocate(
                 p.video,
                 p.request,
                 scales=scales[i, :k].double().numpy(),
                 operator=rollout_operator(operator, p.request),
+                fill=fill,
             )
             for i, (p, k) in enumerate(zip(batch, counts, strict=True))
         ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from allocator.config import QUERY_ENCODERS
+from allocator.config import QUERY_ENCODERS, THUMB_ENCODERS
 from resadapt.assets import default_backbone
 from resadapt.capo import CONCENTRATION_WEIGHT, SIMILARITY_WEIGHT
 from resadapt.cli import check_choices, check_field, default_of, option
@@ -24,7 +24,17 @@ TRACKERS = ("none", "tensorboard", "wandb", "all")
 MAX_CONCENTRATION = None
 """Default of ``--max-concentration``: off, no cap is imposed by default (why: docs/results.md,
 "The concentration guard")."""
-ALLOCATOR_KNOBS = ("hidden_dim", "num_layers", "num_heads", "query_encoder", "dropout")
+ALLOCATOR_KNOBS = (
+    "hidden_dim",
+    "num_layers",
+    "num_heads",
+    "query_encoder",
+    "dropout",
+    "thumb_encoder",
+    "probe_layers",
+    "probe_budget",
+    "fills_budget",
+)
 """TrainConfig fields that override the allocator's architecture (None: keep the default)."""
 
 
@@ -82,6 +92,32 @@ class TrainConfig(RolloutConfig, DataConfig, BackboneConfig):
         choices=QUERY_ENCODERS,
     )
     dropout: float | None = option("allocator dropout (default: allocator_config, else 0)", None)
+    thumb_encoder: str | None = option(
+        "chunk encoder: conv, pretrained, or probe (the frozen backbone's own low-resolution pass: "
+        "attention shares per layer and head and pooled hidden states; CAPO alone trains its head)",
+        None,
+        choices=THUMB_ENCODERS,
+    )
+    probe_layers: int | None = option(
+        "--thumb-encoder probe: the deepest language-model layer the head reads (the probe runs "
+        "only that deep; default: every layer)",
+        None,
+    )
+    probe_budget: float | None = option(
+        "--thumb-encoder probe: visual tokens of the probe pass as a share of full resolution "
+        "(default 0.25)",
+        None,
+    )
+    fills_budget: bool | None = option(
+        "whether the fit raises every allocation to use the budget (true) or treats the budget as "
+        "a ceiling the policy may stay under (false); none: the allocator config's (true)",
+        None,
+    )
+    probe_backbone: str | None = option(
+        "--thumb-encoder probe: a smaller checkpoint of the backbone's family to run the probe "
+        "(default: the backbone itself)",
+        None,
+    )
     # --- steps (the rollouts of each: RolloutConfig) ------------------------------------------
     steps: int = option("training steps (one update each)", 500)
     prompts_per_step: int = option("prompts per step, all processes", 8)
@@ -97,11 +133,11 @@ class TrainConfig(RolloutConfig, DataConfig, BackboneConfig):
     ppo_epochs: int = option("updates per batch of rollouts (1: ratio 1, clip inactive)", 1)
     sim_weight: float = option("weight of the temporal-similarity loss", SIMILARITY_WEIGHT)
     con_weight: float = option("weight of the concentration loss", CONCENTRATION_WEIGHT)
-    attention_weight: float = option(
+    attention_weight: float | None = option(
         "weight of the attention distillation: the query detector's chunk shares are pulled "
         "toward the frozen backbone's attention shares at full resolution (0: off; needs an "
-        "allocator with query_match)",
-        1.0,
+        "allocator with query_match); none: 0 for --thumb-encoder probe (CAPO alone), else 1",
+        None,
     )
     attention_temperature: float = option(
         "sharpen the attention shares to share^(1/T) before distilling (T > 0)", 0.25
@@ -142,6 +178,12 @@ class TrainConfig(RolloutConfig, DataConfig, BackboneConfig):
             check("num_frames", self.num_frames >= 2, "must be at least 2 (one chunk)")
         check("fps", self.fps > 0, "must be positive")
         check("lr", self.lr > 0, "must be positive")
+        if self.attention_weight is None:  # resolved now, so that the saved config records it
+            self.attention_weight = 0.0 if self.thumb_encoder == "probe" else 1.0
+        if self.probe_layers is not None:
+            check("probe_layers", self.probe_layers >= 1, "must be at least 1")
+        if self.probe_budget is not None:
+            check("probe_budget", 0 < self.probe_budget <= 1, "must be in (0, 1]")
         for name in ("weight_decay", "sim_weight", "con_weight", "attention_weight"):
             check(name, getattr(self, name) >= 0, "must be at least 0")
         check("grad_clip", self.grad_clip > 0, "must be positive")

@@ -75,9 +75,39 @@ def decode_prompts(
 
 
 # ------------------------------------------------------------------------------------ allocator
-def resolve_allocator_config(config: TrainConfig, backbone) -> AllocatorConfig:
-    """The architecture: allocator_config JSON, then the knobs, fitted to the backbone."""
+PROBE_HEAD = {
+    "hidden_dim": 64,
+    "num_layers": 1,
+    "num_heads": 4,
+    "thumb_side": 16,
+    "query_match": False,
+}
+"""The probe head's defaults: a small head (the probe VLM does the reading), thumbnails it never
+reads kept tiny, and no query detector (the probe's attention takes its place). The budget is
+filled unless ``--fills-budget false`` (a ceiling-only run collapsed to the smallest scales:
+docs/results.md)."""
+
+
+def probe_defaults(values: dict, probe_model) -> None:
+    """Fill a probe head's architecture from the probe VLM: its heads, hidden width and depth (the
+    deepest layer read: every layer unless given), then :data:`PROBE_HEAD` where not given."""
+    text = probe_model.model.config.text_config
+    values.setdefault("probe_heads", int(text.num_attention_heads))
+    values.setdefault("probe_hidden_size", int(text.hidden_size))
+    if values.get("probe_layers") is None:
+        values["probe_layers"] = int(text.num_hidden_layers)
+    if values.get("probe_budget") is None:
+        values.pop("probe_budget", None)
+    for key, value in PROBE_HEAD.items():
+        if values.get(key) is None:
+            values[key] = value
+
+
+def resolve_allocator_config(config: TrainConfig, backbone, probe_model=None) -> AllocatorConfig:
+    """The architecture: allocator_config JSON, then the knobs, fitted to the backbone (and, for
+    a probe head, to the probe VLM: ``probe_model``, else the backbone)."""
     values: dict = {}
+    given_json: set[str] = set()
     if config.allocator_config:
         path = Path(config.allocator_config)
         try:
@@ -86,10 +116,19 @@ def resolve_allocator_config(config: TrainConfig, backbone) -> AllocatorConfig:
             raise ResAdaptError(f"--allocator-config {path} cannot be read as JSON: {e}") from e
         if not isinstance(values, dict):
             raise ResAdaptError(f"--allocator-config {path} must hold a JSON object")
+        given_json = set(values)
     values.update(
         {k: getattr(config, k) for k in ALLOCATOR_KNOBS if getattr(config, k) is not None}
     )
+    if values.get("thumb_encoder") == "probe":
+        for key in PROBE_HEAD:  # the knobs left unset take the probe head's defaults
+            if key in ALLOCATOR_KNOBS and getattr(config, key) is None and key not in given_json:
+                values.pop(key, None)
     values.setdefault("frames_per_chunk", backbone.geometry.frames_per_chunk)
+    if values.get("thumb_encoder") == "probe":
+        probe_defaults(values, probe_model if probe_model is not None else backbone)
+        if config.probe_backbone is not None:
+            values["probe_backbone"] = config.probe_backbone
     if values.get("query_encoder") == "backbone":
         values["query_embed_dim"] = int(backbone.model.get_input_embeddings().weight.shape[1])
     try:
@@ -110,15 +149,17 @@ def load_allocator(path: str | Path, backbone) -> Allocator:
     return allocator
 
 
-def build_allocator(config: TrainConfig, backbone, resume: Path | None) -> Allocator:
+def build_allocator(
+    config: TrainConfig, backbone, resume: Path | None, probe_model=None
+) -> Allocator:
     """The allocator to train: from the resumed checkpoint, the warm start, or a fresh init."""
     if resume is not None:
         allocator = load_allocator(resume, backbone)
     elif config.init_allocator is not None:
         allocator = load_allocator(config.init_allocator, backbone)
     else:
-        allocator = Allocator(resolve_allocator_config(config, backbone))
+        allocator = Allocator(resolve_allocator_config(config, backbone, probe_model))
     if allocator.config.query_encoder == "backbone":
         allocator.set_query_embeddings(backbone.model.get_input_embeddings().weight)
-    allocator.config = compat.stamp(allocator.config, backbone)  # what it is trained against
+    allocator.config = compat.stamp(allocator.config, backbone, probe_model)  # trained against
     return allocator.train()

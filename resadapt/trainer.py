@@ -54,6 +54,7 @@ from resadapt.checkpoint import (
 from resadapt.data import load_examples
 from resadapt.errors import ResAdaptError
 from resadapt.pipeline import Pipeline, load_backbone
+from resadapt.probe import FeatureCache
 from resadapt.relevance import chunk_attention, distillation_loss, pad_targets
 from resadapt.rollout import (
     ROLLOUT_STATS,
@@ -200,6 +201,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        self.started = time.perf_counter()
         self.out_dir = Path(config.out_dir)
         trackers = _trackers(config.log_with)
         self.accelerator = Accelerator(
@@ -222,8 +224,17 @@ class Trainer:
         self.backbone = load_backbone(config, device=str(accelerator.device))
         self.pipeline = Pipeline(self.backbone)
         self.cache = DecodeCache(self.pipeline, config.decode_cache_mb * 2**20)
+        self.probe_model = None
+        """The probe VLM when it is not the backbone (``--probe-backbone``)."""
+        if config.probe_backbone is not None:
+            self.probe_model = load_backbone(
+                replace(config, backbone=config.probe_backbone), device=str(accelerator.device)
+            )
+        self.features = FeatureCache()
+        """A probe head's probe passes by (video, question): once per prompt, across rollouts,
+        epochs and validations (the probe VLM is frozen)."""
         set_seed(config.seed)  # after the backbone: the tiny builders reseed torch
-        allocator = build_allocator(config, self.backbone, resume)
+        allocator = build_allocator(config, self.backbone, resume, self.probe_model)
         if config.attention_weight and not allocator.config.query_match:
             raise ResAdaptError(
                 "--attention-weight needs the allocator's query detector (query_match); set "
@@ -385,7 +396,13 @@ class Trainer:
         batch = None
         if prompts:
             batch = collect_rollouts(
-                self.pipeline, self.allocator, prompts, config, probe_cache=self.probe_cache
+                self.pipeline,
+                self.allocator,
+                prompts,
+                config,
+                probe_cache=self.probe_cache,
+                features=self.features,
+                probe_model=self.probe_model,
             )
         return batch
 
@@ -561,6 +578,8 @@ class Trainer:
                 prompts,
                 max_new_tokens=config.max_new_tokens,
                 batch_size=config.prompts_per_step,
+                features=self.features,
+                probe_model=self.probe_model,
                 operator=config.operator,
             )
         totals = dict(
@@ -598,6 +617,16 @@ class Trainer:
     def _card(self) -> dict:
         """The model card's training command and latest validation figures."""
         card = {"train_command": f"python -m resadapt.train --config {CONFIG_FILE}"}
+        allocator = self.allocator
+        if allocator.config.thumb_encoder == "probe":
+            card["num_parameters"] = sum(p.numel() for p in allocator.parameters())
+            minutes = (time.perf_counter() - self.started) / 60
+            card["train_cost"] = (
+                f"{minutes:.1f} min of wall time in this process up to this checkpoint "
+                f"({self.config.prompts_per_step} prompts × {self.config.num_rollouts} rollouts "
+                f"per step, {self.features.passes} probe passes, on "
+                f"{self.accelerator.device}, {self.accelerator.num_processes} process(es))"
+            )
         if self.last_validation is not None:
             card["validation"] = {
                 k: self.last_validation[k] for k in ("step", "accuracy", "retention", "videos")

@@ -25,6 +25,7 @@ ENTRY_POINTS = frozenset(
         "resadapt.synth",
         "resadapt.train_backbone",
         "resadapt.lmms",
+        "resadapt.needle",
     }
 )
 """The modules a user runs (the app, the ``python -m`` modules, the lmms-eval model): they

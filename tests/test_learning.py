@@ -105,25 +105,31 @@ def train_toy(mode: str) -> tuple[float, float]:
                 paid = torch.tensor([float(k == TARGET) for k in range(CHUNKS)])  # (K,)
                 advantages[i] = probe_advantages(advantages[i], actions[i], paid, weight=1.0)
         old = log_prob(alpha, beta, actions)  # (B, M, K)
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        out = model(**inputs)
-        pg, sim, con = trainer.policy_terms(
-            out, actions, old, advantages, inputs["chunk_mask"], cfg
-        )
-        loss = total_loss(
-            pg,
-            sim,
-            con,
-            pg.new_zeros(()),
-            sim_weight=SIMILARITY_WEIGHT,
-            con_weight=CONCENTRATION_WEIGHT,
-            attention_weight=0.0,
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        update(model, optimizer, inputs, actions, old, advantages)
     return before, target_scale(model, inputs)
+
+
+def update(model, optimizer, inputs, actions, old, advantages) -> None:
+    """One clipped update on stored actions, as the trainer's: its policy terms, CAPO's weights
+    (no distillation), the gradient clip, AdamW."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    out = model(**inputs)
+    pg, sim, con = trainer.policy_terms(
+        out, actions, old, advantages, inputs["chunk_mask"], model.config
+    )
+    loss = total_loss(
+        pg,
+        sim,
+        con,
+        pg.new_zeros(()),
+        sim_weight=SIMILARITY_WEIGHT,
+        con_weight=CONCENTRATION_WEIGHT,
+        attention_weight=0.0,
+    )
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
 
 
 @pytest.mark.parametrize("mode", MODES)

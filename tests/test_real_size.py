@@ -41,3 +41,16 @@ def test_one_measurement_at_tiny_widths(clip, family):
         if policy != "vanilla":
             assert result["visual_tokens_per_row"] <= 0.5 * result["vanilla_tokens_per_row"]
     assert "| " + family in real_size.table([result])
+
+
+@pytest.mark.parametrize("family", list(real_size.FAMILIES))
+def test_the_probe_head_rows_count_the_probe_and_a_training_step(clip, family):
+    config = real_size.RealSizeConfig(
+        tiny=True, frames=4, side=128, budget=0.5, rows=2, max_new_tokens=2
+    )
+    inference = real_size.measure(config, family, "probe", "batched", str(clip))
+    assert inference["probe_visual_tokens"] > 0 and inference["train_s"] is None
+    assert inference["visual_tokens_per_row"] <= 0.5 * inference["vanilla_tokens_per_row"]
+    step = real_size.measure(config, family, "probe-train", "batched", str(clip))
+    assert step["train_s"] > 0 and step["peak_gib"] >= step["weights_gib"]
+    assert "| " + family in real_size.table([inference, step])

@@ -7,16 +7,14 @@ is recorded (resadapt.relevance) or how the budget is met (the policies' operato
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from resadapt import heads as needle
 from resadapt import relevance
-from resadapt.backbone import ChunkedVideo
 from resadapt.errors import PolicyError
-from resadapt.geometry import uniform_step
 from resadapt.policies.base import (
     MIN_SCALE,
     PROBE_BUDGET,
@@ -28,6 +26,7 @@ from resadapt.policies.base import (
     register_policy,
 )
 from resadapt.policies.operators import SELECT
+from resadapt.probe import model_depth, probe_features, probe_video
 
 ATTENTION_QUERIES = "after_video"
 """Query positions the attention policy averages: every position after the video (with a real
@@ -53,6 +52,10 @@ class Attention(Policy):
     s_k = max(MIN_SCALE, (share_k / max_j share_j) ^ ATTENTION_SHARPNESS) — the most attended
     chunk gets 1.0; the budget is fitted afterwards as for every policy. The probe's tokens and
     time are reported in ``ctx.probe``.
+
+    When the needle test (resadapt.needle) has stored a choice of layers and heads beside the
+    checkpoint, share_k is the mean over those heads instead (the probe runs only as deep as the
+    deepest of them), and the result's notes name them.
     """
 
     name = "attention"
@@ -75,26 +78,47 @@ class Attention(Policy):
         if ctx.video is None or ctx.backbone is None:
             raise PolicyError(f"the {self.name} policy needs the decoded video and the backbone")
         start = time.perf_counter()
-        backbone, video, k = ctx.backbone, ctx.video, ctx.num_chunks
-        vanilla = k * backbone.geometry.tokens(*video.base_size)
-        cap = math.floor(self.probe_budget * vanilla + 1e-9)
-        step = uniform_step(backbone.geometry, *video.base_size, k, cap)
-        probe_video = ChunkedVideo.from_frames(
-            video.frames,
-            video.timestamps,
-            video.sample_fps,
-            [(step.height, step.width)] * k,
-            ctx.frames_per_chunk,
-        )
+        choice = needle.lookup(ctx.backbone)
+        if choice is not None and (
+            self.probe_layers is None or self.probe_layers >= choice.deepest_layer
+        ):
+            return self._needle_shares(ctx, choice, start)
+        if choice is not None:
+            ctx.notes.append(
+                f"--probe-layers {self.probe_layers} stops before the needle-found heads (layer "
+                f"{choice.deepest_layer - 1}); the mean of the first {self.probe_layers} layers "
+                "was read instead"
+            )
+        low = probe_video(ctx.backbone, ctx.video, ctx.frames_per_chunk, self.probe_budget)
         (shares,) = relevance.chunk_attention(
-            backbone,
-            [probe_video],
+            ctx.backbone,
+            [low],
             [ctx.question],
             queries=ATTENTION_QUERIES,
             num_layers=self.probe_layers,
         )
-        ctx.probe = ProbeCost(visual_tokens=k * step.tokens, seconds=time.perf_counter() - start)
+        tokens = sum(ctx.backbone.geometry.tokens(c.shape[1], c.shape[2]) for c in low.chunks)
+        ctx.probe = ProbeCost(visual_tokens=tokens, seconds=time.perf_counter() - start)
         return shares.double().numpy()
+
+    def _needle_shares(
+        self, ctx: AllocationContext, choice: needle.NeedleChoice, start: float
+    ) -> np.ndarray:
+        """(K,) mean share of the needle-found heads, the probe run only as deep as they are."""
+        depth = min(choice.deepest_layer, model_depth(ctx.backbone))
+        f = probe_features(
+            ctx.backbone,
+            ctx.video,
+            ctx.question,
+            ctx.frames_per_chunk,
+            probe_budget=self.probe_budget,
+            num_layers=depth,
+        )
+        heads = ctx.backbone.model.config.text_config.num_attention_heads
+        shares = f.attention[:, choice.columns(depth, heads)].double().mean(dim=1)  # (K,)
+        ctx.probe = ProbeCost(visual_tokens=f.visual_tokens, seconds=time.perf_counter() - start)
+        ctx.notes.append(choice.describe())
+        return (shares / shares.sum()).numpy()
 
 
 @register_policy

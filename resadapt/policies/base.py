@@ -25,6 +25,7 @@ import numpy as np
 from allocator import AllocatorConfig
 from resadapt.errors import PolicyError
 from resadapt.policies.operators import RESIZE, SELECT_SIZES, Fitted, Operator
+from resadapt.probe import ProbeCost  # noqa: F401 (re-exported: what a policy reports)
 from resadapt.prune import CONTEXTUAL_SHARE
 
 if TYPE_CHECKING:
@@ -56,16 +57,6 @@ class InApp:
     """Place in the app's list of policies (lower first; ties in registration order)."""
     compared: bool = False
     """Whether the app's comparison runs it (besides the pipeline's default policy)."""
-
-
-@dataclass
-class ProbeCost:
-    """What a policy's own pass of the backbone cost (reported with the result)."""
-
-    visual_tokens: int
-    """Visual tokens the probe pass encoded."""
-    seconds: float
-    """Wall time of the probe: resizing, the processor and the (truncated) prefill."""
 
 
 @dataclass
@@ -144,6 +135,10 @@ class Policy(ABC):
     ``--policies`` then takes ``NAME:PATH``."""
     runs_probe: ClassVar[bool] = False
     """Whether it runs a probe pass of the backbone (and sets ``AllocationContext.probe``)."""
+    fills_budget: bool = True
+    """Whether the fit raises the scores to use the budget (True) or keeps them when they fit
+    (False: the budget is a ceiling, for a policy that knows a smaller spend answers better; the
+    result reports the retention spent). An instance may set its own (a loaded allocator)."""
     app: ClassVar[InApp | None] = InApp()
     """Where the app shows it; None: not offered in the app."""
     thumb_side: int = THUMB_SIDE
@@ -168,15 +163,16 @@ class Policy(ABC):
         cap: int | None,
         operator: Operator | None = None,
         encode_cap: int | None = None,
+        fill: bool = True,
     ) -> Fitted:
         """(K,) scales within ``cap`` visual tokens (None: no cap) through the policy's operator,
         or through ``operator`` when given (scales chosen outside the policy are resized); the cap
         is ignored when the policy is not ``capped``. ``encode_cap``: what the tower may encode
         when the operator prunes after it. Returns the fitted scales and the tokens kept after the
-        vision tower (None: no pruning)."""
+        vision tower (None: no pruning); ``fill`` as ``fills_budget``."""
         operator = operator or cls.operator
         cap = cap if cls.capped else None
-        return operator.fit(scales, geometry, base_h, base_w, cap, cls.name, encode_cap)
+        return operator.fit(scales, geometry, base_h, base_w, cap, cls.name, encode_cap, fill)
 
 
 _POLICIES: dict[str, type[Policy]] = {}

@@ -21,6 +21,14 @@ import torch
 from allocator import Allocator, AllocatorConfig, mean_scale
 from resadapt.errors import ChunkLimitError, PolicyError
 from resadapt.policies.base import AllocationContext, InApp, Policy, PolicyOptions, register_policy
+from resadapt.probe import (
+    FeatureCache,
+    ProbeCost,
+    ProbeFeatures,
+    model_depth,
+    probe_features,
+    stack_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +40,18 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def allocator_inputs(
-    ctxs: list[AllocationContext], tokenizer, max_query_tokens: int, device="cpu"
+    ctxs: list[AllocationContext],
+    tokenizer,
+    max_query_tokens: int,
+    device="cpu",
+    probe: list[ProbeFeatures] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch B contexts for the allocator, padding chunks and query tokens.
 
     Returns thumbs (B, K, F, 3, S, S) float in [0, 1], query_ids / query_mask (B, L),
-    chunk_mask (B, K) bool and chunk_times (B, K) seconds. A question longer than the window is
-    cut to its head and tail (:func:`query_window`), noted in its context's ``notes``.
+    chunk_mask (B, K) bool and chunk_times (B, K) seconds, and with ``probe`` (one pass per
+    context, for a probe head) its tensors (resadapt.probe.stack_features). A question longer than
+    the window is cut to its head and tail (:func:`query_window`), noted in its context's ``notes``.
     """
     k_max = max(c.num_chunks for c in ctxs)
     f = ctxs[0].frames_per_chunk
@@ -66,13 +79,55 @@ def allocator_inputs(
         if tokenizer.padding_side != "left":
             span = slice(0, len(ids))
         query_ids[b, span], query_mask[b, span] = ids, True
+    extra = stack_features(probe, k_max, device) if probe is not None else {}
     return {
         "thumbs": thumbs.to(device),
         "query_ids": query_ids.to(device),
         "query_mask": query_mask.to(device),
         "chunk_mask": chunk_mask.to(device),
         "chunk_times": chunk_times.to(device),
+        **extra,
     }
+
+
+def context_probe(
+    config: AllocatorConfig,
+    ctx: AllocationContext,
+    probe_model=None,
+    cache: FeatureCache | None = None,
+    key: str | None = None,
+) -> ProbeFeatures:
+    """The probe pass a probe head reads for one context: through ``probe_model`` (a smaller
+    checkpoint of the backbone's family) or the context's backbone, only as deep as the head reads
+    (``config.probe_layers``), from ``cache`` by (``key``, question, chunks) when given."""
+    model = probe_model if probe_model is not None else ctx.backbone
+    if ctx.video is None or model is None:
+        raise PolicyError("the probe head needs the decoded video and the backbone")
+    if model is not ctx.backbone and model.geometry.factor != ctx.backbone.geometry.factor:
+        raise PolicyError(
+            f"the probe VLM {model.name} has a patch factor of {model.geometry.factor} but the "
+            f"backbone {ctx.backbone.name} of {ctx.backbone.geometry.factor}; the probe must be a "
+            "checkpoint of the backbone's family"
+        )
+    depth = model_depth(model)
+    if config.probe_layers > depth:
+        raise PolicyError(
+            f"the probe head reads layer {config.probe_layers} but the probe VLM has {depth} layers"
+        )
+
+    def compute() -> ProbeFeatures:
+        return probe_features(
+            model,
+            ctx.video,
+            ctx.question,
+            ctx.frames_per_chunk,
+            probe_budget=config.probe_budget,
+            num_layers=config.probe_layers,
+        )
+
+    if cache is None or key is None:
+        return compute()
+    return cache.get((key, ctx.question, ctx.num_chunks), compute)
 
 
 def query_window(ids: list[int], max_tokens: int) -> list[int]:
@@ -94,10 +149,17 @@ class Learned(Policy):
     needs_allocator = True
     app = InApp(10)
 
-    def __init__(self, allocator, tokenizer, *, path: str | None = None):
+    def __init__(self, allocator, tokenizer, *, path: str | None = None, probe_model=None):
         self.allocator = allocator.eval()
         self.tokenizer = tokenizer
         self.path = path
+        self.probe_model = probe_model
+        """The probe VLM when it is not the backbone (a smaller checkpoint of its family)."""
+        cfg = allocator.config
+        self.runs_probe = cfg.thumb_encoder == "probe"
+        """A probe head runs the probe pass (its cost is reported as ``attention``'s)."""
+        self.fills_budget = cfg.fills_budget
+        """False: the budget is a ceiling the head may stay under."""
         self.warning: str | None = None
         """Set when the allocator runs against a backbone it does not match (shown with results)."""
 
@@ -127,14 +189,29 @@ class Learned(Policy):
             if backbone_model is None:
                 raise PolicyError(f"allocator {path} needs the backbone's input embeddings")
             alloc.set_query_embeddings(backbone_model.get_input_embeddings().weight)
-        return cls(alloc, tokenizer, path=str(path))
+        return cls(alloc, tokenizer, path=str(path), probe_model=load_probe_model(alloc.config))
 
     @classmethod
     def from_options(cls, options: PolicyOptions) -> Policy:
-        """The loaded allocator itself; PolicyError when none is loaded."""
-        if options.learned is None:
+        """The loaded allocator itself; PolicyError when none is loaded, or when a probe head is
+        asked to run its probe shallower than the layer it reads."""
+        learned = options.learned
+        if learned is None:
             raise PolicyError("the learned policy needs an allocator checkpoint (--allocator PATH)")
-        return options.learned
+        cfg = getattr(learned, "allocator", None)
+        cfg = cfg.config if cfg is not None else None
+        if (
+            cfg is not None
+            and cfg.thumb_encoder == "probe"
+            and options.probe_layers is not None
+            and options.probe_layers < cfg.probe_layers
+        ):
+            raise PolicyError(
+                f"the allocator's probe head reads layer {cfg.probe_layers}; --probe-layers "
+                f"{options.probe_layers} would stop the probe before it (use at least "
+                f"{cfg.probe_layers}, or none)"
+            )
+        return learned
 
     @property
     def thumb_side(self) -> int:
@@ -155,12 +232,34 @@ class Learned(Policy):
                 "--frames or --fps"
             )
         device = next(self.allocator.parameters()).device
-        batch = allocator_inputs([ctx], self.tokenizer, cfg.max_query_tokens, device)
+        probe = None
+        if self.runs_probe:
+            probe = [context_probe(cfg, ctx, self.probe_model)]
+            ctx.probe = ProbeCost(visual_tokens=probe[0].visual_tokens, seconds=probe[0].seconds)
+        batch = allocator_inputs([ctx], self.tokenizer, cfg.max_query_tokens, device, probe)
         for note in ctx.notes:
             logger.info("%s", note)
         out = self.allocator(**batch)
         scales = mean_scale(out.alpha, out.beta, scale_min=cfg.scale_min, scale_max=cfg.scale_max)
         return scales[0].cpu().numpy()  # (K,)
+
+
+def load_probe_model(config: AllocatorConfig):
+    """The probe VLM a probe head was trained with when it is not the backbone (``probe_backbone``,
+    loaded like a backbone, on the CPU in float32), None otherwise; PolicyError when its weights are
+    not the ones the head was trained with."""
+    if config.thumb_encoder != "probe" or config.probe_backbone is None:
+        return None
+    from resadapt.backbone import Backbone, weights_fingerprint
+
+    model = Backbone.load(config.probe_backbone)
+    found = weights_fingerprint(model)
+    if config.probe_weights_sha256 and found and found != config.probe_weights_sha256:
+        raise PolicyError(
+            f"the probe head was trained with the probe VLM {config.probe_backbone} of other "
+            "weights (its weights fingerprint differs); use the checkpoint it was trained with"
+        )
+    return model
 
 
 def check_allocator_path(path: str) -> None:

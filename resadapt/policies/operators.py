@@ -52,11 +52,13 @@ class Operator:
         cap: int | None,
         policy: str,
         encode_cap: int | None = None,
+        fill: bool = True,
     ) -> Fitted:
         """(K,) scores → (K,) scales and the pruned token count, within ``cap`` visual tokens
         (None: no cap). ``encode_cap``: the tokens the tower may encode when the operator prunes
         after it (None: ``cap``); the others ignore it. ``policy`` names the caller in a refusal
-        (BudgetError, one sentence)."""
+        (BudgetError, one sentence). ``fill`` False: the cap is a ceiling only (resize does not
+        raise the scores to use it)."""
         raise NotImplementedError
 
 
@@ -65,10 +67,12 @@ class ResizeChunks(Operator):
 
     name = "resize"
 
-    def fit(self, scores, geometry, base_h, base_w, cap, policy, encode_cap=None) -> Fitted:
+    def fit(
+        self, scores, geometry, base_h, base_w, cap, policy, encode_cap=None, fill=True
+    ) -> Fitted:
         if cap is None:
             return scores, None
-        return fit_budget(scores, geometry, base_h, base_w, cap), None
+        return fit_budget(scores, geometry, base_h, base_w, cap, fill=fill), None
 
 
 class SelectChunks(Operator):
@@ -84,7 +88,9 @@ class SelectChunks(Operator):
         assert sizes in SELECT_SIZES, sizes
         self.sizes = sizes
 
-    def fit(self, scores, geometry, base_h, base_w, cap, policy, encode_cap=None) -> Fitted:
+    def fit(
+        self, scores, geometry, base_h, base_w, cap, policy, encode_cap=None, fill=True
+    ) -> Fitted:
         if self.sizes == "full":
             return keep_top_chunks(scores, geometry, base_h, base_w, cap, policy), None
         order = np.argsort(-scores, kind="stable")  # ties: the earlier chunk first
@@ -112,7 +118,9 @@ class PruneTokens(Operator):
     full_size_tower = True
     prunes = True
 
-    def fit(self, scores, geometry, base_h, base_w, cap, policy, encode_cap=None) -> Fitted:
+    def fit(
+        self, scores, geometry, base_h, base_w, cap, policy, encode_cap=None, fill=True
+    ) -> Fitted:
         vanilla = len(scores) * geometry.tokens(base_h, base_w)
         pruned_to = min(cap, vanilla) if cap is not None else vanilla
         if pruned_to < 1:
@@ -133,9 +141,11 @@ class PruneAfter(Operator):
         self.first = first
         self.name = f"{first.name}+prune"
 
-    def fit(self, scores, geometry, base_h, base_w, cap, policy, encode_cap=None) -> Fitted:
+    def fit(
+        self, scores, geometry, base_h, base_w, cap, policy, encode_cap=None, fill=True
+    ) -> Fitted:
         spend = cap if cap is None or encode_cap is None else max(cap, encode_cap)
-        scales, _ = self.first.fit(scores, geometry, base_h, base_w, spend, policy)
+        scales, _ = self.first.fit(scores, geometry, base_h, base_w, spend, policy, fill=fill)
         encoded = sum(
             geometry.tokens(*geometry.scaled_size(base_h, base_w, s)) for s in scales if s
         )
