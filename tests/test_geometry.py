@@ -35,8 +35,9 @@ def test_smart_resize_invariants(f, hw):
     rh, rw = smart_resize(h, w, f, min_px, max_px)
     assert rh % f == 0 and rw % f == 0
     assert min_px <= rh * rw <= max_px
-    # aspect kept to within one factor step on each side
-    assert abs(rh / rw - h / w) <= (h / w) * (f / rh + f / rw) + 1e-9
+    # aspect kept to within one factor step on each side: rh = h·β + dh and rw = w·β + dw with
+    # |dh|, |dw| < f, so |rh/rw − h/w| = |dh·w − h·dw| / (rw·w) < f·(h + w) / (rw·w)
+    assert abs(rh / rw - h / w) <= f * (h + w) / (rw * w) + 1e-9
 
 
 def test_smart_resize_matches_qwen_vl_utils():
