@@ -28,8 +28,9 @@ import resadapt.world  # noqa: F401 (an entry point: registers the tiny random b
 from resadapt import chat_ui, cli, ui, zerogpu
 from resadapt.assets import EXAMPLES
 from resadapt.chat import Chat, ChatConfig
+from resadapt.config import ModelConfig
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import ModelConfig, Pipeline, load_pipeline
+from resadapt.pipeline import Pipeline, load_pipeline
 
 QUEUE_SIZE = 16
 """Requests that may wait in the queue; more are turned away."""

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import resadapt.world  # noqa: F401 (an entry point: registers the tiny backbones by name)
 from resadapt import cli
 from resadapt.chat import HISTORY_MODES, Chat, Turn
+from resadapt.config import ModelConfig, Request
 from resadapt.data import read_examples
-from resadapt.pipeline import ModelConfig, Request, load_pipeline
+from resadapt.pipeline import load_pipeline
 
 
 @dataclass

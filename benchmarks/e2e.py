@@ -69,15 +69,9 @@ from benchmarks.decode import peak_rss_bytes, write_clip
 from resadapt import cli
 from resadapt.assets import BUNDLED_ALLOCATOR, BUNDLED_BACKBONE, examples
 from resadapt.backbone import Backbone
+from resadapt.config import MAX_NEW_TOKENS, ModelConfig, Request
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import (
-    MAX_NEW_TOKENS,
-    ModelConfig,
-    Pipeline,
-    Request,
-    load_allocator,
-    load_pipeline,
-)
+from resadapt.pipeline import Pipeline, load_allocator, load_pipeline
 from resadapt.policies import Vanilla, policy_choices
 from resadapt.world.tiny import build_tiny
 

@@ -46,7 +46,8 @@ from transformers import (
 from benchmarks.decode import peak_rss_bytes, write_clip
 from resadapt import cli
 from resadapt.backbone import Backbone
-from resadapt.pipeline import Pipeline, Request
+from resadapt.config import Request
+from resadapt.pipeline import Pipeline
 from resadapt.policies import policy_class, policy_names
 from resadapt.world.tiny import build_tiny, mrope_section, vision_token_ids
 

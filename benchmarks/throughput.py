@@ -28,8 +28,9 @@ import numpy as np
 
 import resadapt.world  # noqa: F401 (registers the tiny backbones)
 from resadapt.assets import examples
+from resadapt.config import ModelConfig, Request
 from resadapt.engines import VLLM, EngineConfig, make_engine
-from resadapt.pipeline import ModelConfig, Request, load_pipeline
+from resadapt.pipeline import load_pipeline
 
 
 def prepared(pipeline, budget: float, policy: str | None) -> list[tuple]:

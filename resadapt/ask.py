@@ -2,8 +2,8 @@
 
 ``python -m resadapt.ask VIDEO --chat``: a chat, one question per line of standard input.
 
-Owns the command line (the fields of :class:`resadapt.pipeline.Request` and
-:class:`resadapt.pipeline.ModelConfig`, plus ``--json``) and the two output formats: a readable
+Owns the command line (the fields of :class:`resadapt.config.Request` and
+:class:`resadapt.config.ModelConfig`, plus ``--json``) and the two output formats: a readable
 table, or exactly one JSON object with ``--json``. Bad input becomes one ``error: …`` line and
 exit code 2.
 """
@@ -18,8 +18,9 @@ from typing import TextIO
 import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
 from resadapt.chat import Chat, ChatConfig, Turn
+from resadapt.config import ModelConfig, Request
 from resadapt.errors import QuestionError, ResAdaptError, VideoError
-from resadapt.pipeline import ModelConfig, Request, load_pipeline
+from resadapt.pipeline import load_pipeline
 
 logger = logging.getLogger("resadapt.ask")
 

@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from resadapt.cli import option
+from resadapt.config import Request
 from resadapt.errors import MAX_QUESTION_CHARS, ResAdaptError
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.records import Result
 from resadapt.video import SampledVideo
 

@@ -61,6 +61,7 @@ import numpy as np
 import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
 from resadapt.benchmark_readers import format_breakdown
+from resadapt.config import Request
 from resadapt.data import Example, load_examples
 from resadapt.engines import make_engine
 from resadapt.errors import (
@@ -73,7 +74,6 @@ from resadapt.grading import grade
 from resadapt.pipeline import (
     Allocation,
     Pipeline,
-    Request,
     check_remote,
     check_tokens,
     default_allocator_for,

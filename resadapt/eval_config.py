@@ -11,16 +11,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from resadapt.cli import default_of, option
+from resadapt.config import ENCODE_BUDGET, ModelConfig, Request
 from resadapt.data import DataConfig
 from resadapt.errors import (
     BudgetError,
     PolicyError,
     ResAdaptError,
-)
-from resadapt.pipeline import (
-    ENCODE_BUDGET,
-    ModelConfig,
-    Request,
 )
 from resadapt.policies import (
     COMPOSE,

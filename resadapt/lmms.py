@@ -46,8 +46,8 @@ import torch
 
 import resadapt.world  # noqa: F401 (an entry point: registers the tiny random backbones)
 from resadapt import cli
+from resadapt.config import MAX_NEW_TOKENS, ModelConfig, Request
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import MAX_NEW_TOKENS, ModelConfig, Request
 
 logger = logging.getLogger(__name__)
 

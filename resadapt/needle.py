@@ -23,10 +23,11 @@ import resadapt.world  # noqa: F401 (an entry point: registers the world's needl
 from resadapt import cli
 from resadapt.backbone import Backbone, weights_fingerprint
 from resadapt.cli import check_field, option
+from resadapt.config import Request
 from resadapt.data import load_examples
 from resadapt.errors import ResAdaptError
 from resadapt.heads import ROW_GROUPS, NeedleChoice, needle_path, save
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.probe import model_depth, probe_features
 from resadapt.registry import needle_source, needle_sources
 

@@ -34,10 +34,11 @@ from resadapt.capo import (
     token_cost,
 )
 from resadapt.cli import check_choices, check_field, default_of, option
+from resadapt.config import MAX_NEW_TOKENS, Request
 from resadapt.data import Example
 from resadapt.errors import ResAdaptError, VideoError
 from resadapt.grading import grade
-from resadapt.pipeline import MAX_NEW_TOKENS, Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.policies import COMPOSE, PolicyOptions, allocator_inputs
 from resadapt.policies.compose import OPERATOR_CHAINS, chain_operator
 from resadapt.policies.learned import context_probe

@@ -14,9 +14,9 @@ from allocator.config import QUERY_ENCODERS, THUMB_ENCODERS
 from resadapt.assets import default_backbone
 from resadapt.capo import CONCENTRATION_WEIGHT, SIMILARITY_WEIGHT
 from resadapt.cli import check_choices, check_field, default_of, option
+from resadapt.config import BackboneConfig, Request
 from resadapt.data import DataConfig
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import BackboneConfig, Request
 from resadapt.policies import SELECT_SIZES
 from resadapt.rollout import RolloutConfig
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from allocator import Allocator, AllocatorConfig
 from resadapt import compat
+from resadapt.config import Request
 from resadapt.data import Example
 from resadapt.errors import ResAdaptError, VideoError
-from resadapt.pipeline import Request
 from resadapt.policies import check_fit
 from resadapt.rollout import (
     DecodeCache,

@@ -21,9 +21,10 @@ import pandas as pd
 
 from resadapt.assets import examples, is_bundled, is_random_backbone, provenance
 from resadapt.cli import default_of
+from resadapt.config import Request
 from resadapt.errors import BudgetError, PolicyError, VideoError
 from resadapt.grading import grade
-from resadapt.pipeline import Allocation, Pipeline, Request, Result
+from resadapt.pipeline import Allocation, Pipeline, Result
 from resadapt.policies import COMPOSE, policy_class, policy_names
 from resadapt.video import SampledVideo, container_duration, resize_frames
 

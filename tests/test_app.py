@@ -20,8 +20,9 @@ import app
 from resadapt import ask, ui
 from resadapt.assets import examples
 from resadapt.backbone import Backbone
+from resadapt.config import ModelConfig
 from resadapt.errors import BudgetError, VideoError
-from resadapt.pipeline import ModelConfig, Pipeline, load_pipeline
+from resadapt.pipeline import Pipeline, load_pipeline
 from tests import media
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,9 @@ import torch
 
 from resadapt import ask, cli, compat, ui
 from resadapt import eval as evaluator
+from resadapt.config import Request
 from resadapt.errors import BudgetError, PolicyError
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.policies import (
     MIN_SCALE,
     POLICY_NAMES,

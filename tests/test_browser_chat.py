@@ -14,7 +14,8 @@ import shutil
 
 import pytest
 
-from resadapt.pipeline import ModelConfig, Request, load_pipeline
+from resadapt.config import ModelConfig, Request
+from resadapt.pipeline import load_pipeline
 from tests import test_app
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 from tests.test_chat import PURPLE, VIDEO, YELLOW

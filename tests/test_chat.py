@@ -20,7 +20,8 @@ from resadapt import ask
 from resadapt.assets import EXAMPLES
 from resadapt.backbone import Backbone
 from resadapt.chat import Chat, ChatConfig, DecodeCache, HistoryError, Turn
-from resadapt.pipeline import ModelConfig, Pipeline, Request, load_pipeline
+from resadapt.config import ModelConfig, Request
+from resadapt.pipeline import Pipeline, load_pipeline
 from resadapt.world import TINY_BACKBONES
 from tests.templates import with_real_template
 from tests.test_backbone import QUESTION, chunked, clip, native_inputs

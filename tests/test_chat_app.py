@@ -14,7 +14,8 @@ from gradio_client.exceptions import AppError
 import app
 from resadapt import chat_ui, ui
 from resadapt.chat import HistoryError, Turn
-from resadapt.pipeline import ModelConfig, Pipeline, Request, load_pipeline
+from resadapt.config import ModelConfig, Request
+from resadapt.pipeline import Pipeline, load_pipeline
 from tests import test_app
 from tests.test_chat import PURPLE, VIDEO, YELLOW
 

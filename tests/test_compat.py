@@ -14,8 +14,9 @@ from allocator import Allocator, AllocatorConfig
 from resadapt import ask, compat, ui
 from resadapt.assets import BUNDLED_ALLOCATOR, BUNDLED_BACKBONE
 from resadapt.backbone import Backbone
+from resadapt.config import ModelConfig, Request
 from resadapt.errors import PolicyError
-from resadapt.pipeline import ModelConfig, Pipeline, Request, load_allocator, load_pipeline
+from resadapt.pipeline import Pipeline, load_allocator, load_pipeline
 from resadapt.world import TINY_BACKBONES
 from tests.media import write_video
 from tests.templates import with_real_template

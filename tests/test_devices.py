@@ -10,9 +10,9 @@ import torch
 import resadapt.world  # noqa: F401 (registers the tiny backbones)
 from resadapt import cli
 from resadapt.backbone import Backbone, ChunkedVideo
+from resadapt.config import DeviceConfig, ModelConfig
 from resadapt.errors import BackboneError
 from resadapt.eval_config import EvalConfig
-from resadapt.pipeline import DeviceConfig, ModelConfig
 from resadapt.relevance import chunk_attention
 from resadapt.train_config import TrainConfig
 

@@ -11,9 +11,10 @@ import resadapt.world  # noqa: F401 (registers the tiny backbones)
 from resadapt import eval as evaluator
 from resadapt import eval_config, report, ui
 from resadapt.backbone import Backbone
+from resadapt.config import Request
 from resadapt.data import Example, load_examples
 from resadapt.errors import ChunkLimitError, VideoError
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.policies import AllocationContext, Learned, allocator_inputs, query_window
 from resadapt.video import container_duration
 from resadapt.world import synth

@@ -163,7 +163,7 @@ def test_the_prune_policy_prunes_what_reaches_the_language_model(model):
 def test_model_args_take_scorer_operator_combinations():
     """``policy=learned+select+prune,encode_budget=0.5`` parses like any policy (one registry)."""
     from resadapt import cli, lmms
-    from resadapt.pipeline import ModelConfig, Request
+    from resadapt.config import ModelConfig, Request
 
     argv = lmms._argv({"policy": "learned+select+prune", "encode_budget": 0.5})
     args = cli.parse(

@@ -11,8 +11,9 @@ import pytest
 
 from resadapt import heads, needle
 from resadapt.backbone import Backbone
+from resadapt.config import Request
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 
 
 def test_choose_keeps_the_best_heads_and_names_their_columns():

@@ -11,9 +11,10 @@ import pytest
 
 from resadapt import ask, report, ui
 from resadapt import eval as evaluator
+from resadapt.config import ENCODE_BUDGET, Request
 from resadapt.errors import BudgetError, PolicyError
 from resadapt.eval_config import EvalConfig, parse_policies
-from resadapt.pipeline import ENCODE_BUDGET, Pipeline, Request, load_allocator
+from resadapt.pipeline import Pipeline, load_allocator
 from resadapt.policies import (
     ALIASES,
     Composed,

@@ -13,9 +13,10 @@ import torch
 from resadapt import ask, prune, ui
 from resadapt import eval as evaluator
 from resadapt.backbone import Backbone
+from resadapt.config import Request
 from resadapt.errors import BudgetError
 from resadapt.geometry import keep_top_chunks
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.policies import POLICY_NAMES, make_policy
 from resadapt.world import TINY_BACKBONES
 from tests.allocators import write_tiny_allocator

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from resadapt.ask import main
+from resadapt.config import ModelConfig, Request
 from resadapt.errors import BudgetError, QuestionError, VideoError
-from resadapt.pipeline import ModelConfig, Request, load_pipeline
+from resadapt.pipeline import load_pipeline
 from resadapt.policies import POLICY_NAMES
 from tests.media import write_text_as_video, write_truncated, write_video
 

@@ -10,9 +10,10 @@ import pytest
 
 from resadapt import ask, cli, eval_config, policies, ui
 from resadapt.backbone import Backbone
+from resadapt.config import Request
 from resadapt.errors import PolicyError
 from resadapt.eval_config import EvalConfig
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.policies import (
     MIN_SCALE,
     AllocationContext,

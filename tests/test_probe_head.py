@@ -12,9 +12,10 @@ import torch
 import resadapt.trainer as trainer
 from allocator import Allocator, AllocatorConfig, log_prob, mean_scale, sample
 from resadapt.capo import capo_advantages, reference_zscore, scale_cost
+from resadapt.config import Request
 from resadapt.errors import PolicyError
 from resadapt.geometry import fit_budget
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.policies import make_policy
 from resadapt.policies.learned import Learned
 from resadapt.probe import FeatureCache, probe_features

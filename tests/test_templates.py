@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from resadapt.backbone import Backbone
-from resadapt.pipeline import Pipeline, Request
+from resadapt.config import Request
+from resadapt.pipeline import Pipeline
 from resadapt.relevance import chunk_attention, query_rows
 from resadapt.world import TINY_BACKBONES
 from tests.media import write_video

@@ -24,8 +24,9 @@ from allocator import Allocator, AllocatorConfig, mean_scale
 from resadapt import compat
 from resadapt.backbone import Backbone
 from resadapt.checkpoint import CONFIG_FILE, FINAL, METRICS_FILE, TRAINING_STATE, find_resume
+from resadapt.config import Request
 from resadapt.errors import ResAdaptError
-from resadapt.pipeline import Pipeline, Request, load_allocator
+from resadapt.pipeline import Pipeline, load_allocator
 from resadapt.policies import Learned, allocator_inputs
 from resadapt.train import main, parse_config, train
 from resadapt.train_config import TrainConfig

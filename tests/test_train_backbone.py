@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from resadapt.backbone import Backbone
-from resadapt.pipeline import Pipeline, Request
+from resadapt.config import Request
+from resadapt.pipeline import Pipeline
 from resadapt.world import losses, recipe
 from resadapt.world.clips import make_clip
 from resadapt.world.synth import write_dataset

@@ -13,8 +13,9 @@ from typing import Protocol
 import numpy as np
 
 from resadapt.backbone import Backbone, ChunkedVideo
+from resadapt.config import Request
 from resadapt.data import Example
-from resadapt.pipeline import Pipeline, Request
+from resadapt.pipeline import Pipeline
 from resadapt.video import SampledVideo, sample_indices
 from resadapt.world.synth import (
     FRAMES_PER_CHUNK,
