@@ -7,9 +7,12 @@ MODEL_CARD = (
     "---\n{{ card_data }}\n---\n\n"
     "# ResAdapt allocator\n\n"
     "A query-aware resolution allocator: for every {{ config.frames_per_chunk }}-frame chunk of a "
-    "video it reads {{ config.thumb_side }}-pixel thumbnails and the question and picks the scale "
+    'video it reads {% if config.thumb_encoder == "probe" %}the backbone\'s own low-resolution '
+    "pass{% else %}{{ config.thumb_side }}-pixel thumbnails{% endif %} and the question and picks "
+    "the scale "
     "in [{{ config.scale_min }}, {{ config.scale_max }}] at which the frozen vision-language "
-    "backbone encodes that chunk, before the backbone sees any pixel.\n\n"
+    'backbone encodes that chunk{% if config.thumb_encoder != "probe" %}, before the backbone sees '
+    "any pixel{% endif %}.\n\n"
     '{% if config.thumb_encoder == "probe" %}'
     "## What the head reads\n\n"
     "A probe head: instead of thumbnails it reads the frozen "

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.e2e [--setups bundled,qwen2.5-vl-7b,qwen3-vl-8b]
 [--policies vanilla,uniform,learned,attention,keyframes,prune,learned+prune] [--budget 0.15]
-[--encode-budget 0.25] [--frames 16]
+[--encode-budget 0.25] [--allocator assets/allocator] [--frames 16]
 [--frame-counts 32,128] [--side 448] [--max-new-tokens 8] [--no-warmup] [--tiny]
 [--json-out PATH]``
 
@@ -10,18 +10,19 @@ Every method answers the same question about the same clip with at most ``--budg
 full-resolution visual tokens reaching the language model (vanilla: all of them). A method is any
 policy name, ``scorer+operator`` combinations included (``learned+prune`` encodes
 ``--encode-budget`` × the full-resolution tokens in the tower, then prunes to ``--budget``). Setups:
-  * ``bundled``: the bundled trained backbone and allocator (``assets/``) on the first bundled
-    example clip (16 frames at 168²; a ``--frames`` beyond the clip repeats its last frame).
+  * ``bundled``: the bundled trained backbone and ``--allocator`` (default the bundled one) on
+    the first bundled example clip (16 frames at 168²; a ``--frames`` beyond the clip repeats its
+    last frame).
   * ``qwen2.5-vl-7b`` / ``qwen3-vl-8b``: the published widths at reduced depth with random weights
     (``benchmarks.real_size``: scale the vision / prefill / generate seconds linearly to 32 / 27
     vision blocks and 28 / 36 language layers), on a generated ``--side``² clip at every count of
-    ``--frame-counts``. No allocator was trained against them: ``learned`` runs the bundled
-    allocator with ``allow_mismatched=True``, so its cost is what is measured (its choices, like
+    ``--frame-counts``. No allocator was trained against them: ``learned`` runs ``--allocator``
+    with ``allow_mismatched=True``, so its cost is what is measured (its choices, like
     every answer of a random model, mean nothing). A video of more chunks than the allocator
-    accepts is a refused row (one sentence), not a crash. When the bundled allocator is a probe head
+    accepts is a refused row (one sentence), not a crash. When ``--allocator`` is a probe head
     (it reads its own backbone's layers and heads), ``learned`` is an untrained probe head of the
-    same recipe built for the shape (``benchmarks.real_size.probe_head``): its probe pass through
-    every built layer is in ``alloc``.
+    same recipe (its probe budget and fill rule) built for the shape
+    (``benchmarks.real_size.probe_head``): its probe pass through every built layer is in ``alloc``.
 
 Each (setup, frames, method) runs in a fresh child process, so its peak resident memory (VmHWM)
 is its own (before the timed request it answers a short one, two chunks without a budget, with
@@ -106,6 +107,11 @@ class E2EConfig:
         "SCORER+prune methods: share of the full-resolution tokens the tower encodes before "
         "pruning to --budget (default: the pipeline's)",
         None,
+    )
+    allocator: str = cli.option(
+        "the learned policy's allocator folder (a probe head is rebuilt untrained for each "
+        "real-shaped model with the same recipe: its probe budget and fill rule)",
+        str(BUNDLED_ALLOCATOR),
     )
     frames: int = cli.option("frames sampled by the bundled setup", 16)
     frame_counts: tuple[int, ...] = cli.option("frame counts of the real-shaped setups", (32, 128))
@@ -198,7 +204,7 @@ def build_pipeline(config: E2EConfig, setup: str) -> Pipeline:
     if setup == BUNDLED:
         bundled = ModelConfig(
             backbone=str(BUNDLED_BACKBONE),
-            allocator=str(BUNDLED_ALLOCATOR),
+            allocator=config.allocator,
             device="cpu",
             dtype=config.dtype,
         )
@@ -214,9 +220,9 @@ def build_pipeline(config: E2EConfig, setup: str) -> Pipeline:
     backbone = Backbone(
         setup, model, processor, max_pixels=pixels, max_batch_tokens=real_size.NO_BUDGET_TOKENS
     )
-    learned = load_allocator(str(BUNDLED_ALLOCATOR), backbone, allow_mismatched=True)
+    learned = load_allocator(config.allocator, backbone, allow_mismatched=True)
     if learned.runs_probe:  # a probe head reads its own model's layers and heads: one of this shape
-        learned = real_size.probe_head(backbone)
+        learned = real_size.probe_head(backbone, like=learned.allocator.config)
     return Pipeline(backbone, learned)
 
 
@@ -396,7 +402,7 @@ def header(config: E2EConfig, example: str, wall: float) -> str:
             f"{', '.join(real)}: {shape}, {config.text_layers} language layers, "
             f"{config.vision_blocks} vision blocks, random weights; generated {config.side}x"
             f"{config.side} clip at {', '.join(map(str, config.frame_counts))} frames; learned = "
-            "the bundled allocator loaded with allow_mismatched=True (not trained against these "
+            f"{config.allocator} loaded with allow_mismatched=True (not trained against these "
             "models: its cost is measured, its choices and every answer are meaningless)"
         )
     return "\n".join(lines)

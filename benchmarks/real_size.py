@@ -221,14 +221,21 @@ EXTRA_POLICIES = ("fixed", "probe", "probe-train")
 """The benchmark's own rows besides the registered policies."""
 
 
-def probe_head(backbone: Backbone):
-    """An untrained probe-head allocator (resadapt.train_data's defaults) for ``backbone``, as the
-    learned policy."""
+def probe_head(backbone: Backbone, like=None):
+    """An untrained probe-head allocator for ``backbone``, as the learned policy: the defaults of
+    resadapt.train_data, or the recipe of the trained head ``like`` (an AllocatorConfig: its
+    probe budget, fill rule and head sizes; the shape-bound fields — heads, width, chunk length —
+    come from ``backbone``, and the probe reads every built layer)."""
     from allocator import Allocator, AllocatorConfig
+    from allocator.config import SIGNATURE_FIELDS
     from resadapt.policies.learned import Learned
     from resadapt.train_data import probe_defaults
 
     values = {"thumb_encoder": "probe", "frames_per_chunk": backbone.geometry.frames_per_chunk}
+    if like is not None:
+        shaped = {"probe_layers", "probe_heads", "probe_hidden_size", "probe_backbone"}
+        shaped |= {"probe_weights_sha256", *SIGNATURE_FIELDS}
+        values = {**{k: v for k, v in like.to_dict().items() if k not in shaped}, **values}
     probe_defaults(values, backbone)
     return Learned(Allocator(AllocatorConfig(**values)), backbone.tokenizer)
 

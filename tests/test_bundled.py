@@ -60,3 +60,28 @@ def test_learned_allocator_answers_the_examples_at_15_percent_of_the_tokens(inde
     queried = row["evidence_frames"][0] // 2
     assert scales[queried] == max(scales) and scales.count(max(scales)) == 1
     assert result["answer"].strip() == example["answer"]
+
+
+def test_bundled_probe_head_is_trained_by_capo_alone():
+    folder = ASSETS / "allocator_probe"
+    config = json.loads((folder / "config.json").read_text())
+    recipe = json.loads((folder / "train_config.json").read_text())
+    assert config["thumb_encoder"] == "probe" and recipe["attention_weight"] == 0
+    assert config["backbone"] == "assets/backbone"
+    assert "trained by CAPO alone" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_bundled_probe_head_answers_the_examples_at_15_percent(index, capsys):
+    """The probe head ranks the queried card's chunk first from the backbone's own low-resolution
+    pass; with select+prune it keeps that chunk and answers right."""
+    example = examples()[index]
+    row = json.loads((ASSETS / "examples" / "data.jsonl").read_text().splitlines()[index])
+    argv = [example["video"], example["question"], "--json", "--budget", "0.15"]
+    argv += ["--allocator", str(ASSETS / "allocator_probe"), "--policy", "learned+select+prune"]
+    assert ask.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["retention"] <= 0.15 and result["probe_visual_tokens"] > 0
+    kept = [i for i, c in enumerate(result["chunks"]) if c["visual_tokens"] > 0]
+    assert row["evidence_frames"][0] // 2 in kept
+    assert result["answer"].strip() == example["answer"]

@@ -114,3 +114,36 @@ def test_bad_arguments_exit_2(argv, capsys):
     assert e2e.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_a_trained_probe_head_is_measured_with_its_own_probe_budget(tmp_path):
+    from allocator import Allocator
+    from resadapt import compat
+    from resadapt.assets import BUNDLED_BACKBONE
+    from resadapt.backbone import Backbone
+    from tests.test_probe_head import probe_config
+
+    bundled = Backbone.load(str(BUNDLED_BACKBONE))
+    text = bundled.model.config.text_config
+    cfg = probe_config(
+        probe_layers=text.num_hidden_layers,
+        probe_heads=text.num_attention_heads,
+        probe_hidden_size=text.hidden_size,
+        probe_budget=0.1,
+        fills_budget=True,
+    )
+    Allocator(compat.stamp(cfg, bundled)).save_pretrained(tmp_path)
+    config = e2e.E2EConfig(
+        **FAST,
+        setups=("bundled", "qwen2.5-vl-7b"),
+        policies=("vanilla", "learned"),
+        allocator=str(tmp_path),
+        warmup=False,
+    )
+    by = {(r["setup"], r["method"]): r for r in e2e.run(config, isolate=False)}
+    for setup in config.setups:
+        vanilla, learned = by[setup, "vanilla"], by[setup, "learned"]
+        assert "error" not in learned, learned
+        assert learned["probe_s"] > 0 and learned["lm_tokens"] <= learned["cap"]
+        # the head's own probe budget (0.1), not the default 0.25, on the real shape too
+        assert 0 < learned["probe_tokens"] <= 0.15 * vanilla["lm_tokens"], (setup, learned)

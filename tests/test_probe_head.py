@@ -186,6 +186,23 @@ def test_learned_probe_head_reports_its_probe_and_refuses_a_shallower_pass(backb
     assert cache.passes == 1
 
 
+@pytest.mark.parametrize("chain", ["select", "prune", "select+prune"])
+def test_a_probe_head_composes_with_every_operator(backbone, video, chain):
+    """A combination takes its probe pass and its fill rule from the scorer's allocator."""
+    text = backbone.model.config.text_config
+    cfg = probe_config(
+        probe_layers=2, probe_heads=text.num_attention_heads, probe_hidden_size=text.hidden_size
+    )
+    pipeline = Pipeline(backbone, learned=Learned(Allocator(cfg), backbone.tokenizer))
+    name = f"learned+{chain}"
+    request = Request(question="Which card?", num_frames=8, policy=name, budget=0.5)
+    policy = pipeline.policy(request)
+    assert policy.runs_probe and not policy.fills_budget  # the head's, not the class defaults
+    allocation = pipeline.allocate(pipeline.decode(video, request), request)
+    assert allocation.probe is not None and allocation.probe.visual_tokens > 0
+    assert sum(allocation.tokens) <= 0.5 * allocation.vanilla_tokens
+
+
 def test_a_probe_vlm_other_than_the_backbone_is_stamped_and_loaded(tmp_path, video):
     from resadapt import compat
     from resadapt.backbone import Backbone

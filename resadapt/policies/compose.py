@@ -68,6 +68,16 @@ class Composed(Policy):
     def thumb_side(self) -> int:
         return self.scorer.thumb_side
 
+    # Instance facts of the scorer (a learned scorer's come from its allocator: a probe head runs
+    # the probe pass and may treat the budget as a ceiling), not the class defaults of Policy.
+    @property
+    def runs_probe(self) -> bool:
+        return self.scorer.runs_probe
+
+    @property
+    def fills_budget(self) -> bool:
+        return self.scorer.fills_budget
+
     def __getattr__(self, name: str):
         scorer = self.__dict__.get("scorer")
         if scorer is None:
@@ -136,7 +146,6 @@ def composed_class(name: str) -> type[Policy]:
             "scorer_class": scorer_cls,
             "chain": chain,
             "needs_allocator": scorer_cls.needs_allocator,
-            "runs_probe": scorer_cls.runs_probe,
             "__module__": __name__,
         },
     )
