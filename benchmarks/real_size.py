@@ -233,7 +233,7 @@ def probe_head(backbone: Backbone, like=None):
 
     values = {"thumb_encoder": "probe", "frames_per_chunk": backbone.geometry.frames_per_chunk}
     if like is not None:
-        shaped = {"probe_layers", "probe_heads", "probe_hidden_size", "probe_backbone"}
+        shaped = {"backbone", "probe_layers", "probe_heads", "probe_hidden_size", "probe_backbone"}
         shaped |= {"probe_weights_sha256", *SIGNATURE_FIELDS}
         values = {**{k: v for k, v in like.to_dict().items() if k not in shaped}, **values}
     probe_defaults(values, backbone)
