@@ -241,3 +241,16 @@ def test_the_evaluator_and_the_app_load_a_saved_probe_head(tmp_path, backbone):
     Allocator(compat.stamp(cfg, backbone)).save_pretrained(tmp_path)
     learned = load_allocator(str(tmp_path), backbone)
     assert learned.runs_probe and not learned.fills_budget and learned.warning is None
+
+
+def test_the_model_card_says_what_each_kind_of_head_reads(tmp_path):
+    """A probe head's card names the backbone's low-resolution pass, not thumbnails."""
+    Allocator(probe_config()).save_pretrained(tmp_path / "probe")
+    Allocator(AllocatorConfig()).save_pretrained(tmp_path / "conv")
+    probe = (tmp_path / "probe" / "README.md").read_text()
+    conv = (tmp_path / "conv" / "README.md").read_text()
+    assert "reads the backbone's own low-resolution pass" in probe
+    assert "thumbnails and the question" not in probe and "before the backbone sees" not in probe
+    assert "pixel thumbnails and the question" in conv
+    assert "before the backbone sees any pixel" in conv
+    assert "trained by CAPO alone" in probe and "## What the head reads" not in conv
