@@ -3,8 +3,8 @@ allocator's probe head reads from it (per-chunk attention shares per layer and h
 states, the question's own states).
 
 Owns the low-size copy of a video, the features of one pass and their cache by (video, question).
-Knows nothing about the head that reads them (allocator.model.ProbeEncoder) or about how attention
-rows are recorded (resadapt.relevance).
+Knows nothing about the head that reads them (allocator.encoders.ProbeEncoder) or about how
+attention rows are recorded (resadapt.relevance).
 
 Letters: K chunks, R layers read, H heads, Q query rows, L prompt tokens, W hidden width,
 A = 2 × R × H attention features (rows after the video, then the answer position).
